@@ -1,0 +1,1 @@
+"""Built-in snapagent plugins, one package per filesystem (registered through entry points)."""
