@@ -1,0 +1,233 @@
+"""Configuration: TOML validated by pydantic; every error names the key path and exits 2.
+
+Structure is validated here; the ``options`` of a job, each ``quiesce`` entry and each target are
+validated by the model their plugin declares (``Options`` / ``Config`` class attributes), so plugins
+get the same strictness as built-ins.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+from . import registry
+from .durations import parse_duration
+from .errors import ConfigError
+
+DEFAULT_CONFIG = "/etc/snapagent/snapagent.toml"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class Strict(BaseModel):
+    """Base for every config model: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AgentConfig(Strict):
+    state_dir: Path = Path("/var/lib/snapagent")
+    scratch_dir: Path | None = None  # where `drill` restores; default <state_dir>/drill
+    tools: dict[str, str] = Field(default_factory=dict)  # tool name -> path, e.g. btrfs = "/usr/bin/btrfs"
+
+
+class TargetEntry(BaseModel):
+    """A target before its plugin validates it: only ``type`` is known here."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    type: str
+
+
+class QuiesceEntry(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+    type: str
+
+
+class JobConfig(Strict):
+    driver: str
+    volumes: list[str] = Field(min_length=1)
+    target: str
+    export: str | None = None  # driver's default when unset
+    max_freeze: Duration = 10.0
+    options: dict[str, Any] = Field(default_factory=dict)
+    quiesce: list[QuiesceEntry] = Field(default_factory=list)
+
+    @field_validator("volumes")
+    @classmethod
+    def _volumes(cls, v: list[str]) -> list[str]:
+        for vol in v:
+            if not vol or "\x00" in vol or "\n" in vol:
+                raise ValueError(f"invalid volume name {vol!r} (empty, NUL or newline)")
+        if len(set(v)) != len(v):
+            raise ValueError("a volume is listed twice")
+        return v
+
+
+class RawConfig(Strict):
+    agent: AgentConfig = Field(default_factory=AgentConfig)
+    targets: dict[str, TargetEntry]
+    jobs: dict[str, JobConfig]
+
+
+class Job:
+    """A validated job: its config plus the plugin classes and validated plugin configs."""
+
+    def __init__(self, name: str, cfg: JobConfig, driver_cls: type, options: Any, quiescers: list[tuple[type, Any]], target_name: str):
+        self.name = name
+        self.cfg = cfg
+        self.driver_cls = driver_cls
+        self.options = options
+        self.quiescers = quiescers
+        self.target_name = target_name
+        self.export = cfg.export or driver_cls.export_formats[0]
+
+
+class Config:
+    """The whole validated configuration."""
+
+    def __init__(self, path: Path, raw: RawConfig, targets: dict[str, tuple[type, Any]], jobs: dict[str, Job]):
+        self.path = path
+        self.raw = raw
+        self.agent = raw.agent
+        self.targets = targets
+        self.jobs = jobs
+
+    def job(self, name: str) -> Job:
+        """Return job ``name``; raise ConfigError listing the defined jobs when unknown."""
+        if name not in self.jobs:
+            raise ConfigError(f"unknown job {name!r} (defined in {self.path}: {', '.join(sorted(self.jobs))})")
+        return self.jobs[name]
+
+    def target(self, name: str):
+        """Return an instance of target ``name``."""
+        cls, tcfg = self.targets[name]
+        return cls(name, tcfg)
+
+    def all_targets(self):
+        """Yield an instance of every configured target."""
+        for name in self.targets:
+            yield self.target(name)
+
+
+def _loc(parts: tuple) -> str:
+    out = ""
+    for p in parts:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        else:
+            out += ("." if out else "") + str(p)
+    return out
+
+
+def _errors(e: ValidationError, prefix: str = "") -> list[str]:
+    msgs = []
+    for err in e.errors():
+        key = _loc(err["loc"])
+        key = f"{prefix}.{key}" if prefix and key else (prefix or key or "(top level)")
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        msgs.append(f"{key}: {msg}")
+    return msgs
+
+
+def validate_plugin(model: type[BaseModel] | None, data: dict, prefix: str) -> Any:
+    """Validate ``data`` with a plugin's pydantic ``model``; raise ConfigError naming ``prefix``-keys."""
+    if model is None:
+        if data:
+            raise ConfigError(f"{prefix}.{next(iter(data))}: unknown key")
+        return None
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError("\n".join(_errors(e, prefix))) from None
+
+
+def parse(data: dict, path: Path) -> Config:
+    """Given the TOML document ``data`` read from ``path``, return the validated Config.
+
+    Raises ConfigError (exit 2) whose message names every offending key path.
+    """
+    try:
+        raw = RawConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"{path}: invalid configuration\n  " + "\n  ".join(_errors(e))) from None
+    problems: list[str] = []
+
+    def collect(fn):
+        try:
+            return fn()
+        except ConfigError as ce:
+            problems.extend(str(ce).splitlines())
+            return None
+
+    import re
+
+    for kind, names in (("targets", raw.targets), ("jobs", raw.jobs)):
+        if not names:
+            problems.append(f"{kind}: at least one entry is required")
+        for n in names:
+            if not re.match(NAME_PATTERN, n):
+                problems.append(f"{kind}.{n}: invalid name (letters, digits, '.', '_', '-'; must not start with '-' or '.')")
+    targets: dict[str, tuple[type, Any]] = {}
+    for tname, t in raw.targets.items():
+        key = f"targets.{tname}"
+        cls = collect(lambda: registry.get("target", t.type, f"{key}.type"))
+        if cls is not None:
+            extra = {k: v for k, v in t.model_dump().items() if k != "type"}
+            tcfg = collect(lambda: validate_plugin(cls.Config, extra, key))
+            if tcfg is not None:
+                targets[tname] = (cls, tcfg)
+    jobs: dict[str, Job] = {}
+    for jname, j in raw.jobs.items():
+        key = f"jobs.{jname}"
+        if j.target not in raw.targets:
+            problems.append(f"{key}.target: unknown target {j.target!r} (defined: {', '.join(sorted(raw.targets)) or 'none'})")
+        dcls = collect(lambda: registry.get("driver", j.driver, f"{key}.driver"))
+        options = None
+        if dcls is not None:
+            options = collect(lambda: validate_plugin(dcls.Options, j.options, f"{key}.options"))
+            if j.export is not None and j.export not in dcls.export_formats:
+                problems.append(f"{key}.export: driver {j.driver!r} cannot export {j.export!r} (choose: {', '.join(dcls.export_formats)})")
+        quiescers = []
+        for i, q in enumerate(j.quiesce):
+            qkey = f"{key}.quiesce[{i}]"
+            qcls = collect(lambda: registry.get("quiescer", q.type, f"{qkey}.type"))
+            if qcls is not None:
+                extra = {k: v for k, v in q.model_dump().items() if k != "type"}
+                qcfg = collect(lambda: validate_plugin(qcls.Config, extra, qkey))
+                if qcfg is not None:
+                    quiescers.append((qcls, qcfg))
+        if dcls is not None:
+            jobs[jname] = Job(jname, j, dcls, options, quiescers, j.target)
+    if problems:
+        raise ConfigError(f"{path}: invalid configuration\n  " + "\n  ".join(problems))
+    return Config(path, raw, targets, jobs)
+
+
+def config_path(cli_value: str | None) -> Path:
+    """Return the config path: ``-c`` value, else $SNAPAGENT_CONFIG, else the default."""
+    return Path(cli_value or os.environ.get("SNAPAGENT_CONFIG") or DEFAULT_CONFIG)
+
+
+def load(path: Path) -> Config:
+    """Read and validate the config file at ``path``; raise ConfigError (exit 2) on any problem."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path} (use -c FILE or $SNAPAGENT_CONFIG)") from None
+    except PermissionError:
+        raise ConfigError(f"config file not readable: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return parse(data, path)

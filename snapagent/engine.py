@@ -1,0 +1,255 @@
+"""The engine: runs one job as a consistency group.
+
+preflight all → lock job → sweep leftovers → journal → quiesce all (fixed order) → snapshot all →
+verify all → release all (reverse order; only those that quiesced) → export → target commit
+(artifacts, then manifest) → release snapshots. Everything taken is journaled before it is taken
+and undone from the journal on every exit path, including exceptions and SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import socket
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from . import __version__, cleanup
+from .config import Config, Job
+from .drivers.base import Driver, Snapshot
+from .errors import FreezeOverrun, Interrupted, PreflightFailed, QuiesceFailed, SnapshotFailed
+from .fsutil import is_within
+from .joblock import JobLock
+from .journal import Journal
+from .quiesce.base import QuiesceContext, Quiescer
+from .runner import Runner
+
+log = logging.getLogger("snapagent.engine")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def iso(dt: datetime) -> str:
+    return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def label_for(volume: str, taken: set[str]) -> str:
+    """Return a filesystem-safe, unique label for ``volume`` (its last path component)."""
+    base = re.sub(r"[^A-Za-z0-9._-]", "_", volume.rstrip("/").rsplit("/", 1)[-1] or "root").lstrip(".-") or "vol"
+    label, n = base, 2
+    while label in taken:
+        label, n = f"{base}-{n}", n + 1
+    taken.add(label)
+    return label
+
+
+@contextmanager
+def signals_raise() -> Iterator[None]:
+    """Within the block, SIGTERM/SIGINT/SIGHUP raise Interrupted so every ``finally`` releases."""
+    def handler(signum, frame):
+        raise Interrupted(f"interrupted by {signal.Signals(signum).name}; everything taken was released")
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+class Phases:
+    """Per-phase wall-clock durations in milliseconds."""
+
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t = time.monotonic()
+        try:
+            yield
+        finally:
+            self.ms[name] = round((time.monotonic() - t) * 1000, 1)
+
+
+class BackupRun:
+    """One run of one job. ``run()`` returns the manifest (or the plan, in dry-run mode)."""
+
+    def __init__(self, config: Config, job: Job, runner: Runner, say: Callable[[str], None] = lambda s: None):
+        self.config = config
+        self.job = job
+        self.runner = runner
+        self.say = say
+        self.state_dir = config.agent.state_dir
+        self.target = config.target(job.target_name)
+        self.driver: Driver = job.driver_cls(runner, job.options)
+        ctx = QuiesceContext(job.name, runner, list(job.cfg.volumes), runner.dry_run)
+        self.quiescers: list[Quiescer] = [cls(qcfg, ctx) for cls, qcfg in job.quiescers]
+        self.phases = Phases()
+        self.locations: dict[str, tuple[int, str]] = {}
+
+    # -- preflight ------------------------------------------------------------------------------
+    def preflight(self) -> None:
+        """Check everything and take nothing; raise PreflightFailed naming what is wrong."""
+        vols = self.job.cfg.volumes
+        self.driver.preflight(vols)
+        roots = [self.driver.volume_root(v) for v in vols]
+        for q in self.quiescers:
+            for f in q.files():
+                for i, root in enumerate(roots):
+                    if is_within(f, root):
+                        self.locations[str(f)] = (i, os.path.relpath(os.path.realpath(f), os.path.realpath(root)))
+                        break
+                else:
+                    raise PreflightFailed(
+                        f"{q.describe()}: {f} is not on any volume of job {self.job.name!r} "
+                        f"({', '.join(map(str, roots))}); its snapshot would not hold it")
+        for q in self.quiescers:
+            q.preflight()
+        self.target.preflight(self.job.name)
+        if self.state_dir.exists() and not os.access(self.state_dir, os.W_OK):
+            raise PreflightFailed(f"state_dir {self.state_dir} is not writable")
+
+    # -- the run --------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        created = utcnow()
+        backup_id = f"{self.job.name}-{created:%Y%m%dT%H%M%SZ}"
+        try:
+            with self.phases("preflight"):
+                self.preflight()
+        except BaseException:
+            self._close_quiescers()
+            raise
+        if self.runner.dry_run:
+            return self._dry_run(backup_id)
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with signals_raise(), JobLock(self.state_dir, self.job.name):
+            for msg in cleanup.sweep(self.state_dir, self.runner, self.job.name, holding=self.job.name):
+                self.say(f"cleaned up after an earlier run: {msg}")
+            while self.target.get(backup_id) is not None:  # two runs within one second
+                time.sleep(1)
+                created = utcnow()
+                backup_id = f"{self.job.name}-{created:%Y%m%dT%H%M%SZ}"
+            journal = Journal.start(self.state_dir, self.job.name, backup_id)
+            self.driver.journal = journal
+            ok = False
+            try:
+                manifest = self._run(backup_id, created, journal)
+                ok = True
+                return manifest
+            finally:
+                self._close_quiescers()
+                _, failed = cleanup.undo_records(_open_records(journal), self.runner)
+                if not failed:
+                    journal.finish()
+                elif ok:
+                    log.error("some leftovers could not be released; `snapagent cleanup` will retry: %s", failed)
+
+    def _close_quiescers(self) -> None:
+        for q in reversed(self.quiescers):
+            try:
+                q.release()
+            except Exception:  # noqa: BLE001 - release never raises by contract; be defensive
+                log.exception("releasing %s", q.describe())
+
+    def _run(self, backup_id: str, created: datetime, journal: Journal) -> dict[str, Any]:
+        snap_name = f"snapagent-{backup_id}"
+        snaps, qrecords, window = self._freeze_and_snapshot(snap_name)
+        self.say(f"snapshot {snap_name}: {len(snaps)} volume(s), freeze window {window * 1000:.0f} ms")
+        writer = self.target.begin(self.job.name, backup_id, journal)
+        fmt = self.job.export
+        volumes, artifacts, taken = [], [], set()
+        with self.phases("export"):
+            for i, snap in enumerate(snaps):
+                label = label_for(snap.volume, taken)
+                art_name = f"{i:02d}-{label}.{fmt}"
+                with self.driver.export(snap, fmt, None) as stream:
+                    info = writer.add_artifact(art_name, stream)
+                self.driver.check([snap])
+                artifacts.append(info.as_dict())
+                volumes.append({"volume": snap.volume, "label": label, "snapshot": snap.handle,
+                                "artifact": info.name, "format": fmt, **snap.info})
+                self.say(f"exported {snap.volume} -> {info.name} ({info.raw_size} bytes, stored {info.size})")
+        for rec in qrecords:
+            rec["locations"] = {f: {"volume": self.locations[f][0], "relpath": self.locations[f][1]}
+                                for f in map(str, rec.get("files", [rec.get("path")])) if f in self.locations}
+        manifest = {
+            "format": 1, "id": backup_id, "job": self.job.name, "host": socket.gethostname(),
+            "created": iso(created), "driver": self.driver.name, "export_format": fmt,
+            "snapshot_name": snap_name, "volumes": volumes, "quiescers": qrecords,
+            "freeze_window_ms": round(window * 1000, 3), "max_freeze_ms": round(self.job.cfg.max_freeze * 1000),
+            "phases_ms": self.phases.ms, "artifacts": artifacts,
+            "versions": {"snapagent": __version__, **self.driver.tool_versions()},
+        }
+        with self.phases("commit"):
+            manifest["completed"] = iso(utcnow())
+            manifest["phases_ms"] = dict(self.phases.ms)
+            writer.commit(manifest)
+        with self.phases("release"):
+            for snap in snaps:
+                self.driver.release(snap)
+        return manifest
+
+    def _freeze_and_snapshot(self, snap_name: str) -> tuple[list[Snapshot], list[dict], float]:
+        """Quiesce all, snapshot all, verify all, release all; return (snaps, records, window s).
+
+        A failed quiesce skips the snapshot; only quiescers that succeeded are released, in reverse.
+        Raises FreezeOverrun when the window passes max_freeze (snapshots are then undone).
+        """
+        max_freeze = self.job.cfg.max_freeze
+        held: list[Quiescer] = []
+        records: list[dict] = []
+        snaps: list[Snapshot] = []
+        t0 = time.monotonic()
+        deadline = t0 + max_freeze
+        try:
+            with self.phases("quiesce"):
+                for q in self.quiescers:
+                    q.quiesce(deadline)
+                    held.append(q)
+                    if time.monotonic() > deadline:
+                        raise FreezeOverrun(f"quiescing took longer than max_freeze ({max_freeze:g}s)")
+            with self.phases("snapshot"):
+                snaps = self.driver.snapshot(list(self.job.cfg.volumes), snap_name, deadline)
+            for q in held:
+                q.verify()
+        finally:
+            with self.phases("thaw"):
+                for q in reversed(held):
+                    records.append(q.release())
+                records.reverse()
+            window = time.monotonic() - t0
+        if window > max_freeze:
+            raise FreezeOverrun(f"freeze window {window * 1000:.0f} ms exceeded max_freeze {max_freeze * 1000:.0f} ms; "
+                                "the snapshot was abandoned and everything released")
+        if len(snaps) != len(self.job.cfg.volumes):
+            raise SnapshotFailed(f"driver returned {len(snaps)} snapshots for {len(self.job.cfg.volumes)} volumes")
+        return snaps, records, window
+
+    def _dry_run(self, backup_id: str) -> dict[str, Any]:
+        """Print what a real run would do, running only read-only commands; touch nothing."""
+        echo = self.runner.echo
+        self._close_quiescers()
+        for q in self.quiescers:
+            echo(f"would quiesce: {q.describe()} (max_freeze {self.job.cfg.max_freeze:g}s)")
+        self.driver.snapshot(list(self.job.cfg.volumes), f"snapagent-{backup_id}", time.monotonic() + 3600)
+        for q in reversed(self.quiescers):
+            echo(f"would release: {q.describe()}")
+        echo(f"would export {len(self.job.cfg.volumes)} volume(s) as {self.job.export} "
+             f"to {self.target.describe()} as backup {backup_id}")
+        echo("would release the snapshots")
+        return {"dry_run": True, "id": backup_id, "job": self.job.name, "preflight": "ok",
+                "volumes": list(self.job.cfg.volumes), "quiescers": [q.describe() for q in self.quiescers]}
+
+
+def _open_records(journal: Journal) -> list[dict]:
+    from .journal import read_open
+
+    return [r for r in read_open(journal.path) if r.get("op") == "open"]

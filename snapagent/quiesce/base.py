@@ -1,0 +1,83 @@
+"""The quiescer interface: one plugin per database or freeze method.
+
+Lifecycle per run: ``preflight()`` (takes no locks) → ``quiesce(deadline)`` (takes the lock on a
+connection it keeps) → snapshot → ``verify()`` (still the same session?) → ``release()`` (idempotent,
+bounded, never raises; returns what goes into the manifest). Register under ``snapagent.quiescers``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+from pydantic import BaseModel
+
+from ..runner import Runner
+
+
+@dataclass
+class QuiesceContext:
+    """What a quiescer knows of the run it is part of."""
+
+    job: str
+    runner: Runner
+    volumes: list[str]
+    dry_run: bool = False
+
+
+@dataclass
+class ProbeResult:
+    """Outcome of one drill probe: ``ok`` plus figures (row counts, check output) for the report."""
+
+    name: str
+    ok: bool
+    details: dict[str, Any] = field(default_factory=dict)
+    message: str = ""
+
+
+class Quiescer:
+    """Base class of quiescers."""
+
+    type: ClassVar[str] = "?"
+    Config: ClassVar[type[BaseModel] | None] = None
+    #: True when the agent's death releases the lock by itself (session-held database locks).
+    releases_on_death: ClassVar[bool] = True
+    #: "application" (the database made its files consistent) or "crash" (a crash-consistent image).
+    consistency: ClassVar[str] = "application"
+
+    def __init__(self, cfg: Any, ctx: QuiesceContext):
+        self.cfg = cfg
+        self.ctx = ctx
+
+    def files(self) -> list[Path]:
+        """Return the live files/directories that must lie on the job's volumes."""
+        return []
+
+    def describe(self) -> str:
+        """Return a one-line description for logs and dry-run output."""
+        return self.type
+
+    def preflight(self) -> None:
+        """Connect and check (privileges, modes); take no lock. Raise PreflightFailed."""
+
+    def quiesce(self, deadline: float) -> None:
+        """Take the lock; never wait past ``deadline`` (a ``time.monotonic()`` value). Raise QuiesceFailed."""
+        raise NotImplementedError
+
+    def verify(self) -> None:
+        """After the snapshot: raise QuiesceFailed if the lock was lost (session changed)."""
+
+    def release(self) -> dict[str, Any]:
+        """Release the lock; idempotent, bounded, never raises. Return the manifest record."""
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """Drop everything without recording (used on errors before quiesce)."""
+        self.release()
+
+    @classmethod
+    def drill(cls, record: dict[str, Any], locate: Callable[[str], Path]) -> list[ProbeResult]:
+        """Check the restored database described by ``record``; ``locate`` maps a live path to its
+        restored path. Return the probe results (empty when this quiescer has no probe)."""
+        return []

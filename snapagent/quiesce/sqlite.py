@@ -1,0 +1,141 @@
+"""SQLite quiescer: the writer lock on one held connection across the snapshot.
+
+Procedure (sqlite.org wal / lang_transaction / howtocorrupt): a dedicated connection in autocommit
+mode with a bounded busy timeout; optionally ``PRAGMA wal_checkpoint(TRUNCATE)``; ``BEGIN IMMEDIATE``
+(writers block on their own busy_timeout, readers go on); snapshot; ``ROLLBACK``. The ``-wal`` file
+is captured with the database in the same snapshot and must never be dropped on restore. The agent
+never opens the database file any other way (closing a second descriptor drops POSIX locks).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import field_validator
+
+from ..config import Duration, Strict
+from ..errors import PreflightFailed, QuiesceFailed
+from .base import ProbeResult, Quiescer
+
+
+class SqliteConfig(Strict):
+    path: Path
+    checkpoint: bool = True
+    busy_timeout: Duration = 5.0
+
+    @field_validator("path")
+    @classmethod
+    def _abs(cls, v: Path) -> Path:
+        if not v.is_absolute():
+            raise ValueError("must be an absolute path")
+        return v
+
+
+def _utc(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="microseconds")
+
+
+class SqliteQuiescer(Quiescer):
+    type = "sqlite"
+    Config = SqliteConfig
+    releases_on_death = True  # the write lock is a POSIX lock of the agent's own descriptor
+    consistency = "application"
+
+    def __init__(self, cfg: SqliteConfig, ctx):
+        super().__init__(cfg, ctx)
+        self.conn: sqlite3.Connection | None = None
+        self.rec: dict[str, Any] = {"type": self.type, "path": str(cfg.path), "consistency": self.consistency}
+        self._locked = False
+
+    def files(self) -> list[Path]:
+        return [self.cfg.path]
+
+    def describe(self) -> str:
+        return f"sqlite {self.cfg.path}"
+
+    def preflight(self) -> None:
+        p = self.cfg.path
+        if not p.is_file():
+            raise PreflightFailed(f"sqlite database {str(p)!r} does not exist")
+        try:
+            # mode=rw: never create a database by accident
+            self.conn = sqlite3.connect(f"file:{p.as_posix().replace('?', '%3f').replace('#', '%23')}?mode=rw",
+                                        uri=True, isolation_level=None, timeout=self.cfg.busy_timeout,
+                                        check_same_thread=False)
+            mode = self.conn.execute("PRAGMA journal_mode").fetchone()[0]
+        except sqlite3.Error as e:
+            self._close()
+            raise PreflightFailed(f"sqlite database {str(p)!r}: {e}") from None
+        self.rec.update(journal_mode=mode, sqlite_version=sqlite3.sqlite_version)
+
+    def quiesce(self, deadline: float) -> None:
+        if self.conn is None:
+            self.preflight()
+        assert self.conn is not None
+        try:
+            if self.cfg.checkpoint and self.rec.get("journal_mode") == "wal":
+                self._busy(deadline)
+                busy, log_frames, done = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                self.rec["checkpoint"] = {"busy": busy, "log_frames": log_frames, "checkpointed": done}
+            self._busy(deadline)
+            t0 = time.time()
+            self.conn.execute("BEGIN IMMEDIATE")
+            self._locked = True
+            self.rec["lock_wait_ms"] = round((time.time() - t0) * 1000, 3)
+            self.rec["locked_at"] = _utc(time.time())
+        except sqlite3.Error as e:
+            raise QuiesceFailed(f"sqlite {str(self.cfg.path)!r}: could not take the write lock: {e}") from None
+
+    def _busy(self, deadline: float) -> None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise QuiesceFailed(f"sqlite {str(self.cfg.path)!r}: no time left in max_freeze to take the lock")
+        ms = int(min(self.cfg.busy_timeout, remaining) * 1000)
+        self.conn.execute(f"PRAGMA busy_timeout = {max(ms, 1)}")
+
+    def verify(self) -> None:
+        if self.conn is None or not self._locked or not self.conn.in_transaction:
+            raise QuiesceFailed(f"sqlite {str(self.cfg.path)!r}: the write lock was lost before the snapshot ended")
+
+    def release(self) -> dict[str, Any]:
+        if self._locked and self.conn is not None:
+            try:
+                self.conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            self._locked = False
+            self.rec["released_at"] = _utc(time.time())
+        self._close()
+        return dict(self.rec)
+
+    def _close(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except sqlite3.Error:
+                pass
+            self.conn = None
+
+    @classmethod
+    def drill(cls, record: dict[str, Any], locate: Callable[[str], Path]) -> list[ProbeResult]:
+        path = locate(record["path"])
+        name = f"sqlite {record['path']}"
+        if not path.is_file():
+            return [ProbeResult(name, False, message=f"restored database {path} is missing")]
+        try:
+            conn = sqlite3.connect(f"file:{path.as_posix().replace('?', '%3f').replace('#', '%23')}?mode=rw", uri=True, isolation_level=None)
+            try:
+                check = [r[0] for r in conn.execute("PRAGMA integrity_check")]
+                tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+                counts = {t: conn.execute(f'SELECT count(*) FROM "{t.replace(chr(34), chr(34) * 2)}"').fetchone()[0] for t in tables}
+            finally:
+                conn.close()
+        except sqlite3.Error as e:
+            return [ProbeResult(name, False, message=f"cannot open restored database: {e}")]
+        ok = check == ["ok"]
+        return [ProbeResult(name, ok, {"integrity_check": check[:10], "rows": counts},
+                            "integrity_check ok" if ok else "integrity_check failed")]

@@ -1,0 +1,181 @@
+"""verify, restore and drill of stored backups.
+
+Restore verifies every artifact first (checksums, and for tar a scan of every member) before it
+touches the destination; then extracts each volume into ``DEST/<label>``. It never follows a
+symlink at DEST, never writes outside it, and moves previous content aside (``--force``) rather
+than deleting it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from . import registry, tario
+from .config import Config
+from .errors import NotFound, RestoreRefused, VerifyFailed
+from .runner import Runner
+
+log = logging.getLogger("snapagent.restore")
+
+
+def find_backup(config: Config, backup_id: str):
+    """Return (target, manifest) of ``backup_id`` in any configured target; raise NotFound."""
+    for target in config.all_targets():
+        m = target.get(backup_id)
+        if m is not None:
+            return target, m
+    raise NotFound(f"no backup {backup_id!r} in any target (see `snapagent list`)")
+
+
+def _artifact(manifest: dict, name: str) -> dict:
+    for a in manifest["artifacts"]:
+        if a["name"] == name:
+            return a
+    raise VerifyFailed(f"manifest of {manifest['id']} names artifact {name!r} but does not describe it")
+
+
+def verify(target, manifest: dict, scan: bool = False, allow_special: bool = False) -> list[dict[str, Any]]:
+    """Recompute size and sha256 of every artifact (and scan tar members when ``scan``).
+
+    Returns one result per artifact: {name, ok, size, message}; never raises VerifyFailed itself.
+    """
+    results = []
+    for vol in manifest["volumes"]:
+        art = _artifact(manifest, vol["artifact"])
+        t = time.monotonic()
+        try:
+            with target.open_artifact(manifest["id"], art) as r:
+                if scan and vol["format"] == "tar":
+                    vol["_scan"] = tario.scan(r, allow_special)
+                r.finish()
+            results.append({"name": art["name"], "ok": True, "size": art["size"],
+                            "seconds": round(time.monotonic() - t, 3), "message": "ok"})
+        except (VerifyFailed, RestoreRefused) as e:
+            results.append({"name": art["name"], "ok": False, "size": art["size"], "message": str(e),
+                            "refused": isinstance(e, RestoreRefused)})
+    return results
+
+
+def _prepare_dest(dest: Path, force: bool) -> str | None:
+    """Make ``dest`` an empty directory we own; return where old content was moved, if any."""
+    if dest.is_symlink():
+        raise RestoreRefused(f"{dest} is a symlink; restore refuses to follow it")
+    moved = None
+    if dest.exists():
+        if not dest.is_dir():
+            raise RestoreRefused(f"{dest} exists and is not a directory")
+        if any(dest.iterdir()):
+            if not force:
+                raise RestoreRefused(f"{dest} is not empty; use --force to move its content aside ({dest}.pre-restore-…)")
+            aside = dest.with_name(f"{dest.name}.pre-restore-{time.strftime('%Y%m%dT%H%M%S')}")
+            os.rename(dest, aside)
+            moved = str(aside)
+    if not dest.exists():
+        dest.mkdir(parents=True, mode=0o700)
+    return moved
+
+
+def locator(manifest: dict, dest: Path) -> Callable[[str], Path]:
+    """Return a function mapping a live file path recorded by a quiescer to its restored path."""
+    labels = [v["label"] for v in manifest["volumes"]]
+
+    def locate(live: str) -> Path:
+        for q in manifest.get("quiescers", []):
+            loc = q.get("locations", {}).get(live)
+            if loc:
+                return dest / labels[loc["volume"]] / loc["relpath"]
+        raise NotFound(f"{live} is not recorded on any volume of backup {manifest['id']}")
+
+    return locate
+
+
+def restore(config: Config, runner: Runner, backup_id: str, dest: Path, force: bool = False,
+            allow_special: bool = False, say: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """Verify, then restore backup ``backup_id`` into ``dest``; return a summary for the user.
+
+    Raises NotFound, VerifyFailed (nothing written), RestoreRefused (nothing written), CommandFailed.
+    """
+    target, manifest = find_backup(config, backup_id)
+    results = verify(target, manifest, scan=True, allow_special=allow_special)
+    bad = [r for r in results if not r["ok"]]
+    if bad:
+        cls = RestoreRefused if any(r.get("refused") for r in bad) else VerifyFailed
+        raise cls("restore refused, nothing was written: " + "; ".join(r["message"] for r in bad))
+    say(f"verified {len(results)} artifact(s) of {backup_id}")
+    dest = Path(os.path.abspath(dest))
+    moved = _prepare_dest(dest, force)
+    if moved:
+        say(f"moved the previous content of {dest} to {moved}")
+    driver_cls = registry.get("driver", manifest["driver"], "manifest.driver")
+    driver = driver_cls(runner)
+    out_vols = []
+    for vol in manifest["volumes"]:
+        art = _artifact(manifest, vol["artifact"])
+        vdest = dest / vol["label"]
+        with target.open_artifact(backup_id, art) as r:
+            driver.restore(r, vol["format"], vdest, vol, allow_special)
+            r.finish()
+        out_vols.append({"volume": vol["volume"], "path": str(vdest)})
+        say(f"restored {vol['volume']} -> {vdest}")
+    locate = locator(manifest, dest)
+    dbs = []
+    for q in manifest.get("quiescers", []):
+        qcls = registry.discover("quiescer").get(q["type"])
+        prep = getattr(qcls.load(), "prepare_restore", None) if qcls else None
+        notes = prep(q, locate, config) if prep else None
+        for live in q.get("locations", {}):
+            dbs.append({"type": q["type"], "live": live, "restored": str(locate(live)), **({"notes": notes} if notes else {})})
+            say(f"{q['type']} database {live} restored as {locate(live)}")
+    return {"id": backup_id, "dest": str(dest), "moved_aside": moved, "volumes": out_vols, "databases": dbs}
+
+
+def drill(config: Config, runner: Runner, backup_id: str, keep: bool = False,
+          say: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """Restore ``backup_id`` into scratch space and run the probes of its quiescers.
+
+    Returns {id, ok, probes: [...], scratch}; the scratch copy is removed unless ``keep``.
+    """
+    scratch_root = config.agent.scratch_dir or (config.agent.state_dir / "drill")
+    scratch_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    scratch = scratch_root / f"{backup_id}.{os.getpid()}"
+    t = time.monotonic()
+    try:
+        summary = restore(config, runner, backup_id, scratch, say=say)
+        restore_s = time.monotonic() - t
+        _, manifest = find_backup(config, backup_id)
+        locate = locator(manifest, scratch)
+        probes = []
+        for q in manifest.get("quiescers", []):
+            info = registry.discover("quiescer").get(q["type"])
+            if info is None:
+                probes.append({"name": q["type"], "ok": False, "message": f"quiescer plugin {q['type']!r} not installed"})
+                continue
+            for p in info.load().drill(q, locate):
+                probes.append({"name": p.name, "ok": p.ok, "message": p.message, **p.details})
+                say(f"probe {p.name}: {'PASS' if p.ok else 'FAIL'} {p.message} {p.details or ''}".rstrip())
+        ok = all(p["ok"] for p in probes)
+        return {"id": backup_id, "ok": ok, "probes": probes, "restore_seconds": round(restore_s, 3),
+                "scratch": str(scratch) if keep else None, "volumes": summary["volumes"]}
+    finally:
+        if not keep:
+            _remove_scratch(runner, scratch)
+
+
+def _remove_scratch(runner: Runner, scratch: Path) -> None:
+    if not scratch.exists():
+        return
+    # subvolumes received by btrfs cannot be removed with rmtree; ask the driver-independent tool
+    for child in scratch.iterdir():
+        if child.is_dir() and os.stat(child).st_ino == 256 and runner.which("btrfs"):
+            try:
+                runner.run(["btrfs", "subvolume", "delete", str(child)], mutating=True)
+            except Exception:  # noqa: BLE001
+                pass
+    shutil.rmtree(scratch, ignore_errors=True)
+
+

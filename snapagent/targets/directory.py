@@ -1,0 +1,248 @@
+"""The local directory target (the embedded default).
+
+Layout: ``<path>/<job>/<id>/`` holding the artifacts and ``manifest.json``. A backup is written in
+``<path>/<job>/.partial-<id>/`` (journaled), each artifact to a temp name → fsync → rename, the
+manifest last, then the directory is renamed into place and its parent fsynced: a backup exists iff
+its manifest exists. Artifacts are zstd-compressed by default; size and sha256 of the stored bytes
+are computed while streaming. Files are 0600, directories 0700.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import IO, Any, Literal
+
+import zstandard
+from pydantic import Field
+
+from ..config import Strict
+from ..errors import NotFound, PreflightFailed, VerifyFailed
+from ..fsutil import fsync_dir, write_atomic
+from ..runner import Runner
+from .base import ArtifactInfo, Target, Writer
+
+CHUNK = 1 << 20
+PARTIAL = ".partial-"
+
+
+class DirectoryConfig(Strict):
+    path: Path
+    compression: Literal["zstd", "none"] = "zstd"
+    zstd_level: int = Field(default=3, ge=1, le=19)
+    zstd_threads: int = Field(default=-1, ge=-1, le=64)  # -1: one per core
+
+
+class _HashingSink:
+    """File-like sink that hashes and counts what it writes before writing it to ``f``."""
+
+    def __init__(self, f: IO[bytes]):
+        self.f = f
+        self.h = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.h.update(data)
+        self.size += len(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+class _HashingSource:
+    """File-like source that hashes and counts what is read from ``f``."""
+
+    def __init__(self, f: IO[bytes]):
+        self.f = f
+        self.h = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.h.update(data)
+        self.size += len(data)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+
+class VerifyingReader:
+    """Reads an artifact's decompressed bytes; ``finish()`` drains it and checks size and sha256."""
+
+    def __init__(self, path: Path, art: dict[str, Any]):
+        self.art = art
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        self._raw = os.fdopen(fd, "rb")
+        self._src = _HashingSource(self._raw)
+        if art.get("compression") == "zstd":
+            self._r = zstandard.ZstdDecompressor().stream_reader(self._src, read_size=CHUNK, closefd=False)
+        else:
+            self._r = self._src
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return self._r.read(n)
+        except zstandard.ZstdError as e:
+            raise VerifyFailed(f"artifact {self.art['name']}: corrupt compressed data ({e})") from None
+
+    def readable(self) -> bool:
+        return True
+
+    def finish(self) -> None:
+        """Read what is left of the stored file and raise VerifyFailed on a size or sha256 mismatch."""
+        while self._src.read(CHUNK):
+            pass
+        name = self.art["name"]
+        if self._src.size != self.art["size"]:
+            raise VerifyFailed(f"artifact {name}: size {self._src.size} != {self.art['size']} in manifest")
+        got = self._src.h.hexdigest()
+        if got != self.art["sha256"]:
+            raise VerifyFailed(f"artifact {name}: sha256 mismatch (manifest {self.art['sha256'][:16]}…, file {got[:16]}…)")
+
+    def close(self) -> None:
+        self._raw.close()
+
+    def __enter__(self) -> "VerifyingReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class DirectoryWriter(Writer):
+    def __init__(self, target: "DirectoryTarget", tmp: Path, final: Path, journal):
+        self.t = target
+        self.tmp = tmp
+        self.final = final
+        self.journal = journal
+
+    def add_artifact(self, name: str, stream: IO[bytes]) -> ArtifactInfo:
+        """Store ``stream`` as artifact ``name`` (compressed, hashed, fsynced); return its record."""
+        cfg = self.t.cfg
+        comp = cfg.compression
+        fname = name + (".zst" if comp == "zstd" else "")
+        part = self.tmp / f".{fname}.part"
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        raw_size = 0
+        with os.fdopen(fd, "wb") as f:
+            sink = _HashingSink(f)
+            if comp == "zstd":
+                cctx = zstandard.ZstdCompressor(level=cfg.zstd_level, threads=cfg.zstd_threads, write_checksum=True)
+                out = cctx.stream_writer(sink, closefd=False)
+            else:
+                out = sink
+            while chunk := stream.read(CHUNK):
+                raw_size += len(chunk)
+                out.write(chunk)
+            if comp == "zstd":
+                out.flush(zstandard.FLUSH_FRAME)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(part, self.tmp / fname)
+        return ArtifactInfo(fname, sink.size, sink.h.hexdigest(), comp, raw_size)
+
+    def commit(self, manifest: dict[str, Any]) -> None:
+        """Write the manifest last and move the backup into place atomically."""
+        write_atomic(self.tmp / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n")
+        fsync_dir(self.tmp)
+        os.rename(self.tmp, self.final)
+        fsync_dir(self.final.parent)
+        self.journal.close("temp", str(self.tmp))
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.journal.close("temp", str(self.tmp))
+
+
+class DirectoryTarget(Target):
+    type = "directory"
+    Config = DirectoryConfig
+
+    def describe(self) -> str:
+        return f"directory {self.cfg.path}"
+
+    def preflight(self, job: str) -> None:
+        p = self.cfg.path
+        probe = p
+        while not probe.exists():
+            probe = probe.parent
+        if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+            raise PreflightFailed(f"target {self.name!r}: {p} is not a writable directory")
+
+    def begin(self, job: str, backup_id: str, journal) -> DirectoryWriter:
+        jobdir = self.cfg.path / job
+        jobdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.cfg.path, 0o700)
+        tmp = jobdir / f"{PARTIAL}{backup_id}"
+        journal.open("temp", str(tmp), {"kind": "target", "name": self.type})
+        tmp.mkdir(mode=0o700)
+        return DirectoryWriter(self, tmp, jobdir / backup_id, journal)
+
+    def _dirs(self, job: str | None):
+        root = self.cfg.path
+        if not root.is_dir():
+            return
+        jobdirs = [root / job] if job else sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        for jd in jobdirs:
+            if jd.is_dir():
+                for d in jd.iterdir():
+                    if not d.name.startswith(".") and (d / "manifest.json").is_file():
+                        yield d
+
+    def _read(self, d: Path) -> dict[str, Any]:
+        m = json.loads((d / "manifest.json").read_text())
+        m["_location"] = str(d)
+        m["_target"] = self.name
+        return m
+
+    def list(self, job: str | None = None) -> list[dict[str, Any]]:
+        return sorted((self._read(d) for d in self._dirs(job)), key=lambda m: (m["created"], m["id"]))
+
+    def _find(self, backup_id: str) -> Path | None:
+        if "/" in backup_id or backup_id.startswith("."):
+            return None
+        root = self.cfg.path
+        if not root.is_dir():
+            return None
+        for jd in root.iterdir():
+            d = jd / backup_id
+            if jd.is_dir() and (d / "manifest.json").is_file():
+                return d
+        return None
+
+    def get(self, backup_id: str) -> dict[str, Any] | None:
+        d = self._find(backup_id)
+        return self._read(d) if d else None
+
+    def open_artifact(self, backup_id: str, art: dict[str, Any]) -> VerifyingReader:
+        d = self._find(backup_id)
+        if d is None:
+            raise NotFound(f"no backup {backup_id!r} in target {self.name!r}")
+        path = d / art["name"]
+        if "/" in art["name"] or not path.is_file():
+            raise VerifyFailed(f"artifact {art['name']} of {backup_id} is missing")
+        return VerifyingReader(path, art)
+
+    def delete(self, backup_id: str) -> None:
+        d = self._find(backup_id)
+        if d is None:
+            raise NotFound(f"no backup {backup_id!r} in target {self.name!r}")
+        gone = d.with_name(f".deleting-{d.name}")
+        os.rename(d, gone)  # disappears from listings atomically
+        fsync_dir(d.parent)
+        shutil.rmtree(gone)
+
+    @classmethod
+    def undo(cls, record: dict, runner: Runner) -> str:
+        path = Path(record["key"])
+        if not path.name.startswith(PARTIAL):
+            raise ValueError(f"refusing to remove {path}: not a partial backup directory")
+        if runner.dry_run:
+            return f"would remove partial backup {path}"
+        shutil.rmtree(path, ignore_errors=True)
+        return f"removed partial backup {path}"
