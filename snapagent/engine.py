@@ -90,7 +90,7 @@ class BackupRun:
         self.state_dir = config.agent.state_dir
         self.target = config.target(job.target_name)
         self.driver: Driver = job.driver_cls(runner, job.options)
-        ctx = QuiesceContext(job.name, runner, list(job.cfg.volumes), runner.dry_run)
+        self.ctx = ctx = QuiesceContext(job.name, runner, list(job.cfg.volumes), runner.dry_run)
         self.quiescers: list[Quiescer] = [cls(qcfg, ctx) for cls, qcfg in job.quiescers]
         self.phases = Phases()
         self.locations: dict[str, tuple[int, str]] = {}
@@ -139,6 +139,7 @@ class BackupRun:
                 backup_id = f"{self.job.name}-{created:%Y%m%dT%H%M%SZ}"
             journal = Journal.start(self.state_dir, self.job.name, backup_id)
             self.driver.journal = journal
+            self.ctx.journal = journal
             ok = False
             try:
                 manifest = self._run(backup_id, created, journal)
@@ -163,19 +164,26 @@ class BackupRun:
         snap_name = f"snapagent-{backup_id}"
         snaps, qrecords, window = self._freeze_and_snapshot(snap_name)
         self.say(f"snapshot {snap_name}: {len(snaps)} volume(s), freeze window {window * 1000:.0f} ms")
-        writer = self.target.begin(self.job.name, backup_id, journal)
         fmt = self.job.export
+        keeps = self.driver.keeps_base(fmt)
+        prev = self.target.list(self.job.name)[-1:] if keeps else []
+        prev_items = {v["volume"]: {**v, "backup_id": prev[0]["id"]} for v in prev[0]["volumes"]} if prev else {}
+        writer = self.target.begin(self.job.name, backup_id, journal)
         volumes, artifacts, taken = [], [], set()
         with self.phases("export"):
             for i, snap in enumerate(snaps):
                 label = label_for(snap.volume, taken)
                 art_name = f"{i:02d}-{label}.{fmt}"
-                with self.driver.export(snap, fmt, None) as stream:
+                parent = prev_items.get(snap.volume)
+                with self.driver.export(snap, fmt, parent if parent and parent.get("kept") else None) as stream:
                     info = writer.add_artifact(art_name, stream)
                 self.driver.check([snap])
                 artifacts.append(info.as_dict())
-                volumes.append({"volume": snap.volume, "label": label, "snapshot": snap.handle,
-                                "artifact": info.name, "format": fmt, **snap.info})
+                item = {"volume": snap.volume, "label": label, "snapshot": snap.handle,
+                        "artifact": info.name, "format": fmt, "kept": keeps, **snap.info}
+                if snap.info.get("parent_snapshot"):
+                    item["parent"] = parent["backup_id"]
+                volumes.append(item)
                 self.say(f"exported {snap.volume} -> {info.name} ({info.raw_size} bytes, stored {info.size})")
         for rec in qrecords:
             rec["locations"] = {f: {"volume": self.locations[f][0], "relpath": self.locations[f][1]}
@@ -194,7 +202,10 @@ class BackupRun:
             writer.commit(manifest)
         with self.phases("release"):
             for snap in snaps:
-                self.driver.release(snap)
+                (self.driver.keep if keeps else self.driver.release)(snap)
+            for item in prev_items.values():
+                if item.get("kept"):
+                    self.driver.release_base(item)
         return manifest
 
     def _freeze_and_snapshot(self, snap_name: str) -> tuple[list[Snapshot], list[dict], float]:

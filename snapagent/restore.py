@@ -39,13 +39,35 @@ def _artifact(manifest: dict, name: str) -> dict:
     raise VerifyFailed(f"manifest of {manifest['id']} names artifact {name!r} but does not describe it")
 
 
-def verify(target, manifest: dict, scan: bool = False, allow_special: bool = False) -> list[dict[str, Any]]:
+def chain(config: Config, manifest: dict, vol: dict) -> list[tuple[Any, dict, dict]]:
+    """Return [(target, manifest, volume item)] from the full backup to ``vol`` of ``manifest``
+    (one element unless the volume was exported incrementally). Raises NotFound on a broken chain."""
+    out = [(None, manifest, vol)]
+    seen = {manifest["id"]}
+    while vol.get("parent"):
+        pid = vol["parent"]
+        if pid in seen:
+            raise VerifyFailed(f"backup chain of {manifest['id']} loops at {pid}")
+        seen.add(pid)
+        try:
+            t, m = find_backup(config, pid)
+        except NotFound:
+            raise NotFound(f"backup {manifest['id']} is incremental on {pid}, which is gone; it cannot be restored") from None
+        vol = next((v for v in m["volumes"] if v["volume"] == vol["volume"]), None)
+        if vol is None:
+            raise NotFound(f"parent backup {pid} holds no volume {out[-1][2]['volume']!r}")
+        out.append((t, m, vol))
+    return list(reversed(out))
+
+
+def verify(target, manifest: dict, scan: bool = False, allow_special: bool = False,
+           volumes: list[dict] | None = None) -> list[dict[str, Any]]:
     """Recompute size and sha256 of every artifact (and scan tar members when ``scan``).
 
     Returns one result per artifact: {name, ok, size, message}; never raises VerifyFailed itself.
     """
     results = []
-    for vol in manifest["volumes"]:
+    for vol in (manifest["volumes"] if volumes is None else volumes):
         art = _artifact(manifest, vol["artifact"])
         t = time.monotonic()
         try:
@@ -102,6 +124,11 @@ def restore(config: Config, runner: Runner, backup_id: str, dest: Path, force: b
     """
     target, manifest = find_backup(config, backup_id)
     results = verify(target, manifest, scan=True, allow_special=allow_special)
+    chains = {}
+    for vol in manifest["volumes"]:
+        chains[vol["volume"]] = links = chain(config, manifest, vol)
+        for t, m, item in links[:-1]:
+            results += verify(t, m, volumes=[item])
     bad = [r for r in results if not r["ok"]]
     if bad:
         cls = RestoreRefused if any(r.get("refused") for r in bad) else VerifyFailed
@@ -115,19 +142,18 @@ def restore(config: Config, runner: Runner, backup_id: str, dest: Path, force: b
     driver = driver_cls(runner)
     out_vols = []
     for vol in manifest["volumes"]:
-        art = _artifact(manifest, vol["artifact"])
         vdest = dest / vol["label"]
-        with target.open_artifact(backup_id, art) as r:
-            driver.restore(r, vol["format"], vdest, vol, allow_special)
-            r.finish()
+        for t, m, item in chains[vol["volume"]]:
+            with (t or target).open_artifact(m["id"], _artifact(m, item["artifact"])) as r:
+                driver.restore(r, item["format"], vdest, {**item, "_scan": vol.get("_scan")}, allow_special)
+                r.finish()
         out_vols.append({"volume": vol["volume"], "path": str(vdest)})
         say(f"restored {vol['volume']} -> {vdest}")
     locate = locator(manifest, dest)
     dbs = []
     for q in manifest.get("quiescers", []):
         qcls = registry.discover("quiescer").get(q["type"])
-        prep = getattr(qcls.load(), "prepare_restore", None) if qcls else None
-        notes = prep(q, locate, config) if prep else None
+        notes = qcls.load().prepare_restore(q, locate, config) if qcls else None
         for live in q.get("locations", {}):
             dbs.append({"type": q["type"], "live": live, "restored": str(locate(live)), **({"notes": notes} if notes else {})})
             say(f"{q['type']} database {live} restored as {locate(live)}")
@@ -162,20 +188,11 @@ def drill(config: Config, runner: Runner, backup_id: str, keep: bool = False,
         return {"id": backup_id, "ok": ok, "probes": probes, "restore_seconds": round(restore_s, 3),
                 "scratch": str(scratch) if keep else None, "volumes": summary["volumes"]}
     finally:
-        if not keep:
-            _remove_scratch(runner, scratch)
-
-
-def _remove_scratch(runner: Runner, scratch: Path) -> None:
-    if not scratch.exists():
-        return
-    # subvolumes received by btrfs cannot be removed with rmtree; ask the driver-independent tool
-    for child in scratch.iterdir():
-        if child.is_dir() and os.stat(child).st_ino == 256 and runner.which("btrfs"):
-            try:
-                runner.run(["btrfs", "subvolume", "delete", str(child)], mutating=True)
-            except Exception:  # noqa: BLE001
-                pass
-    shutil.rmtree(scratch, ignore_errors=True)
+        if not keep and scratch.exists():
+            _, manifest = find_backup(config, backup_id)
+            driver = registry.get("driver", manifest["driver"], "manifest.driver")(runner)
+            for child in scratch.iterdir():
+                driver.discard(child)
+            shutil.rmtree(scratch, ignore_errors=True)
 
 

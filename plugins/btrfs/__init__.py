@@ -168,6 +168,12 @@ class BtrfsDriver(Driver):
         self.runner.run(["btrfs", "subvolume", "delete", str(received)], mutating=True)
         return dest
 
+    def discard(self, path: Path) -> None:
+        if path.is_dir() and not path.is_symlink() and os.stat(path).st_ino == 256:
+            self.runner.run(["btrfs", "subvolume", "delete", str(path)], mutating=True)
+        else:
+            super().discard(path)
+
     def tool_versions(self) -> dict[str, str]:
         out = {}
         for tool, argv in (("btrfs", ["btrfs", "--version"]), ("tar", ["tar", "--version"])):

@@ -69,7 +69,11 @@ class Driver:
     @contextlib.contextmanager
     def export(self, snap: Snapshot, fmt: str, parent: dict | None = None) -> Iterator[IO[bytes]]:
         """Yield a readable byte stream of ``snap`` in ``fmt``; on exit wait for it and release
-        what export took (mounts). Raises ExportFailed."""
+        what export took (mounts). Raises ExportFailed.
+
+        ``parent`` (only when ``keeps_base``) is the previous backup's manifest volume record of
+        the same volume, plus ``backup_id``; a driver that exports incrementally from it sets
+        ``snap.info["parent_snapshot"]`` so the engine records the chain."""
         raise NotImplementedError
         yield  # pragma: no cover
 
@@ -77,9 +81,31 @@ class Driver:
         """Destroy ``snap`` and close its journal entry. Idempotent."""
         raise NotImplementedError
 
+    def keeps_base(self, fmt: str) -> bool:
+        """Return True when each snapshot is kept after the backup as the base of the next
+        incremental export in ``fmt`` (the engine then calls ``keep`` instead of ``release``)."""
+        return False
+
+    def keep(self, snap: Snapshot) -> None:
+        """Keep ``snap`` as an incremental base (e.g. ``zfs hold``) and close its journal entry."""
+        if self.journal:
+            self.journal.close("snapshot", snap.handle)
+
+    def release_base(self, item: dict) -> None:
+        """Release the base an earlier backup kept (its manifest volume item). Idempotent."""
+
+    def discard(self, path: Path) -> None:
+        """Remove a restored copy at ``path`` (drill scratch space)."""
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)
+
     def restore(self, stream: IO[bytes], fmt: str, dest: Path, item: dict, allow_special: bool = False) -> Path:
-        """Restore one exported volume from ``stream`` into ``dest`` (which exists and is empty for
-        tar); return the directory holding the restored files. Raises RestoreRefused / OperationFailed."""
+        """Restore one exported volume from ``stream`` into ``dest`` (``dest`` does not exist yet
+        for a full stream; for an incremental one — ``item["parent"]`` set — it holds the restored
+        parent chain); return the directory holding the restored files. ``item`` is the manifest's
+        volume record (for tar, ``item["_scan"]`` is the tario.ScanReport of the verified stream).
+        Raises RestoreRefused / OperationFailed."""
         raise NotImplementedError
 
     @classmethod

@@ -24,6 +24,10 @@ class QuiesceContext:
     runner: Runner
     volumes: list[str]
     dry_run: bool = False
+    #: The run's step journal, set before ``quiesce()`` (None in dry-run). A quiescer whose lock
+    #: does not die with the agent (fsfreeze) journals it with owner {"kind": "quiescer", "name": type}
+    #: and implements ``undo``.
+    journal: Any = None
 
 
 @dataclass
@@ -75,6 +79,17 @@ class Quiescer:
     def abort(self) -> None:
         """Drop everything without recording (used on errors before quiesce)."""
         self.release()
+
+    @classmethod
+    def undo(cls, record: dict[str, Any], runner: Runner) -> str:
+        """Undo a journal record this quiescer wrote (e.g. thaw a freeze) left by a killed run."""
+        raise NotImplementedError(f"quiescer {cls.type} journals nothing to undo")
+
+    @classmethod
+    def prepare_restore(cls, record: dict[str, Any], locate: Callable[[str], Path], config: Any) -> dict[str, Any] | None:
+        """After files are restored: make the restored database startable as it is (e.g. write
+        PostgreSQL's backup_label, recovery settings); return notes for the user, or None."""
+        return None
 
     @classmethod
     def drill(cls, record: dict[str, Any], locate: Callable[[str], Path]) -> list[ProbeResult]:
