@@ -102,23 +102,38 @@ def _prepare_dest(dest: Path, force: bool) -> str | None:
     return moved
 
 
-def locator(manifest: dict, dest: Path) -> Callable[[str], Path]:
-    """Return a function mapping a live file path recorded by a quiescer to its restored path."""
+def locator(manifest: dict, dest: Path | dict[str, Path]) -> Callable[[str], Path]:
+    """Return a function mapping a live file path recorded by a quiescer to its restored path.
+
+    ``dest`` is the restore directory (volume ``label`` restored into ``dest/label``) or a map
+    {label: directory of that volume's restored files}."""
     labels = [v["label"] for v in manifest["volumes"]]
+    roots = dest if isinstance(dest, dict) else {label: dest / label for label in labels}
 
     def locate(live: str) -> Path:
         for q in manifest.get("quiescers", []):
             loc = q.get("locations", {}).get(live)
             if loc:
-                return dest / labels[loc["volume"]] / loc["relpath"]
+                return roots[labels[loc["volume"]]] / loc["relpath"]
         raise NotFound(f"{live} is not recorded on any volume of backup {manifest['id']}")
 
     return locate
 
 
-def restore(config: Config, runner: Runner, backup_id: str, dest: Path, force: bool = False,
+def driver_for(config: Config, manifest: dict, runner: Runner):
+    """Return the driver that made ``manifest``, with its job's options when the job still exists
+    with that driver (e.g. where a drill may receive), else the driver's defaults."""
+    driver_cls = registry.get("driver", manifest["driver"], "manifest.driver")
+    job = config.jobs.get(manifest.get("job", ""))
+    return driver_cls(runner, job.options if job is not None and job.driver_cls is driver_cls else None)
+
+
+def restore(config: Config, runner: Runner, backup_id: str, dest: Path | str, force: bool = False,
             allow_special: bool = False, say: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Verify, then restore backup ``backup_id`` into ``dest``; return a summary for the user.
+
+    ``dest`` is a directory, unless the driver's ``prepare_destination`` says it names something
+    else (a new ZFS dataset for a ``zfs send`` backup).
 
     Raises NotFound, VerifyFailed (nothing written), RestoreRefused (nothing written), CommandFailed.
     """
@@ -134,22 +149,27 @@ def restore(config: Config, runner: Runner, backup_id: str, dest: Path, force: b
         cls = RestoreRefused if any(r.get("refused") for r in bad) else VerifyFailed
         raise cls("restore refused, nothing was written: " + "; ".join(r["message"] for r in bad))
     say(f"verified {len(results)} artifact(s) of {backup_id}")
-    dest = Path(os.path.abspath(dest))
-    moved = _prepare_dest(dest, force)
+    driver = driver_for(config, manifest, runner)
+    named = driver.prepare_destination(str(dest), manifest, force)
+    if named:
+        dest, moved = named
+    else:
+        dest = Path(os.path.abspath(dest))
+        moved = _prepare_dest(dest, force)
     if moved:
         say(f"moved the previous content of {dest} to {moved}")
-    driver_cls = registry.get("driver", manifest["driver"], "manifest.driver")
-    driver = driver_cls(runner)
-    out_vols = []
+    out_vols, roots = [], {}
     for vol in manifest["volumes"]:
-        vdest = dest / vol["label"]
+        vdest = f"{dest}/{vol['label']}" if named else dest / vol["label"]
         for t, m, item in chains[vol["volume"]]:
             with (t or target).open_artifact(m["id"], _artifact(m, item["artifact"])) as r:
-                driver.restore(r, item["format"], vdest, {**item, "_scan": vol.get("_scan")}, allow_special)
+                got = driver.restore(r, item["format"], vdest, {**item, "_scan": vol.get("_scan")}, allow_special)
+                roots[vol["label"]] = Path(got or vdest)
                 r.finish()
-        out_vols.append({"volume": vol["volume"], "path": str(vdest)})
-        say(f"restored {vol['volume']} -> {vdest}")
-    locate = locator(manifest, dest)
+        out_vols.append({"volume": vol["volume"], "path": str(roots[vol["label"]]),
+                         **({"restored_as": vdest} if named else {})})
+        say(f"restored {vol['volume']} -> {vdest}" + (f" (mounted at {roots[vol['label']]})" if named else ""))
+    locate = locator(manifest, roots)
     dbs = []
     for q in manifest.get("quiescers", []):
         qcls = registry.discover("quiescer").get(q["type"])
@@ -166,15 +186,18 @@ def drill(config: Config, runner: Runner, backup_id: str, keep: bool = False,
 
     Returns {id, ok, probes: [...], scratch}; the scratch copy is removed unless ``keep``.
     """
+    _, manifest = find_backup(config, backup_id)
+    driver = driver_for(config, manifest, runner)
+    named = driver.drill_destination(manifest, f"{backup_id}.{os.getpid()}")
     scratch_root = config.agent.scratch_dir or (config.agent.state_dir / "drill")
-    scratch_root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    scratch = scratch_root / f"{backup_id}.{os.getpid()}"
+    if not named:
+        scratch_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    scratch = named or scratch_root / f"{backup_id}.{os.getpid()}"
     t = time.monotonic()
     try:
         summary = restore(config, runner, backup_id, scratch, say=say)
         restore_s = time.monotonic() - t
-        _, manifest = find_backup(config, backup_id)
-        locate = locator(manifest, scratch)
+        locate = locator(manifest, {v["label"]: Path(r["path"]) for v, r in zip(manifest["volumes"], summary["volumes"])})
         probes = []
         for q in manifest.get("quiescers", []):
             info = registry.discover("quiescer").get(q["type"])
@@ -188,9 +211,9 @@ def drill(config: Config, runner: Runner, backup_id: str, keep: bool = False,
         return {"id": backup_id, "ok": ok, "probes": probes, "restore_seconds": round(restore_s, 3),
                 "scratch": str(scratch) if keep else None, "volumes": summary["volumes"]}
     finally:
-        if not keep and scratch.exists():
-            _, manifest = find_backup(config, backup_id)
-            driver = registry.get("driver", manifest["driver"], "manifest.driver")(runner)
+        if not keep and named:
+            driver.discard(named)
+        elif not keep and scratch.exists():
             for child in scratch.iterdir():
                 driver.discard(child)
             shutil.rmtree(scratch, ignore_errors=True)

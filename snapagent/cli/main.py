@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("id")
     sp = cmd("restore", "verify, then restore a backup into an empty directory", commands.do_restore)
     sp.add_argument("id")
-    sp.add_argument("--to", required=True, dest="dest", metavar="DEST", help="destination directory (created; must be empty)")
+    sp.add_argument("--to", required=True, dest="dest", metavar="DEST", help="destination directory (created; must be empty); for a ZFS send backup, the name of a new dataset (e.g. tank/restored)")
     sp.add_argument("--force", action="store_true", help="move DEST's current content aside to DEST.pre-restore-<time>")
     sp.add_argument("--allow-special", action="store_true", help="restore device/FIFO members and keep setuid/setgid bits")
     sp = cmd("drill", "restore into scratch space and run the databases' own integrity checks", commands.do_drill)

@@ -94,14 +94,32 @@ class Driver:
     def release_base(self, item: dict) -> None:
         """Release the base an earlier backup kept (its manifest volume item). Idempotent."""
 
-    def discard(self, path: Path) -> None:
-        """Remove a restored copy at ``path`` (drill scratch space)."""
+    def prepare_destination(self, dest: str, manifest: dict, force: bool) -> tuple[str, str | None] | None:
+        """Say what ``restore --to DEST`` means for a backup this driver made (``manifest``).
+
+        Return None (the default) when DEST is a directory: the core prepares it and each volume
+        restores into ``DEST/<label>``. A driver whose backups restore into something else (a new
+        ZFS dataset) checks DEST, moves an existing one aside when ``force``, creates it and returns
+        ``(name, moved_aside_or_None)``; each volume then restores into ``"<name>/<label>"``.
+        Called after verification; raises RestoreRefused (nothing written)."""
+        return None
+
+    def drill_destination(self, manifest: dict, unique: str) -> str | None:
+        """Return where a drill of ``manifest`` restores when that is not a scratch directory (e.g.
+        a scratch dataset named with ``unique``), or None (the default: a scratch directory). The
+        drill removes it afterwards with ``discard(name)``."""
+        return None
+
+    def discard(self, path: Path | str) -> None:
+        """Remove a restored copy at ``path`` (drill scratch space; a str is a name returned by
+        ``drill_destination``)."""
         import shutil
 
         shutil.rmtree(path, ignore_errors=True)
 
-    def restore(self, stream: IO[bytes], fmt: str, dest: Path, item: dict, allow_special: bool = False) -> Path:
-        """Restore one exported volume from ``stream`` into ``dest`` (``dest`` does not exist yet
+    def restore(self, stream: IO[bytes], fmt: str, dest: Path | str, item: dict, allow_special: bool = False) -> Path:
+        """Restore one exported volume from ``stream`` into ``dest`` (a str when
+        ``prepare_destination`` named the destination; a directory Path otherwise, which does not exist yet
         for a full stream; for an incremental one — ``item["parent"]`` set — it holds the restored
         parent chain); return the directory holding the restored files. ``item`` is the manifest's
         volume record (for tar, ``item["_scan"]`` is the tario.ScanReport of the verified stream).

@@ -1,0 +1,345 @@
+"""Unit tests of the zfs driver against a fake runner: exact argv (hostile but legal names),
+refusal of names ZFS can never accept, stderr parsed into typed errors, holds and incremental
+bases, restore destinations. The real-pool tests are tests/vm/test_zfs.py."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers.fakezfs import FakeRunner, FakeZfs
+from snapagent.config import parse
+from snapagent.drivers.base import Snapshot
+from snapagent.errors import ConfigError, ExportFailed, OperationFailed, PreflightFailed, RestoreRefused, SnapshotFailed
+from snapagent.journal import Journal, read_open
+from snapagent_plugins.zfs import ZfsDriver, ZfsOptions
+from snapagent_plugins.zfs.names import dataset_problem
+from snapagent_plugins.zfs.zfscmd import classify
+
+SPACE = "tank/app db"           # spaces are legal in ZFS names
+LEAD = "tank/-lead:x.y_z"       # so are a leading '-', ':', '.', '_'
+LIST_PROPS = "name,type,mounted,mountpoint,available"
+
+
+def make(*datasets: str, opts: dict | None = None, journal=None, **kw) -> tuple[ZfsDriver, FakeRunner]:
+    fake = FakeZfs()
+    for d in datasets:
+        fake.add(d)
+    runner = FakeRunner(fake, **kw)
+    return ZfsDriver(runner, ZfsOptions(**(opts or {})), journal), runner
+
+
+def far() -> float:
+    return time.monotonic() + 10
+
+
+# -- names ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["tank", SPACE, LEAD, "tank/a/b c/d", "Pool9/x"])
+def test_legal_names_pass(name):
+    assert dataset_problem(name) is None
+
+
+@pytest.mark.parametrize("name,why", [
+    ("tank/x;rm -rf /", "';'"), ("tank/$(id)", "'$'"), ("tank/a\nb", "'\\n'"), ("tank/`id`", "'`'"),
+    ("/tank/x", "not a path"), ("tank/x@s", "snapshot delimiter"), ("tank//x", "empty component"),
+    ("tank/..", "'..'"), ("1tank/x", "begin with a letter"), ("tank/x/", "trailing"), ("", "empty"),
+    ("mirror1/x", "reserved"), ("tank/" + "x" * 260, "longer"), ("tank/a\tb", "'\\t'"),
+])
+def test_illegal_names_are_refused_before_any_command(name, why):
+    assert why in (dataset_problem(name) or "")
+    drv, runner = make("tank/ok")
+    with pytest.raises(ConfigError) as e:
+        drv.preflight(["tank/ok", name])
+    assert "volumes:" in str(e.value) and "not a valid ZFS dataset name" in str(e.value)
+    assert runner.calls == []
+
+
+# -- preflight ------------------------------------------------------------------------------------
+def test_preflight_one_list_call_with_exact_argv():
+    drv, runner = make(SPACE, LEAD)
+    drv.preflight([SPACE, LEAD])
+    assert runner.calls == [["zfs", "list", "-H", "-p", "-o", LIST_PROPS, "-t", "filesystem,volume", "--", SPACE, LEAD]]
+    assert drv.volume_root(SPACE) == Path("/mnt/tank/app db")
+    assert len(runner.calls) == 1  # mountpoint cached from preflight
+
+
+def test_preflight_names_the_missing_dataset():
+    drv, _ = make(SPACE)
+    with pytest.raises(PreflightFailed, match=r"dataset 'tank/gone one' does not exist"):
+        drv.preflight([SPACE, "tank/gone one"])
+
+
+def test_preflight_module_not_loaded():
+    drv, runner = make(SPACE)
+    runner.fake.fail_next["list"] = "The ZFS modules are not loaded.\nTry running '/sbin/modprobe zfs' as root to load them."
+    with pytest.raises(PreflightFailed, match="ZFS kernel module is not loaded"):
+        drv.preflight([SPACE])
+
+
+def test_preflight_refuses_two_pools_unless_cross_pool():
+    drv, runner = make("tank/a", "other/b")
+    with pytest.raises(PreflightFailed, match=r"span pools 'tank', 'other'.*cross_pool"):
+        drv.preflight(["tank/a", "other/b"])
+    assert runner.calls == []
+    drv, _ = make("tank/a", "other/b", opts={"cross_pool": True})
+    drv.preflight(["tank/a", "other/b"])
+
+
+def test_preflight_refuses_nested_volumes_when_recursive():
+    drv, _ = make("tank/a", "tank/a/b", opts={"recursive": True})
+    with pytest.raises(PreflightFailed, match=r"'tank/a/b' lies below 'tank/a'"):
+        drv.preflight(["tank/a", "tank/a/b"])
+
+
+@pytest.mark.parametrize("change,msg", [
+    ({"mounted": "no"}, "is not mounted"),
+    ({"type": "volume"}, "is a volume, not a filesystem"),
+    ({"available": str(10 << 20)}, r"10 MiB available, less than options.min_free \(64 MiB\)"),
+])
+def test_preflight_checks_type_mount_and_space(change, msg):
+    drv, runner = make(SPACE)
+    runner.fake.datasets[SPACE].update(change)
+    with pytest.raises(PreflightFailed, match=msg):
+        drv.preflight([SPACE])
+
+
+# -- snapshots ------------------------------------------------------------------------------------
+class SpyJournal:
+    def __init__(self, runner: FakeRunner):
+        self.events, self.runner = [], runner
+
+    def open(self, kind, key, owner, **data):
+        self.events.append(("open", key, len(self.runner.calls), data))
+
+    def close(self, kind, key):
+        self.events.append(("close", key, len(self.runner.calls), {}))
+
+
+def test_snapshot_is_one_call_journaled_first():
+    drv, runner = make(SPACE, LEAD)
+    drv.journal = j = SpyJournal(runner)
+    snaps = drv.snapshot([SPACE, LEAD], "snapagent-job-1", far())
+    assert runner.calls == [["zfs", "snapshot", "--", f"{SPACE}@snapagent-job-1", f"{LEAD}@snapagent-job-1"]]
+    assert [(e[0], e[1], e[2]) for e in j.events] == [("open", f"{SPACE}@snapagent-job-1", 0), ("open", f"{LEAD}@snapagent-job-1", 0)]
+    assert [s.handle for s in snaps] == [f"{SPACE}@snapagent-job-1", f"{LEAD}@snapagent-job-1"]
+    assert {s.info["atomic_group"] for s in snaps} == {0}
+    assert ZfsDriver.atomic is True
+
+
+def test_snapshot_recursive_and_cross_pool_groups():
+    drv, runner = make("tank/a", "other/b", "tank/c", opts={"recursive": True, "cross_pool": True})
+    snaps = drv.snapshot(["tank/a", "other/b", "tank/c"], "s", far())
+    assert runner.calls == [["zfs", "snapshot", "-r", "--", "tank/a@s", "tank/c@s"],
+                            ["zfs", "snapshot", "-r", "--", "other/b@s"]]
+    assert [s.info["atomic_group"] for s in snaps] == [0, 1, 0]
+    assert all(s.info["recursive"] for s in snaps)
+
+
+def test_snapshot_failure_is_parsed():
+    drv, runner = make(SPACE)
+    runner.fake.snapshots[f"{SPACE}@s"] = {"name": f"{SPACE}@s", "guid": "1", "createtxg": "1", "holds": set()}
+    with pytest.raises(SnapshotFailed, match=r"zfs snapshot of 'tank/app db' failed: cannot create snapshot 'tank/app db@s': dataset already exists"):
+        drv.snapshot([SPACE], "s", far())
+
+
+def test_snapshot_dry_run_runs_nothing():
+    drv, runner = make(SPACE, dry_run=True)
+    drv.snapshot([SPACE], "s", far())
+    assert runner.calls == [] and runner.fake.snapshots == {}
+    assert runner.echoed and "snapshot" in runner.echoed[0]
+
+
+def test_release_destroys_deferred_and_is_idempotent():
+    drv, runner = make(SPACE)
+    drv.journal = j = SpyJournal(runner)
+    (snap,) = drv.snapshot([SPACE], "s", far())
+    drv.release(snap)
+    assert ["zfs", "destroy", "-d", "--", f"{SPACE}@s"] in runner.calls
+    assert runner.fake.snapshots == {}
+    drv.release(snap)  # already gone: no error
+    assert j.events[-1][0] == "close"
+
+
+def test_real_journal_undo_after_a_killed_run(tmp_path):
+    drv, runner = make(SPACE, LEAD)
+    drv.journal = Journal.start(tmp_path, "job", "run1")
+    drv.snapshot([SPACE, LEAD], "s", far())
+    runner.fake.snapshots[f"{LEAD}@s"]["holds"].add("snapagent")  # killed between hold and close
+    open_recs = read_open(drv.journal.path)
+    assert [r["key"] for r in open_recs] == [f"{SPACE}@s", f"{LEAD}@s"]
+    msgs = [ZfsDriver.undo(r, runner) for r in reversed(open_recs)]
+    assert msgs == [f"zfs snapshot {LEAD}@s: destroyed", f"zfs snapshot {SPACE}@s: destroyed"]
+    assert ["zfs", "release", "--", "snapagent", f"{LEAD}@s"] in runner.calls
+    assert runner.fake.snapshots == {}
+    assert ZfsDriver.undo(open_recs[0], runner) == f"zfs snapshot {SPACE}@s: already gone"
+
+
+def test_undo_respects_someone_elses_hold():
+    drv, runner = make(SPACE)
+    drv.snapshot([SPACE], "s", far())
+    runner.fake.snapshots[f"{SPACE}@s"]["holds"].add("admin")
+    msg = ZfsDriver.undo({"kind": "snapshot", "key": f"{SPACE}@s"}, runner)
+    assert "deferred destruction" in msg
+    assert runner.fake.snapshots[f"{SPACE}@s"]["defer"] is True
+
+
+# -- export, keep, incremental bases --------------------------------------------------------------
+def read_export(drv, snap, fmt, parent=None) -> bytes:
+    with drv.export(snap, fmt, parent) as s:
+        return s.read()
+
+
+def test_send_full_then_incremental_from_held_base():
+    drv, runner = make(SPACE, opts={"compressed": True, "raw": True, "large_blocks": True})
+    assert drv.keeps_base("send") and not drv.keeps_base("tar")
+    (s1,) = drv.snapshot([SPACE], "snapagent-b1", far())
+    read_export(drv, s1, "send")
+    assert runner.streams[-1].argv == ["zfs", "send", "-w", "-c", "-L", "--", f"{SPACE}@snapagent-b1"]
+    assert s1.info["createtxg"] == 100 and "parent_snapshot" not in s1.info
+    drv.keep(s1)
+    assert ["zfs", "hold", "--", "snapagent", f"{SPACE}@snapagent-b1"] in runner.calls
+    item = {"volume": SPACE, "snapshot": s1.handle, "kept": True, "backup_id": "b1", **s1.info}
+    (s2,) = drv.snapshot([SPACE], "snapagent-b2", far())
+    read_export(drv, s2, "send", item)
+    assert runner.streams[-1].argv == ["zfs", "send", "-w", "-c", "-L", "-i", f"{SPACE}@snapagent-b1", "--", f"{SPACE}@snapagent-b2"]
+    assert s2.info["parent_snapshot"] == f"{SPACE}@snapagent-b1"
+    drv.keep(s2)
+    drv.release_base(item)
+    assert ["zfs", "release", "--", "snapagent", f"{SPACE}@snapagent-b1"] in runner.calls
+    assert list(runner.fake.snapshots) == [f"{SPACE}@snapagent-b2"]
+    drv.release_base(item)  # idempotent
+
+
+@pytest.mark.parametrize("spoil,why", [
+    (lambda f, b: f.snapshots.pop(b), "gone"),
+    (lambda f, b: f.snapshots[b].update(guid="999"), "guid changed"),
+])
+def test_unusable_base_falls_back_to_full_send(spoil, why, caplog):
+    drv, runner = make(SPACE)
+    (s1,) = drv.snapshot([SPACE], "b1", far())
+    read_export(drv, s1, "send")
+    item = {"snapshot": s1.handle, "guid": s1.info["guid"], "kept": True}
+    spoil(runner.fake, s1.handle)
+    (s2,) = drv.snapshot([SPACE], "b2", far())
+    read_export(drv, s2, "send", item)
+    assert "-i" not in runner.streams[-1].argv and "parent_snapshot" not in s2.info
+
+
+def test_release_base_leaves_a_same_named_other_snapshot():
+    drv, runner = make(SPACE)
+    (s1,) = drv.snapshot([SPACE], "b1", far())
+    drv.release_base({"snapshot": s1.handle, "guid": "not-this-one"})
+    assert s1.handle in runner.fake.snapshots
+
+
+def test_tar_export_reads_the_snapshot_directory(tmp_path):
+    drv, runner = make()
+    runner.fake.add(SPACE, mountpoint=str(tmp_path / "app db"))
+    (tmp_path / "app db" / ".zfs" / "snapshot" / "s").mkdir(parents=True)
+    drv.preflight([SPACE])
+    (snap,) = drv.snapshot([SPACE], "s", far())
+    read_export(drv, snap, "tar")
+    argv = runner.streams[-1].argv
+    assert argv[0] == "tar" and argv[argv.index("--directory") + 1] == str(tmp_path / "app db/.zfs/snapshot/s")
+
+
+def test_tar_of_recursive_snapshot_is_refused():
+    drv, _ = make(SPACE, opts={"recursive": True})
+    (snap,) = drv.snapshot([SPACE], "s", far())
+    with pytest.raises(ExportFailed, match="only be exported as `send`"):
+        read_export(drv, snap, "tar")
+
+
+def test_keep_failure_is_typed():
+    drv, runner = make(SPACE)
+    snap = Snapshot(SPACE, f"{SPACE}@s", "s", {})
+    with pytest.raises(OperationFailed, match="cannot hold snapshot 'tank/app db@s': dataset 'tank/app db@s' does not exist"):
+        runner.fake.fail_next["hold"] = "cannot open 'tank/app db@s': dataset does not exist"
+        drv.keep(snap)
+
+
+# -- restore destinations -------------------------------------------------------------------------
+MANIFEST = {"id": "job-1", "export_format": "send", "volumes": [{"volume": SPACE, "label": "app_db"}]}
+
+
+def test_prepare_destination_for_send_creates_a_new_dataset():
+    drv, runner = make("tank")
+    assert drv.prepare_destination("tank/restored x", MANIFEST, force=False) == ("tank/restored x", None)
+    assert runner.calls[-1] == ["zfs", "create", "-p", "--", "tank/restored x"]
+
+
+def test_prepare_destination_refusals():
+    drv, runner = make("tank", "tank/exists")
+    with pytest.raises(RestoreRefused, match="names a NEW ZFS dataset.*not a path"):
+        drv.prepare_destination("/srv/restore", MANIFEST, force=False)
+    with pytest.raises(RestoreRefused, match="pool 'nopool' does not exist"):
+        drv.prepare_destination("nopool/x", MANIFEST, force=False)
+    with pytest.raises(RestoreRefused, match="already exists.*--force"):
+        drv.prepare_destination("tank/exists", MANIFEST, force=False)
+    assert not [c for c in runner.calls if c[1] in ("create", "rename")]
+    name, moved = drv.prepare_destination("tank/exists", MANIFEST, force=True)
+    assert moved.startswith("tank/exists.pre-restore-") and moved in runner.fake.datasets
+    assert drv.prepare_destination("/srv/restore", {**MANIFEST, "export_format": "tar"}, False) is None
+
+
+def test_receive_chain_argv():
+    drv, runner = make("tank")
+    runner.on_receive = lambda argv: runner.fake.add(argv[-1], mounted="no")
+    full = drv.restore(__import__("io").BytesIO(b"full"), "send", "tank/r/app_db", {"snapshot": "x"})
+    assert runner.streams[-1].argv == ["zfs", "receive", "-x", "mountpoint", "--", "tank/r/app_db"]
+    assert runner.streams[-1].received == b"full"
+    assert ["zfs", "mount", "--", "tank/r/app_db"] in runner.calls and full == Path("/mnt/tank/r/app_db")
+    runner.on_receive = None
+    drv.restore(__import__("io").BytesIO(b"incr"), "send", "tank/r/app_db", {"parent": "job-0"})
+    assert runner.streams[-1].argv == ["zfs", "receive", "-x", "mountpoint", "-F", "--", "tank/r/app_db"]
+
+
+def test_drill_destination_and_discard():
+    drv, runner = make("tank")
+    name = drv.drill_destination(MANIFEST, "job-1.42")
+    assert name == "tank/snapagent-drill/job-1.42"
+    assert ["zfs", "create", "-p", "--", "tank/snapagent-drill"] in runner.calls
+    runner.fake.add(name)
+    drv.discard(name)
+    assert ["zfs", "destroy", "-r", "--", name] in runner.calls and name not in runner.fake.datasets
+    drv2, _ = make("tank", opts={"drill_parent": "tank/scratch space"})
+    assert drv2.drill_destination(MANIFEST, "u") == "tank/scratch space/u"
+    assert drv.drill_destination({**MANIFEST, "export_format": "tar"}, "u") is None
+
+
+# -- stderr parsing and config --------------------------------------------------------------------
+@pytest.mark.parametrize("stderr,kind,subject", [
+    ("cannot open 'tank/a b': dataset does not exist", "no-dataset", "tank/a b"),
+    ("cannot create snapshot 'tank/x@s': dataset already exists\nno snapshots were created", "exists", "tank/x@s"),
+    ("cannot destroy snapshot tank/x@s: dataset is busy", "busy", None),
+    ("cannot release hold from snapshot 'tank/x@s': no such tag on this dataset", "no-tag", "tank/x@s"),
+    ("cannot hold snapshot 'tank/x@s': tag already exists on this dataset", "tag-exists", "tank/x@s"),
+    ("cannot create snapshots : out of space", "no-space", None),
+    ("The ZFS modules are not loaded.\nTry running '/sbin/modprobe zfs' as root to load them.", "no-module", None),
+    ("cannot receive new filesystem stream: destination 'tank/r' exists", "exists", "tank/r"),
+    ("cannot open 'tank': pool I/O is currently suspended", "suspended", "tank"),
+    ("something new", "other", None),
+])
+def test_classify(stderr, kind, subject):
+    p = classify(stderr)
+    assert (p.kind, p.subject) == (kind, subject)
+
+
+def _cfg(tmp_path, options: str) -> str:
+    return (f'[agent]\nstate_dir = {json.dumps(str(tmp_path))}\n[targets.local]\ntype = "directory"\n'
+            f'path = {json.dumps(str(tmp_path / "b"))}\n[jobs.db]\ndriver = "zfs"\nvolumes = ["tank/app db"]\n'
+            f'target = "local"\n[jobs.db.options]\n{options}\n')
+
+
+def test_config_options(tmp_path):
+    import tomllib
+
+    cfg = parse(tomllib.loads(_cfg(tmp_path, 'recursive = true\nmin_free = "1GiB"\ndrill_parent = "tank/drill"')), tmp_path / "c.toml")
+    job = cfg.job("db")
+    assert job.export == "send" and job.options.min_free == 1 << 30 and job.options.recursive
+    for bad, key in (('drill_parent = "tank/x;y"', "jobs.db.options.drill_parent"), ("bogus = 1", "jobs.db.options.bogus")):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            parse(tomllib.loads(_cfg(tmp_path, bad)), tmp_path / "c.toml")
