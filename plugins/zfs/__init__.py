@@ -137,19 +137,17 @@ class ZfsDriver(ZfsRestoreMixin, Driver):
 
     @staticmethod
     def _destroy(zfs: Zfs, snap: str, recursive: bool, release_hold: bool = False) -> str:
-        if not zfs.runner.dry_run and zfs.exists(snap, snapshot=True) is None:
-            return "already gone"
-        if release_hold:
-            zfs.release(snap, recursive)
+        """Destroy ``snap`` (``-d``: deferred while someone else's hold or clone keeps it), first
+        releasing snapagent's own hold when ``release_hold``; return what happened."""
         try:
+            if release_hold:
+                zfs.release(snap, recursive)
             zfs.destroy_snapshot(snap, recursive)
         except ZfsCommandFailed as e:
             if e.kind == "no-dataset":
                 return "already gone"
             raise OperationFailed(f"cannot destroy snapshot {snap!r}: {_explain(e)}") from None
-        if not zfs.runner.dry_run and zfs.exists(snap, snapshot=True) is not None:
-            return "marked for deferred destruction (held or cloned by someone else)"
-        return "destroyed"
+        return "destroyed (deferred while someone else holds or clones it)"
 
     def keeps_base(self, fmt: str) -> bool:
         return fmt == "send" and self.options.incremental

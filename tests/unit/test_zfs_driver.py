@@ -171,7 +171,7 @@ def test_real_journal_undo_after_a_killed_run(tmp_path):
     open_recs = read_open(drv.journal.path)
     assert [r["key"] for r in open_recs] == [f"{SPACE}@s", f"{LEAD}@s"]
     msgs = [ZfsDriver.undo(r, runner) for r in reversed(open_recs)]
-    assert msgs == [f"zfs snapshot {LEAD}@s: destroyed", f"zfs snapshot {SPACE}@s: destroyed"]
+    assert msgs[0].startswith(f"zfs snapshot {LEAD}@s: destroyed") and msgs[1].startswith(f"zfs snapshot {SPACE}@s: destroyed")
     assert ["zfs", "release", "--", "snapagent", f"{LEAD}@s"] in runner.calls
     assert runner.fake.snapshots == {}
     assert ZfsDriver.undo(open_recs[0], runner) == f"zfs snapshot {SPACE}@s: already gone"
@@ -181,8 +181,8 @@ def test_undo_respects_someone_elses_hold():
     drv, runner = make(SPACE)
     drv.snapshot([SPACE], "s", far())
     runner.fake.snapshots[f"{SPACE}@s"]["holds"].add("admin")
-    msg = ZfsDriver.undo({"kind": "snapshot", "key": f"{SPACE}@s"}, runner)
-    assert "deferred destruction" in msg
+    ZfsDriver.undo({"kind": "snapshot", "key": f"{SPACE}@s"}, runner)
+    assert ["zfs", "destroy", "-d", "--", f"{SPACE}@s"] in runner.calls
     assert runner.fake.snapshots[f"{SPACE}@s"]["defer"] is True
 
 
