@@ -78,17 +78,14 @@ enable_contrib() {
             changed=1
         fi
     done
-    if [ $changed = 1 ] || [ -z "$(apt-cache policy zfs-dkms 2>/dev/null | awk '/Candidate:/ && $2 != "(none)"')" ]; then
-        need_update=1
-    fi
-    if [ $need_update = 1 ]; then
+    is_installed zfs-dkms && [ $changed = 0 ] && return 0
+    if [ $changed = 1 ] || ! has_candidate zfs-dkms; then
         log "apt-get update"
         apt_get update -qq
-        need_update=0
     fi
-    [ -n "$(apt-cache policy zfs-dkms | awk '/Candidate:/ && $2 != "(none)"')" ] \
-        || die "zfs-dkms has no install candidate even with contrib enabled (check apt sources)"
+    has_candidate zfs-dkms || die "zfs-dkms has no install candidate even with contrib enabled (check apt sources)"
 }
+has_candidate() { apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ && $2 != "(none)" { ok = 1 } END { exit !ok }'; }
 
 # --- stage: pick the guest kernel ----------------------------------------------------------------
 kver=""
@@ -98,8 +95,18 @@ pick_kernel() {
         log "guest kernel from SNAPAGENT_VM_KVER: $kver"
         return
     fi
+    # The kernel picked last time, while apt's package lists have not changed since.
+    local n manifest="$cache/guest.env" lists
+    if [ -r "$manifest" ]; then
+        n=$(sed -n 's/^KVER=//p' "$manifest")
+        lists=$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -newer "$manifest" -print -quit)
+        if [ -n "$n" ] && [ -z "$lists" ] && is_installed "linux-image-$n" && is_installed "linux-headers-$n"; then
+            kver=$n
+            log "guest kernel: $kver (as picked before; apt lists unchanged)"
+            return
+        fi
+    fi
     # Newest 6.1.0-N-amd64 (not cloud, not rt) for which apt has both image and headers.
-    local n
     for n in $(apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-amd64$' \
                  | sed -nE 's/^linux-image-6\.1\.0-([0-9]+)-amd64 .*/\1/p' | sort -rn); do
         if apt-cache show "linux-headers-6.1.0-$n-amd64" >/dev/null 2>&1; then
@@ -158,6 +165,13 @@ install_packages() {
 
 # --- stage: zfs module for the guest kernel ------------------------------------------------------
 zfs_ver=""
+depmod_if_needed() {  # depmod KVER unless modules.dep is newer than every module
+    local dir="/lib/modules/$kver"
+    if [ ! -e "$dir/modules.dep" ] \
+        || [ -n "$(find "$dir" -name '*.ko*' -newer "$dir/modules.dep" -print -quit)" ]; then
+        depmod "$kver"
+    fi
+}
 zfs_ko() { modinfo -k "$kver" -F filename zfs 2>/dev/null | grep -v '^(builtin)' | head -1; }
 zfs_module() {
     zfs_ver=$(dpkg-query -W -f='${Version}' zfs-dkms | sed -E 's/^[0-9]+://; s/-[^-]*$//')
@@ -165,7 +179,7 @@ zfs_module() {
     local tarball="$cache/zfs-modules-$zfs_ver-$kver.tar"
     local moddir="/lib/modules/$kver/updates/dkms"
     mkdir -p "$cache"
-    depmod "$kver"
+    depmod_if_needed
     local ko; ko=$(zfs_ko)
     if [ -n "$ko" ] && [ -e "$ko" ]; then
         log "zfs $zfs_ver module present for $kver: $ko"
@@ -173,7 +187,7 @@ zfs_module() {
         log "restoring zfs $zfs_ver modules for $kver from $tarball"
         mkdir -p "$moddir"
         tar -C "$moddir" -xf "$tarball"
-        depmod "$kver"
+        depmod_if_needed
     else
         log "building zfs $zfs_ver for $kver with dkms (takes ~4 min on 2 cores)"
         # "build" may say it is already built; "install" then does the rest. The .ko check below
@@ -181,7 +195,7 @@ zfs_module() {
         dkms build "zfs/$zfs_ver" -k "$kver" >"$cache/dkms-build.log" 2>&1 || true
         dkms install --force "zfs/$zfs_ver" -k "$kver" >>"$cache/dkms-build.log" 2>&1 \
             || { tail -30 "$cache/dkms-build.log" >&2; die "dkms could not build/install zfs/$zfs_ver for $kver (log: $cache/dkms-build.log)"; }
-        depmod "$kver"
+        depmod_if_needed
     fi
     ko=$(zfs_ko)
     [ -n "$ko" ] && [ -e "$ko" ] \
