@@ -13,8 +13,8 @@ Used by ``tests/vm/test_vm_tier.py``; also runnable by hand::
 
 Environment overrides: SNAPAGENT_VM_CACHE (manifest folder), SNAPAGENT_VM_QEMU, SNAPAGENT_VM_KERNEL,
 SNAPAGENT_VM_INITRD, SNAPAGENT_VM_RESULTS (results folder), SNAPAGENT_VM_TIMEOUT (seconds, whole
-boot), SNAPAGENT_VM_MEMORY (MiB), SNAPAGENT_VM_SMP, SNAPAGENT_VM_PYTEST_ARGS (extra guest pytest
-arguments, shell-quoted).
+boot), SNAPAGENT_VM_MEMORY (MiB), SNAPAGENT_VM_SMP, SNAPAGENT_VM_APPEND (more kernel arguments),
+SNAPAGENT_VM_PYTEST_ARGS (extra guest pytest arguments, shell-quoted).
 """
 
 from __future__ import annotations
@@ -134,8 +134,12 @@ def find_initrd(cache: Path, kver: str) -> Path:
     return found[-1]
 
 
-def qemu_argv(image: GuestImage, results_dir: Path, memory_mib: int, smp: int, interactive: bool) -> list[str]:
-    """Return the qemu command line: TCG, serial console on stdio, two 9p exports."""
+def qemu_argv(image: GuestImage, results_dir: Path, memory_mib: int, smp: int, interactive: bool,
+              append: str = "") -> list[str]:
+    """Return the qemu command line: TCG, serial console on stdio, two 9p exports.
+
+    ``append`` is added to the kernel command line (e.g. ``loglevel=7`` to see the whole boot).
+    """
     results = str(results_dir).replace(",", ",,")  # qemu option syntax escapes commas by doubling
     return [
         image.qemu,
@@ -148,7 +152,9 @@ def qemu_argv(image: GuestImage, results_dir: Path, memory_mib: int, smp: int, i
         "-serial", "mon:stdio" if interactive else "stdio",
         "-kernel", str(image.kernel),
         "-initrd", str(image.initrd),
-        "-append", "console=ttyS0 panic=-1 quiet",
+        # no_timer_check: on a loaded host TCG is too slow for the kernel's IO-APIC timer check,
+        # which then panics ("IO-APIC + timer doesn't work!").
+        "-append", f"console=ttyS0 panic=-1 quiet no_timer_check {append}".strip(),
         "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
         "-virtfs", f"local,path={results},mount_tag=results,security_model=none,multidevs=remap",
     ]
@@ -175,6 +181,8 @@ def tail(path: Path, lines: int = 60) -> str:
         text = path.read_text(errors="replace")
     except OSError:
         return f"({path} missing)"
+    if not text.strip():
+        return "(empty: the kernel never reached stage 1; SNAPAGENT_VM_APPEND=loglevel=7 shows the boot)"
     return "\n".join(text.splitlines()[-lines:])
 
 
@@ -205,6 +213,7 @@ def run_tier(
     memory_mib: int = DEFAULT_MEMORY_MIB,
     smp: int = DEFAULT_SMP,
     interactive: bool = False,
+    append: str = "",
 ) -> TierResult:
     """Boot the guest once, run ``pytest -m vm PYTEST_ARGS`` in it, return its result.
 
@@ -213,7 +222,7 @@ def run_tier(
     """
     prepare_results(results_dir, pytest_args, interactive)
     serial = results_dir / "serial.log"
-    argv = qemu_argv(image, results_dir, memory_mib, smp, interactive)
+    argv = qemu_argv(image, results_dir, memory_mib, smp, interactive, append)
     (results_dir / "qemu-argv").write_text(shlex.join(argv) + "\n")
     start = time.monotonic()
     with open(serial, "wb") as out:
@@ -251,6 +260,7 @@ def settings_from_env(env: Mapping[str, str] = os.environ) -> dict:
         "timeout": float(env.get("SNAPAGENT_VM_TIMEOUT") or DEFAULT_TIMEOUT),
         "memory_mib": int(env.get("SNAPAGENT_VM_MEMORY") or DEFAULT_MEMORY_MIB),
         "smp": int(env.get("SNAPAGENT_VM_SMP") or DEFAULT_SMP),
+        "append": env.get("SNAPAGENT_VM_APPEND", ""),
     }
 
 

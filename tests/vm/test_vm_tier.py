@@ -48,5 +48,7 @@ def test_vm_tier(capsys: pytest.CaptureFixture[str]) -> None:
                f"{counts['failures']} failed, {counts['errors']} errors, {counts['skipped']} skipped; "
                f"logs in {result.results_dir} (pytest.log, junit.xml, serial.log)")
     details = "\n\n".join(result.failures) or "\n".join(result.pytest_log.splitlines()[-40:])
-    assert result.exit_code == 0, f"{summary}\n\n{details}"
-    assert counts["passed"] > 0, f"no VM test passed in the guest: {summary}\n\n{details}"
+    if result.exit_code != 0:
+        pytest.fail(f"{summary}\n\n{details}", pytrace=False)
+    if counts["passed"] == 0:
+        pytest.fail(f"no VM test passed in the guest: {summary}\n\n{details}", pytrace=False)
