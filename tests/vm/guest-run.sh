@@ -23,7 +23,8 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export LANG=C.UTF-8 HOME=/tmp TERM=dumb
 repo=$(cat "$results/repo")
 mapfile -d '' args < "$results/pytest-args"
-echo "snapagent-vm: kernel $(uname -r), $(nproc) cpus, $(awk '/MemTotal/ {print $2 " kB"}' /proc/meminfo)"
+echo "snapagent-vm: kernel $(uname -r), $(nproc) cpus, $(awk '/MemTotal/ {print $2 " kB"}' /proc/meminfo)," \
+     "stage 2 at $(cut -d' ' -f1 /proc/uptime) s after boot"
 
 finish() {  # finish CODE: record the exit code the host harness reads, then power off
     echo "$1" > "$results/exit-code.tmp" && mv "$results/exit-code.tmp" "$results/exit-code"
@@ -35,7 +36,8 @@ if ! modprobe -a loop dm-snapshot dm-thin-pool zfs ext4 xfs; then
     echo "snapagent-vm: modprobe failed"
     finish 90
 fi
-echo "snapagent-vm: zfs $(cat /sys/module/zfs/version 2>/dev/null), lvm $(lvm version 2>/dev/null | awk '/LVM version/ {print $3}')"
+echo "snapagent-vm: zfs $(cat /sys/module/zfs/version 2>/dev/null), lvm $(lvm version 2>/dev/null | awk '/LVM version/ {print $3}')," \
+     "modules loaded at $(cut -d' ' -f1 /proc/uptime) s"
 
 # LVM without udev (nothing runs udevd in the guest): LVM creates its /dev nodes itself.
 export LVM_SYSTEM_DIR=/run/snapagent-lvm

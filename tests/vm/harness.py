@@ -182,7 +182,7 @@ def tail(path: Path, lines: int = 60) -> str:
     except OSError:
         return f"({path} missing)"
     if not text.strip():
-        return "(empty: the kernel never reached stage 1; SNAPAGENT_VM_APPEND=loglevel=7 shows the boot)"
+        return "(empty: nothing reached the console; SNAPAGENT_VM_APPEND=loglevel=7 shows the kernel boot)"
     return "\n".join(text.splitlines()[-lines:])
 
 
@@ -265,8 +265,8 @@ def settings_from_env(env: Mapping[str, str] = os.environ) -> dict:
 
 
 def default_pytest_args(env: Mapping[str, str] = os.environ) -> list[str]:
-    """Return the guest's pytest arguments: verbose, the VM tier, plus SNAPAGENT_VM_PYTEST_ARGS."""
-    return ["-v", str(VM_DIR), *shlex.split(env.get("SNAPAGENT_VM_PYTEST_ARGS", ""))]
+    """Return the guest's pytest arguments: verbose, 5 slowest, the VM tier, SNAPAGENT_VM_PYTEST_ARGS."""
+    return ["-v", "--durations=5", str(VM_DIR), *shlex.split(env.get("SNAPAGENT_VM_PYTEST_ARGS", ""))]
 
 
 def main(argv: Sequence[str]) -> int:
