@@ -209,7 +209,8 @@ class MysqlQuiescer(Quiescer):
     @staticmethod
     def _show(rows: list[dict[str, Any]]) -> str:
         # the query text is left out on purpose: it may hold secrets (CREATE USER ... IDENTIFIED BY)
-        return "; ".join(f"id {r['ID']} user {r['USER']} db {r['DB']} {r['COMMAND']} for {r['TIME']}s"
+        return "; ".join(f"id {r['ID']} user {r['USER']}{' db ' + r['DB'] if r.get('DB') else ''} "
+                         f"{r['COMMAND']} for {r['TIME']}s"
                          f"{' (' + r['STATE'] + ')' if r.get('STATE') else ''}" for r in rows[:5])
 
     def _refuse_long_queries(self) -> None:
