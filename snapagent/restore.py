@@ -135,11 +135,12 @@ def restore(config: Config, runner: Runner, backup_id: str, dest: Path, force: b
         raise cls("restore refused, nothing was written: " + "; ".join(r["message"] for r in bad))
     say(f"verified {len(results)} artifact(s) of {backup_id}")
     dest = Path(os.path.abspath(dest))
+    driver = registry.get("driver", manifest["driver"], "manifest.driver")(runner)
+    for vol in manifest["volumes"]:
+        driver.check_restore_dest(dest / vol["label"], vol["format"])
     moved = _prepare_dest(dest, force)
     if moved:
         say(f"moved the previous content of {dest} to {moved}")
-    driver_cls = registry.get("driver", manifest["driver"], "manifest.driver")
-    driver = driver_cls(runner)
     out_vols = []
     for vol in manifest["volumes"]:
         vdest = dest / vol["label"]
