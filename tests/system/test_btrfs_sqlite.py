@@ -154,15 +154,14 @@ def test_sqlite_outside_the_volumes_is_refused(subvol, workdir):
 
 
 def _start_and_wait_for_export(cfg: Path, workdir: Path) -> subprocess.Popen:
-    """Start a backup and return once its journal shows the export under way."""
+    """Start a backup and return once an artifact is being written (the export is under way)."""
     proc = subprocess.Popen([sys.executable, "-m", "snapagent", "-c", str(cfg), "backup", "app"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     end = time.monotonic() + 60
-    jdir = workdir / "state" / "journal" / "app"
+    jobdir = workdir / "backups" / "app"
     while time.monotonic() < end:
-        for j in jdir.glob("*.jsonl") if jdir.is_dir() else []:
-            if '"kind": "temp"' in j.read_text():
-                return proc
+        if list(jobdir.glob(".partial-*/.*.part")):
+            return proc
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.002)
     raise AssertionError("export never started")
