@@ -184,7 +184,6 @@ def drill(config: Config, runner: Runner, backup_id: str, keep: bool = False,
                 continue
             for p in info.load().drill(q, locate):
                 probes.append({"name": p.name, "ok": p.ok, "message": p.message, **p.details})
-                say(f"probe {p.name}: {'PASS' if p.ok else 'FAIL'} {p.message} {p.details or ''}".rstrip())
         ok = all(p["ok"] for p in probes)
         return {"id": backup_id, "ok": ok, "probes": probes, "restore_seconds": round(restore_s, 3),
                 "scratch": str(scratch) if keep else None, "volumes": summary["volumes"]}
