@@ -24,7 +24,19 @@ log = logging.getLogger("snapagent.restore")
 
 
 def find_backup(config: Config, backup_id: str):
-    """Return (target, manifest) of ``backup_id`` in any configured target; raise NotFound."""
+    """Return (target, manifest) of ``backup_id`` in any configured target; raise NotFound.
+
+    ``JOB@latest`` names the newest backup of JOB."""
+    if backup_id.endswith("@latest"):
+        job = config.job(backup_id[: -len("@latest")]).name
+        newest = None
+        for target in config.all_targets():
+            for m in target.list(job):
+                if newest is None or (m["created"], m["id"]) > (newest[1]["created"], newest[1]["id"]):
+                    newest = (target, m)
+        if newest is None:
+            raise NotFound(f"job {job!r} has no backups yet")
+        return newest
     for target in config.all_targets():
         m = target.get(backup_id)
         if m is not None:
@@ -123,6 +135,7 @@ def restore(config: Config, runner: Runner, backup_id: str, dest: Path, force: b
     Raises NotFound, VerifyFailed (nothing written), RestoreRefused (nothing written), CommandFailed.
     """
     target, manifest = find_backup(config, backup_id)
+    backup_id = manifest["id"]
     results = verify(target, manifest, scan=True, allow_special=allow_special)
     chains = {}
     for vol in manifest["volumes"]:
@@ -167,6 +180,7 @@ def drill(config: Config, runner: Runner, backup_id: str, keep: bool = False,
 
     Returns {id, ok, probes: [...], scratch}; the scratch copy is removed unless ``keep``.
     """
+    backup_id = find_backup(config, backup_id)[1]["id"]
     scratch_root = config.agent.scratch_dir or (config.agent.state_dir / "drill")
     scratch_root.mkdir(parents=True, exist_ok=True, mode=0o700)
     scratch = scratch_root / f"{backup_id}.{os.getpid()}"
