@@ -321,3 +321,17 @@ def test_hostile_volume_name_and_send_format(subvol, workdir, btrfs_root):
     conn.close()
     assert not list(Path.cwd().glob("pwned")) and not list(vol.parent.glob("pwned"))
     assert snapshots_left(vol) == []
+
+
+def test_next_run_cleans_up_after_a_killed_one(big_app, workdir):
+    vol, db = big_app
+    cfg = write_config(workdir, job_toml(vol, db))
+    proc = _start_and_wait_for_export(cfg, workdir)
+    proc.kill()
+    proc.wait()
+    assert len(snapshots_left(vol)) == 1
+    r = snapagent("backup", "app", config=cfg, check=True)
+    assert "cleaned up after an earlier run: deleted btrfs snapshot" in r.stderr
+    assert "removed partial backup" in r.stderr
+    assert snapshots_left(vol) == [] and len(listed(cfg)) == 1
+    assert [p.name for p in (workdir / "backups" / "app").iterdir() if p.name.startswith(".")] == []
