@@ -9,10 +9,13 @@ from __future__ import annotations
 import json
 import re
 import os
+import shlex
+import shutil
 import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -135,7 +138,8 @@ def test_hot_backup_restore_and_drill(server, workdir, method):
     assert m["freeze_window_ms"] < 10000
 
     dest = workdir / "restored"
-    snapagent("restore", m["id"], "--to", str(dest), config=cfg, check=True)
+    summary = json.loads(snapagent("--json", "restore", m["id"], "--to", str(dest), config=cfg, check=True).stdout)
+    assert summary["databases"][0]["notes"]["start"].startswith("mariadbd --no-defaults")
     restored = dest / m["volumes"][0]["label"] / "datadir"
     assert not (restored / "mysqld.pid").exists()
     index = (restored / "mysql-bin.index").read_text()
@@ -322,10 +326,10 @@ def test_file_outside_the_volumes_is_refused(subvol, workdir, tmp_path):
 
 def test_password_from_option_file_only(server, workdir):
     secret = "s3cr;et $(x) -pw"
-    server.sql("CREATE USER 'backup'@'localhost' IDENTIFIED BY %s", (secret,))
-    server.sql("GRANT RELOAD, PROCESS, BINLOG MONITOR, SELECT ON *.* TO 'backup'@'localhost'")
+    server.sql("CREATE USER 'snap_operator'@'localhost' IDENTIFIED BY %s", (secret,))
+    server.sql("GRANT RELOAD, PROCESS, BINLOG MONITOR ON *.* TO 'snap_operator'@'localhost'")  # as docs/databases.md
     opt = workdir / "my backup.cnf"
-    opt.write_text(f"[client]\nuser = backup\npassword = \"{secret}\"\nsocket = {server.socket}\n!includedir /nonexistent\n")
+    opt.write_text(f"[client]\nuser = snap_operator\npassword = \"{secret}\"\nsocket = {server.socket}\n!includedir /nonexistent\n")
     opt.chmod(0o600)
     cfg = write_config(workdir, job(server, option_file=str(opt)).replace(f"socket = {toml_str(server.socket)}\n", ""))
     r = snapagent("-v", "--json", "backup", "db", config=cfg)
@@ -333,8 +337,52 @@ def test_password_from_option_file_only(server, workdir):
     stored = "".join(p.read_text(errors="replace") for p in (workdir / "backups").rglob("*.json"))
     for text in (r.stdout, r.stderr, stored, cfg.read_text()):
         assert secret not in text
-    assert json.loads(r.stdout)["quiescers"][0]["method"] == "backup-stage"
+    q = json.loads(r.stdout)["quiescers"][0]
+    assert q["method"] == "backup-stage" and q["binlog"]["position"] > 0 and "positions_error" not in q, q
+    assert "snap_operator" not in json.dumps(q)  # no user name recorded either
     opt.chmod(0o644)
     r = snapagent("backup", "db", config=cfg)
     assert r.returncode == 2 and "chmod 600" in r.stderr and secret not in r.stderr, r.stderr
     print(f"\nloose option file: {r.stderr.strip()}")
+
+
+def doc_block() -> str:
+    text = (ROOT / "docs" / "databases.md").read_text()
+    return re.search(r"### Restore by hand.*?```sh\n(.*?)```", text, re.S).group(1)
+
+
+def test_restore_by_hand_as_documented(server, workdir, btrfs_root):
+    """The by-hand commands of docs/databases.md start a server on an extracted backup (no snapagent).
+    Differences: paths are the test's, and the server runs as root (pytest's temp dirs are not
+    searchable by the mysql user)."""
+    cfg = write_config(workdir, job(server))
+    writer = Writer(server, workdir / "acks")
+    try:
+        m = json.loads(snapagent("--json", "backup", "db", config=cfg, check=True).stdout)
+    finally:
+        writer.stop()
+    q, vol = m["quiescers"][0], m["volumes"][0]
+    restore_root = btrfs_root / f"byhand-{uuid.uuid4().hex[:6]}"
+    (restore_root / "db").mkdir(parents=True)
+    art = workdir / "backups" / "db" / m["id"] / vol["artifact"]
+    subprocess.run(["bash", "-o", "pipefail", "-ec", f"zstd -dc {shlex.quote(str(art))} | tar -x --xattrs "
+                    f"--xattrs-include='*' --acls --numeric-owner -C {shlex.quote(str(restore_root / 'db'))}"],
+                   check=True)
+    run = Path(tempfile.mkdtemp(prefix="sa-byhand-"))
+    script = (doc_block().replace("/restore/db", str(restore_root / "db"))
+              .replace("LIVE=/srv/mysql/datadir", f"LIVE={shlex.quote(q['datadir'])}")
+              .replace("/tmp/restored", str(run / "restored")).replace("--user=mysql", "--user=root"))
+    try:
+        r = subprocess.run(["bash", "-ec", script], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, f"{script}\n{r.stdout}\n{r.stderr}\n{(run / 'restored.err').read_text(errors='replace')}"
+        checked = [ln for ln in r.stdout.splitlines() if ln.startswith("app.")]
+        assert checked and all(ln.split()[-1] == "OK" for ln in checked), r.stdout
+        index = (restore_root / "db" / "datadir" / "mysql-bin.index").read_text()
+        assert q["datadir"] not in index
+        print(f"\nby hand: {len(r.stdout.splitlines())} tables checked OK: {checked}")
+    finally:
+        pid = run / "restored.pid"
+        if pid.exists():
+            subprocess.run(["kill", pid.read_text().strip()], capture_output=True)
+        shutil.rmtree(run, ignore_errors=True)
+        subprocess.run(["btrfs", "subvolume", "delete", str(restore_root)], capture_output=True)
