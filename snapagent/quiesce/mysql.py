@@ -120,7 +120,10 @@ class MysqlQuiescer(Quiescer):
         if self.conn is not None:
             return
         self.params = mc.params_for(self.cfg)
-        self.conn = mc.connect(self.params, self.cfg.connect_timeout)
+        # every statement on the pinned session is bounded (lock waits by lock_wait_timeout and the
+        # watchdog): a read timeout past that means a hung server; PyMySQL then closes the session
+        self.conn = mc.connect(self.params, self.cfg.connect_timeout,
+                               read_timeout=self.cfg.lock_wait_timeout + self.cfg.connect_timeout + 5)
         self.control = mc.connect(self.params, self.cfg.connect_timeout, read_timeout=self.cfg.connect_timeout + 5)
         self.info = mc.server_info(self.conn)
         self.rec["connection_id"] = mc.query(self.conn, "SELECT CONNECTION_ID()")[0][0]

@@ -109,7 +109,8 @@ def server_argv(record: dict[str, Any], locate: Callable[[str], Path], sock: str
     argv = ["mariadbd" if flavor == "mariadb" else "mysqld", "--no-defaults",
             f"--datadir={locate(record['datadir'])}", f"--socket={sock}", f"--pid-file={pid}",
             "--skip-networking", f"--user={user}", f"--log-error={errlog}", "--event-scheduler=OFF",
-            "--skip-slave-start"]
+            "--skip-replica-start" if flavor == "mysql" and _numeric(record.get("version", "")) >= (8, 0, 26)
+            else "--skip-slave-start"]
     for name, value in sorted(server.items()):
         if value in (None, "") or name not in ("innodb_page_size", "innodb_data_file_path", "innodb_undo_tablespaces",
                                                 "lower_case_table_names", "innodb_log_file_size", "server_id"):
@@ -133,6 +134,13 @@ def server_argv(record: dict[str, Any], locate: Callable[[str], Path], sock: str
     else:
         argv.append("--skip-log-bin")
     return argv
+
+
+def _numeric(version: str) -> tuple[int, ...]:
+    parts = []
+    for p in version.split("-")[0].split(".")[:3]:
+        parts.append(int("".join(ch for ch in p if ch.isdigit()) or 0))
+    return tuple(parts)
 
 
 def _run_as(datadir: Path) -> str:

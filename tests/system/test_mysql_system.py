@@ -229,10 +229,12 @@ def test_long_query_wait_is_bounded(server, workdir):
 
 def test_long_query_wait_then_backup(server, workdir):
     cfg = write_config(workdir, job(server, long_query_threshold="1s", long_query_policy="wait"))
-    t, _ = start_sleeper(server, 3)
+    t, _ = start_sleeper(server, 6)  # long enough to outlast the CLI's start on a busy machine
     time.sleep(1.2)
+    t0 = time.monotonic()
     r = snapagent("--json", "backup", "db", config=cfg, check=True)
     t.join(10)
+    assert time.monotonic() - t0 < 10 + 5
     q = json.loads(r.stdout)["quiescers"][0]
     print(f"\nwaited {q['long_query_wait_ms']:.0f} ms for the long query, then locked")
     assert q["long_query_wait_ms"] > 500

@@ -321,3 +321,11 @@ def test_run_as_falls_back_to_root(tmp_path):
     d.mkdir()
     os.chown(d, 0, 0) if os.geteuid() == 0 else None
     assert mr._run_as(d) in ("root", os.environ.get("USER", "root"))
+
+
+def test_server_argv_for_mysql8_without_binlog(tmp_path):
+    record = {"datadir": "/var/lib/mysql", "files": ["/var/lib/mysql"], "flavor": "mysql", "version": "8.0.36",
+              "server": {"log_bin": "OFF", "lower_case_table_names": "1"}}
+    argv = mr.server_argv(record, lambda p: tmp_path / "my sql", "/s", "/p", "/e", "mysql")
+    assert argv[0] == "mysqld" and "--skip-replica-start" in argv and argv[-1] == "--skip-log-bin"
+    assert f"--datadir={tmp_path / 'my sql'}" in argv and "--lower-case-table-names=1" in argv
