@@ -13,7 +13,8 @@ bounded by the deadline) while a query has run longer than ``long_query_threshol
 
 Every lock statement runs with ``lock_wait_timeout`` bounded by the deadline and a watchdog that
 sends ``KILL QUERY`` from a second session at the deadline. The session's ``wait_timeout`` is set
-just past the deadline so a hung agent loses its lock too; a killed agent loses it at once.
+to the time left until the deadline (rounded up), so a hung agent loses its lock then; a killed
+agent loses it at once.
 """
 
 from __future__ import annotations
@@ -251,7 +252,7 @@ class MysqlQuiescer(Quiescer):
         # the server gives up waiting by itself even if the agent dies mid-wait; idle past the deadline
         # (a hung agent), it ends the session and with it the lock
         self._exec(f"SET SESSION lock_wait_timeout = {max(1, math.ceil(budget))}", deadline)
-        self._exec(f"SET SESSION wait_timeout = {max(2, math.ceil(remaining) + 1)}", deadline)
+        self._exec(f"SET SESSION wait_timeout = {max(1, math.ceil(remaining))}", deadline)
         t0 = time.time()
         steps = {"ftwrl": self._lock_ftwrl, "backup-stage": self._lock_backup_stage,
                  "lock-instance": self._lock_instance}[self.method]

@@ -265,18 +265,22 @@ def test_lock_wait_timeout_fails_cleanly(server, workdir, method):
         writer.stop()
 
 
-def test_sigkill_while_locked_releases(server, workdir):
-    """SIGKILL the agent while it holds the lock (during a slowed snapshot): writers resume at once."""
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGSTOP"])
+def test_dead_or_hung_agent_releases(server, workdir, sig):
+    """SIGKILL the agent while it holds the lock (during a slowed snapshot): writers resume at once.
+    SIGSTOP it (a hung agent): the server ends the idle session at max_freeze (wait_timeout)."""
+    max_freeze = 3 if sig == "SIGSTOP" else 10
     marker = workdir / "snapshot-started"
     wrapper = workdir / "slow-btrfs"
     wrapper.write_text("#!/bin/sh\n"
                        f"case \" $* \" in *\" snapshot \"*) touch {toml_str(marker)}; sleep 5;; esac\n"
                        "exec btrfs \"$@\"\n")
     wrapper.chmod(0o755)
-    cfg = write_config(workdir, job(server, max_freeze="10s"))
+    cfg = write_config(workdir, job(server, max_freeze=f"{max_freeze}s"))
     text = cfg.read_text().replace("[agent]\n", f"[agent]\ntools = {{ btrfs = {toml_str(wrapper)} }}\n", 1)
     cfg.write_text(text)
     writer = Writer(server, workdir / "acks")
+    agent = None
     try:
         agent = subprocess.Popen([sys.executable, "-m", "snapagent", "-c", str(cfg), "backup", "db"],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -289,18 +293,21 @@ def test_sigkill_while_locked_releases(server, workdir):
         before = len(writer.acks())
         time.sleep(0.3)
         assert len(writer.acks()) == before, "the writer was not blocked by the lock"
-        killed = time.time()
-        agent.send_signal(signal.SIGKILL)
-        agent.wait()
-        writer.wait_more(1, timeout=11)
-        first = next(t for i, t in writer.acks()[before:] if t >= killed)
+        hit = time.time()
+        agent.send_signal(getattr(signal, sig))
+        writer.wait_more(1, timeout=max_freeze + 3)
+        first = next(t for i, t in writer.acks()[before:] if t >= hit)
         stall_start = writer.acks()[before - 1][1]
-        print(f"\nSIGKILL while locked: writer resumed {first - killed:.3f}s after the kill; "
-              f"stalled {first - stall_start:.3f}s in all (max_freeze 10 s)")
-        assert first - killed < 1.0
-        assert first - stall_start < 10 + 1
+        print(f"\n{sig} while locked: writer resumed {first - hit:.3f}s after the signal; "
+              f"stalled {first - stall_start:.3f}s in all (max_freeze {max_freeze} s)")
+        if sig == "SIGKILL":
+            assert first - hit < 1.0
+        assert first - stall_start < max_freeze + 1
     finally:
         writer.stop()
+        if agent is not None:
+            agent.kill()
+            agent.wait()
     time.sleep(5.5)  # let the orphaned slow snapshot finish, then cleanup sweeps it from the journal
     r = snapagent("cleanup", config=cfg, check=True)
     assert not any((server.volume / ".snapagent-snapshots").iterdir()), r.stdout

@@ -181,7 +181,7 @@ def test_backup_stage_on_mariadb(fake):
     q.verify()
     rec = q.release()
     assert lock_log(server) == [
-        "SET SESSION lock_wait_timeout = 3", "SET SESSION wait_timeout = 11",
+        "SET SESSION lock_wait_timeout = 3", "SET SESSION wait_timeout = 10",
         "BACKUP STAGE START", "BACKUP STAGE BLOCK_COMMIT", "SHOW BINLOG STATUS", "SELECT @@gtid_binlog_pos",
         "BACKUP STAGE END"]
     assert rec["method"] == "backup-stage" and rec["consistency"] == "application"
