@@ -72,14 +72,17 @@ def prepare_restore(record: dict[str, Any], locate: Callable[[str], Path]) -> di
     index_live = server.get("log_bin_index")
     index = restored_path(record, locate, index_live)
     if _on(record) and index is not None and index.is_file():
-        notes["binlog_index"] = _repoint_index(index, Path(record["datadir"]), _binlog_dir(record), record, locate)
+        notes["binlog_index"] = _repoint_index(index, Path(record["datadir"]), _binlog_dir(record), record, locate,
+                                               datadir)
     notes["start"] = format_argv(server_argv(record, locate, "/tmp/restored-mysql.sock", "/tmp/restored-mysql.pid",
                                              "/tmp/restored-mysql.err", "mysql"))
     return notes
 
 
-def _repoint_index(index: Path, live_datadir: Path, live_dir: str | None, record, locate) -> int:
-    """Rewrite binlog index entries that point into the live binlog directory; return how many."""
+def _repoint_index(index: Path, live_datadir: Path, live_dir: str | None, record, locate, datadir: Path) -> int:
+    """Rewrite binlog index entries that point into the live binlog directory; return how many.
+    Binlogs inside the restored datadir become ``./name`` (the server reads them relative to its
+    datadir, so the copy can be moved); others get their absolute restored path."""
     lines = index.read_text().splitlines()
     out, changed = [], 0
     for line in lines:
@@ -88,7 +91,9 @@ def _repoint_index(index: Path, live_datadir: Path, live_dir: str | None, record
             live = os.path.normpath(p if os.path.isabs(p) else live_datadir / p)
             new = restored_path(record, locate, live) if live_dir and os.path.dirname(live) == live_dir else None
             if new is not None:
-                p, changed = str(new), changed + 1
+                rel = os.path.relpath(new, datadir)
+                p = f"./{rel}" if not rel.startswith("..") else str(new)
+                changed += 1
         out.append(p)
     tmp = index.with_name(index.name + ".snapagent-tmp")
     tmp.write_text("\n".join(out) + ("\n" if out else ""))
@@ -217,13 +222,23 @@ def drill(record: dict[str, Any], locate: Callable[[str], Path], runner: Runner 
     user = _run_as(datadir)
     tmp = Path(tempfile.mkdtemp(prefix="snapagent-mysql-"))  # short: socket paths are limited to 107 bytes
     sock, pid, errlog = str(tmp / "mysqld.sock"), str(tmp / "mysqld.pid"), tmp / "error.log"
-    pw = pwd.getpwnam(user)
-    os.chown(tmp, pw.pw_uid, pw.pw_gid)
-    argv = server_argv(record, locate, sock, pid, str(errlog), user)
     probes: list[ProbeResult] = []
     proc = None
-    t0 = time.monotonic()
+    mounted = None
     try:
+        owner = _owner(datadir)
+        if user == "root" and owner not in (None, "root") and os.geteuid() == 0 and _all_in_datadir(record):
+            # the scratch copy's parents are private (0700): show the datadir to its owner through a
+            # bind mount in our own temp dir, so the server runs as that user, not as root
+            mounted = tmp / "datadir"
+            mounted.mkdir()
+            runner.run(["mount", "--bind", "--", str(datadir), str(mounted)], mutating=True, timeout=30)
+            user, real_locate = owner, locate
+            locate = lambda live: mounted / os.path.relpath(real_locate(live), datadir)  # noqa: E731
+        pw = pwd.getpwnam(user)
+        os.chown(tmp, pw.pw_uid, pw.pw_gid)
+        argv = server_argv(record, locate, sock, pid, str(errlog), user)
+        t0 = time.monotonic()
         proc = runner.stream(argv, mutating=True, stdout=subprocess.DEVNULL)
         conn = _wait_ready(proc, sock, time.monotonic() + START_TIMEOUT)
         started = round(time.monotonic() - t0, 3)
@@ -249,11 +264,29 @@ def drill(record: dict[str, Any], locate: Callable[[str], Path], runner: Runner 
             conn.close()
         proc.wait(timeout=120)
     except CommandFailed as e:
-        probes.append(ProbeResult(f"{name} shutdown", False, {"errors": _error_lines(errlog)[1]}, str(e)))
+        probes.append(ProbeResult(f"{name} server", False, {"errors": _error_lines(errlog)[1]}, str(e)))
     except Exception as e:  # noqa: BLE001 - a failing probe is a result, not a crash of the drill
         probes.append(ProbeResult(f"{name} check", False, {"errors": _error_lines(errlog)[1]}, f"drill failed: {e}"))
     finally:
         if proc is not None:
             proc.kill()
-        shutil.rmtree(tmp, ignore_errors=True)
+        if mounted is not None:
+            try:
+                runner.run(["umount", "--", str(mounted)], mutating=True, timeout=60)
+            except CommandFailed:
+                runner.run(["umount", "-l", "--", str(mounted)], mutating=True, timeout=60, ok_codes=(0, 32))
+        if mounted is None or not os.path.ismount(mounted):
+            shutil.rmtree(tmp, ignore_errors=True)
     return probes
+
+
+def _owner(path: Path) -> str | None:
+    try:
+        return pwd.getpwuid(path.stat().st_uid).pw_name
+    except KeyError:
+        return None
+
+
+def _all_in_datadir(record: dict[str, Any]) -> bool:
+    d = os.path.normpath(record["datadir"])
+    return all(os.path.normpath(f) == d or os.path.normpath(f).startswith(d + "/") for f in record.get("files", [d]))

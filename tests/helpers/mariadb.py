@@ -24,7 +24,7 @@ def available() -> bool:
 class MariaDB:
     """One server on ``datadir``; ``start()``/``stop()``/``connect()``."""
 
-    def __init__(self, datadir: Path, log_bin: bool = True, extra: list[str] | None = None):
+    def __init__(self, datadir: Path, log_bin: bool = True, extra: list[str] | None = None, user: str = "root"):
         self.datadir = Path(datadir)
         self.rundir = Path(tempfile.mkdtemp(prefix="sa-my-"))
         self.socket = str(self.rundir / "mysqld.sock")
@@ -32,6 +32,9 @@ class MariaDB:
         self.log_bin = log_bin
         self.extra = list(extra or [])
         self.proc: subprocess.Popen | None = None
+        self.user = user
+        if user != "root":
+            shutil.chown(self.rundir, user, user)
 
     def install(self) -> None:
         # mariadb-install-db is a shell script that breaks on paths with spaces: install into a
@@ -49,7 +52,7 @@ class MariaDB:
 
     def argv(self) -> list[str]:
         argv = [MARIADBD, "--no-defaults", f"--datadir={self.datadir}", f"--socket={self.socket}",
-                f"--pid-file={self.datadir / 'mysqld.pid'}", "--skip-networking", "--user=root",
+                f"--pid-file={self.datadir / 'mysqld.pid'}", "--skip-networking", f"--user={self.user}",
                 f"--log-error={self.errlog}", "--server-id=7", *SMALL, *self.extra]
         if self.log_bin:
             argv.append(f"--log-bin={self.datadir / 'mysql-bin'}")

@@ -305,7 +305,7 @@ def test_prepare_restore_and_server_argv(tmp_path):
     notes = mr.prepare_restore(record, locate)
     assert not (dest / "x.pid").exists() and notes["removed"] == [str(dest / "x.pid")]
     assert (dest / "mysql-bin.index").read_text() == (
-        f"{dest}/mysql-bin.000001\n{dest}/mysql-bin.000002\n/other/keep.000001\n")
+        "./mysql-bin.000001\n./mysql-bin.000002\n/other/keep.000001\n")
     assert notes["binlog_index"] == 2
     argv = mr.server_argv(record, locate, "/tmp/s.sock", "/tmp/p.pid", "/tmp/e.log", "mysql")
     assert argv == ["mariadbd", "--no-defaults", f"--datadir={dest}", "--socket=/tmp/s.sock", "--pid-file=/tmp/p.pid",
