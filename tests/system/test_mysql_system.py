@@ -449,3 +449,36 @@ def test_dry_run_connects_but_takes_nothing(server, workdir):
         assert snapagent("list", "db", config=cfg, check=True).stderr.strip() == "no backups"
     finally:
         holder.close()
+
+
+def test_sigkill_while_waiting_for_the_lock(server, workdir):
+    """SIGKILL the agent while FTWRL waits behind a LOCK TABLES (writers queue behind a waiting
+    FTWRL): the server gives up by itself within lock_wait_timeout, writers resume."""
+    cfg = write_config(workdir, job(server, method="ftwrl", lock_wait_timeout="2s"))
+    writer = Writer(server, workdir / "acks")
+    holder = server.connect()
+    agent = None
+    try:
+        with holder.cursor() as cur:
+            cur.execute("LOCK TABLES app.side WRITE")
+        agent = subprocess.Popen([sys.executable, "-m", "snapagent", "-c", str(cfg), "backup", "db"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        end = time.monotonic() + 30
+        while not server.sql("SELECT ID FROM information_schema.PROCESSLIST WHERE INFO = 'FLUSH TABLES WITH READ LOCK'"):
+            assert agent.poll() is None and time.monotonic() < end, "FTWRL never started waiting"
+            time.sleep(0.01)
+        started = time.time()
+        agent.kill()
+        agent.wait()
+        killed = time.time()
+        writer.wait_more(5, timeout=10)
+        first = next(t for i, t in writer.acks() if t >= killed)
+        print(f"\nSIGKILL while FTWRL waited: writers resumed {first - killed:.3f}s after the kill, "
+              f"{first - started:.3f}s after FTWRL began waiting (lock_wait_timeout 2 s)")
+        assert first - started < 2 + 1
+    finally:
+        holder.close()
+        writer.stop()
+        if agent is not None and agent.poll() is None:
+            agent.kill()
+            agent.wait()
