@@ -126,8 +126,13 @@ class MysqlQuiescer(Quiescer):
         self.conn = mc.connect(self.params, self.cfg.connect_timeout,
                                read_timeout=self.cfg.lock_wait_timeout + self.cfg.connect_timeout + 5)
         self.control = mc.connect(self.params, self.cfg.connect_timeout, read_timeout=self.cfg.connect_timeout + 5)
-        self.info = mc.server_info(self.conn)
-        self.rec["connection_id"] = mc.query(self.conn, "SELECT CONNECTION_ID()")[0][0]
+        import pymysql
+
+        try:
+            self.info = mc.server_info(self.conn)
+            self.rec["connection_id"] = mc.query(self.conn, "SELECT CONNECTION_ID()")[0][0]
+        except pymysql.MySQLError as e:
+            raise PreflightFailed(f"mysql: cannot read the server's settings: {mc.error_text(e)}") from None
 
     def describe(self) -> str:
         where = self.cfg.socket or self.cfg.option_file or f"{self.cfg.host or 'localhost'}:{self.cfg.port or 3306}"
@@ -181,6 +186,16 @@ class MysqlQuiescer(Quiescer):
 
     # -- lifecycle ------------------------------------------------------------------------------
     def preflight(self) -> None:
+        """Connect, read version and directories, choose the method, refuse long queries (policy
+        "refuse"); take no lock. Raise PreflightFailed (ConfigError for a bad option file)."""
+        import pymysql
+
+        try:
+            self._preflight()
+        except pymysql.MySQLError as e:
+            raise PreflightFailed(f"mysql: preflight failed: {mc.error_text(e)}") from None
+
+    def _preflight(self) -> None:
         self._connect()
         self.files()
         self.method = self._choose_method()
@@ -242,8 +257,18 @@ class MysqlQuiescer(Quiescer):
             self.rec["long_query_wait_ms"] = round((time.monotonic() - t0) * 1000, 1)
 
     def quiesce(self, deadline: float) -> None:
+        """Wait out/refuse long queries, then take the method's lock, bounded by ``deadline``;
+        record binlog position and GTID. Raise QuiesceFailed (what was taken is released by release())."""
+        import pymysql
+
         if self.method is None:
             self.preflight()
+        try:
+            self._quiesce(deadline)
+        except pymysql.MySQLError as e:
+            raise QuiesceFailed(f"mysql: {mc.error_text(e)}") from None
+
+    def _quiesce(self, deadline: float) -> None:
         self._wait_long_queries(deadline)
         remaining = deadline - time.monotonic()
         if remaining <= 0:

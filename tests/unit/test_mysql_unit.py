@@ -329,3 +329,19 @@ def test_server_argv_for_mysql8_without_binlog(tmp_path):
     argv = mr.server_argv(record, lambda p: tmp_path / "my sql", "/s", "/p", "/e", "mysql")
     assert argv[0] == "mysqld" and "--skip-replica-start" in argv and argv[-1] == "--skip-log-bin"
     assert f"--datadir={tmp_path / 'my sql'}" in argv and "--lower-case-table-names=1" in argv
+
+
+def test_server_errors_become_typed_errors(fake):
+    import pymysql
+
+    server = fake()
+    server.fail["SELECT VERSION(), @@version_comment"] = pymysql.err.OperationalError(1227, "Access denied")
+    with pytest.raises(PreflightFailed, match="Access denied.*1227"):
+        quiescer().preflight()
+    server = fake()
+    q = quiescer()
+    q.preflight()
+    server.fail["SET SESSION lock_wait_timeout = 3"] = pymysql.err.OperationalError(2006, "gone away")
+    with pytest.raises(QuiesceFailed, match="gone away"):
+        q.quiesce(time.monotonic() + 10)
+    q.release()
