@@ -191,6 +191,7 @@ def prepare(record: dict[str, Any], locate: Callable[[str], Path], runner: Runne
             new = {oid: str(locate(loc)) for oid, loc in record.get("tablespaces", {}).items()}
             _owned_write(pgdata / "tablespace_map", rewrite_tablespace_map(spcmap, new), owner)
         notes["pg_wal_entries_removed"] = empty_dir(wal_dir, owner)
+        os.chown(archived["restored"], owner.st_uid, owner.st_gid)  # restore_command runs as the owner
         settings["restore_command"] = restore_command(Path(archived["restored"]))
         _owned_write(pgdata / "recovery.signal", "", owner)
         notes["wal_archive"] = archived["restored"]

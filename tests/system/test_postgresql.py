@@ -181,3 +181,81 @@ def test_checkpoint_mode_hot_backup_restore_and_drill(pg_ok, subvol, workdir, cl
     rows = next(p for p in report["probes"] if p["name"].endswith("rows"))["rows"]
     assert rows["postgres.public.bank"] >= n
     print(f"drill: {[(p['name'], p['message']) for p in report['probes']]}")
+
+
+def test_backup_api_with_pg_wal_and_tablespace_on_second_volume(pg_ok, subvol, workdir, clusters):
+    data_vol, wal_vol = subvol("pgdata"), subvol("pg wal")
+    archive = workdir / "wal archive"
+    waldir = pg.pg_dir(wal_vol / "wal")
+    c = make_cluster(clusters, data_vol / "pgdata", archive=archive, waldir=waldir)
+    tsdir = pg.pg_dir(wal_vol / "ts")
+    c.sql(f"CREATE TABLESPACE ts LOCATION '{tsdir}'")
+    c.sql("CREATE TABLE tst (x int) TABLESPACE ts")
+    c.sql("INSERT INTO tst SELECT generate_series(1, 1000)")
+
+    # checkpoint mode cannot be consistent across two btrfs snapshots: refused, naming pg_wal
+    cfg = write_config(workdir, job_toml([data_vol, wal_vol], dsn=c.dsn, mode="checkpoint"))
+    r = snapagent("backup", "db", config=cfg)
+    assert r.returncode == 1 and 'mode = "checkpoint" needs' in r.stderr and str(waldir) in r.stderr, r.stderr
+    # pg_wal outside the job's volumes: refused by the engine, naming the directory
+    cfg = write_config(workdir, job_toml([data_vol], dsn=c.dsn, wal_archive=archive))
+    r = snapagent("backup", "db", config=cfg)
+    assert r.returncode == 1 and str(waldir) in r.stderr and "is not on any volume" in r.stderr, r.stderr
+    assert not list((data_vol / ".snapagent-snapshots").glob("*")) if (data_vol / ".snapagent-snapshots").exists() else True
+
+    w = Writer(c.dsn, workdir / "acks")
+    try:
+        w.wait_for(100)
+        cfg = write_config(workdir, job_toml([data_vol, wal_vol], dsn=c.dsn, wal_archive=archive))
+        t0 = time.time()
+        m = backup(cfg)
+        t1 = time.time()
+        w.wait_for(len(w.acks()) + 20)
+    finally:
+        w.stop()
+    rec = m["quiescers"][0]
+    assert rec["mode"] == "backup-api" and rec["consistency"] == "application"
+    assert rec["labelfile"].startswith("START WAL LOCATION:") and rec["spcmapfile"].startswith(next(iter(rec["tablespaces"])))
+    assert rec["pg_wal"] == str(waldir) and list(rec["tablespaces"].values()) == [str(tsdir)]
+    wal_art = rec["artifacts"][0]
+    assert wal_art["name"] == "wal" and any(a["name"] == wal_art["artifact"] for a in m["artifacts"])
+    assert any(f.endswith(".backup") for f in rec["wal_files"])
+    gap = w.max_gap(t0, t1)
+    print(f"\nbackup-api: freeze window {m['freeze_window_ms']:.1f} ms (pg_backup_start {rec['quiesce_ms']:.0f} ms), "
+          f"phases {m['phases_ms']}, longest writer gap {gap * 1000:.0f} ms, WAL files {len(rec['wal_files'])}")
+    assert gap < 10 + 1
+    assert snapagent("verify", m["id"], config=cfg).returncode == 0
+
+    dest = workdir / "restore here"
+    pg.open_path_for_postgres(dest)
+    r = snapagent("restore", m["id"], "--to", str(dest), config=cfg, check=True)
+    labels = {v["volume"]: v["label"] for v in m["volumes"]}
+    pgdata = dest / labels[str(data_vol)] / "pgdata"
+    assert os.readlink(pgdata / "pg_wal") == str(dest / labels[str(wal_vol)] / "wal")
+    oid = next(iter(rec["tablespaces"]))
+    assert os.readlink(pgdata / "pg_tblspc" / oid) == str(dest / labels[str(wal_vol)] / "ts")
+    assert (pgdata / "backup_label").read_text() == rec["labelfile"]
+    assert str(dest) in (pgdata / "tablespace_map").read_text()
+    assert (pgdata / "recovery.signal").exists()
+    assert not [p for p in (dest / labels[str(wal_vol)] / "wal").iterdir() if p.name != "archive_status"]
+    start_as_instructed(r.stdout)
+    try:
+        with restored_conn(c.sock) as conn:
+            n = check_acked_present(conn, w, ts(rec["consistent_at"]))
+            assert conn.execute("SELECT count(*) FROM tst").fetchone()[0] == 1000
+            assert conn.execute("SELECT pg_tablespace_location(%s::oid)", (oid,)).fetchone()[0] == str(dest / labels[str(wal_vol)] / "ts")
+            conn.execute("CREATE TABLE after_restore (x int) TABLESPACE ts")  # writes go to the restored copy only
+            conn.execute("CHECKPOINT")
+    finally:
+        stop_restored(pgdata)
+    # the live cluster's WAL, tablespace and archive got nothing from the restored copy
+    assert not any(p.name.startswith("00000002") for p in waldir.iterdir())  # the copy promoted to timeline 2
+    assert not any(p.name.startswith("00000002") for p in archive.iterdir())
+    assert c.sql("SELECT count(*) FROM pg_class WHERE relname = 'after_restore'")[0][0] == 0
+    print(f"backup-api: all {n} transactions acknowledged before pg_backup_stop are in the restore")
+
+    d = snapagent("--json", "drill", m["id"], config=cfg)
+    report = json.loads(d.stdout)
+    assert d.returncode == 0 and report["ok"], d.stdout + d.stderr
+    rows = next(p for p in report["probes"] if p["name"].endswith("rows"))["rows"]
+    assert rows["postgres.public.tst"] == 1000 and rows["postgres.public.bank"] >= n
