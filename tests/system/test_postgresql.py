@@ -259,3 +259,93 @@ def test_backup_api_with_pg_wal_and_tablespace_on_second_volume(pg_ok, subvol, w
     assert d.returncode == 0 and report["ok"], d.stdout + d.stderr
     rows = next(p for p in report["probes"] if p["name"].endswith("rows"))["rows"]
     assert rows["postgres.public.tst"] == 1000 and rows["postgres.public.bank"] >= n
+
+
+def snapagent_sessions(c: pg.Cluster) -> list:
+    return c.sql("SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'snapagent:%'")
+
+
+def no_snapshots(vol: Path) -> bool:
+    d = vol / ".snapagent-snapshots"
+    return not d.exists() or not any(d.iterdir())
+
+
+@pytest.mark.parametrize("mode", ["checkpoint", "backup-api"])
+def test_statement_timeout_bounds_the_freeze(pg_ok, subvol, workdir, clusters, mode):
+    """A checkpointer that never answers (SIGSTOP) makes CHECKPOINT / pg_backup_start hang: the
+    statement_timeout derived from max_freeze cancels it, nothing is snapshotted, writers go on."""
+    vol = subvol("pg")
+    archive = workdir / "archive"
+    c = make_cluster(clusters, vol / "pgdata", archive=archive)
+    ckpt = c.sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'")[0][0]
+    cfg = write_config(workdir, job_toml([vol], dsn=c.dsn, mode=mode, wal_archive=archive, max_freeze="2s"))
+    w = Writer(c.dsn, workdir / "acks")
+    try:
+        w.wait_for(50)
+        os.kill(ckpt, signal.SIGSTOP)
+        try:
+            t0 = time.time()
+            r = snapagent("backup", "db", config=cfg)
+            t1 = time.time()
+            time.sleep(0.2)
+            sessions = snapagent_sessions(c)
+        finally:
+            os.kill(ckpt, signal.SIGCONT)
+        w.wait_for(len(w.acks()) + 10)
+    finally:
+        w.stop()
+    what = "CHECKPOINT" if mode == "checkpoint" else "pg_backup_start"
+    assert r.returncode == 1 and f"{what} did not finish within max_freeze" in r.stderr, r.stderr
+    assert not sessions and no_snapshots(vol)
+    assert snapagent("--json", "list", config=cfg, check=True).stdout.strip() == "[]"
+    gap = w.max_gap(t0, t1)
+    print(f"\n{mode}: backup refused after {t1 - t0:.2f}s (max_freeze 2s); longest writer gap {gap * 1000:.0f} ms")
+    assert t1 - t0 < 2 + 5  # the agent's start-up and preflight included
+    assert gap < 2 + 1
+
+
+def test_sigkill_in_backup_mode_aborts_the_backup_server_side(pg_ok, subvol, workdir, clusters):
+    """SIGKILL the agent while it holds the backup (its btrfs snapshot made slow on purpose): the
+    session ends, the server aborts the backup, writers are never blocked; cleanup removes the rest."""
+    vol = subvol("pg")
+    archive = workdir / "archive"
+    c = make_cluster(clusters, vol / "pgdata", archive=archive)
+    mark = workdir / "in-snapshot"
+    slow = workdir / "slow-btrfs"
+    real = subprocess.run(["sh", "-c", "command -v btrfs"], capture_output=True, text=True).stdout.strip()
+    slow.write_text(f'#!/bin/sh\nif [ "$1 $2" = "subvolume snapshot" ]; then : > {toml_str(mark)}; sleep 3; fi\n'
+                    f'exec {real} "$@"\n')
+    slow.chmod(0o755)
+    max_freeze = 10
+    cfg = write_config(workdir, job_toml([vol], dsn=c.dsn, mode="backup-api", wal_archive=archive),
+                       extra=f"[agent.tools]\nbtrfs = {toml_str(slow)}\n")
+    w = Writer(c.dsn, workdir / "acks")
+    try:
+        w.wait_for(50)
+        t0 = time.time()
+        agent = subprocess.Popen([sys.executable, "-m", "snapagent", "-c", str(cfg), "backup", "db"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        pg.wait_until(mark.exists, timeout=60)
+        assert len(snapagent_sessions(c)) == 1
+        agent.kill()
+        t_kill = time.time()
+        agent.wait()
+        pg.wait_until(lambda: not snapagent_sessions(c), timeout=max_freeze + 1)
+        t_gone = time.time()
+        w.wait_for(len(w.acks()) + 20)
+        t_end = time.time()
+    finally:
+        w.stop()
+    assert "aborting backup due to backend exiting before pg_backup_stop was called" in c.log()
+    gap = w.max_gap(t0, t_end)
+    print(f"\nSIGKILL in backup mode: session gone {(t_gone - t_kill) * 1000:.0f} ms after the kill; "
+          f"longest writer gap {gap * 1000:.0f} ms")
+    assert gap < max_freeze + 1
+    # the orphaned slow btrfs still makes its snapshot after the agent died; cleanup must remove it
+    pg.wait_until(lambda: not no_snapshots(vol), timeout=10)
+    time.sleep(0.5)
+    r = snapagent("cleanup", config=cfg, check=True)
+    assert "deleted btrfs snapshot" in r.stdout and no_snapshots(vol)
+    # and the next run works
+    cfg = write_config(workdir, job_toml([vol], dsn=c.dsn, mode="backup-api", wal_archive=archive))
+    assert backup(cfg)["quiescers"][0]["mode"] == "backup-api"
