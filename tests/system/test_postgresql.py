@@ -226,7 +226,7 @@ def test_backup_api_with_pg_wal_and_tablespace_on_second_volume(pg_ok, subvol, w
     assert gap < 10 + 1
     assert snapagent("verify", m["id"], config=cfg).returncode == 0
 
-    dest = workdir / "restore here"
+    dest = workdir / "restore 'here' 100%"  # quoted into postgresql.auto.conf and restore_command
     pg.open_path_for_postgres(dest)
     r = snapagent("restore", m["id"], "--to", str(dest), config=cfg, check=True)
     labels = {v["volume"]: v["label"] for v in m["volumes"]}
