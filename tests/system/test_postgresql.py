@@ -102,6 +102,17 @@ def start_as_instructed(restore_out: str, extra_env: dict | None = None) -> str:
     return cmd
 
 
+def manual_restore_script(backup_dir: Path, dest: Path) -> str:
+    """Return the by-hand restore block of docs/databases.md with B and DEST set."""
+    text = (ROOT / "docs" / "databases.md").read_text()
+    block = text.split("<!-- manual-restore:begin -->", 1)[1].split("<!-- manual-restore:end -->", 1)[0]
+    body = block.split("```sh\n", 1)[1].rsplit("```", 1)[0]
+    lines = body.splitlines()
+    assert lines[0].startswith("B=") and lines[1].startswith("DEST=")
+    import shlex
+    return "\n".join([f"B={shlex.quote(str(backup_dir))}", f"DEST={shlex.quote(str(dest))}", *lines[2:]]) + "\n"
+
+
 def restored_conn(sockdir: Path, port: int = 5433, timeout: float = 60):
     """Connect to the restored copy once it is up and out of recovery."""
     import psycopg
@@ -253,6 +264,21 @@ def test_backup_api_with_pg_wal_and_tablespace_on_second_volume(pg_ok, subvol, w
     assert not any(p.name.startswith("00000002") for p in archive.iterdir())
     assert c.sql("SELECT count(*) FROM pg_class WHERE relname = 'after_restore'")[0][0] == 0
     print(f"backup-api: all {n} transactions acknowledged before pg_backup_stop are in the restore")
+
+    # docs/databases.md's restore by hand, run as written (only B and DEST set)
+    manual = workdir / "manual restore"
+    pg.open_path_for_postgres(manual)
+    script = manual_restore_script(workdir / "backups" / "db" / m["id"], manual)
+    r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    mpgdata = manual / labels[str(data_vol)] / "pgdata"
+    try:
+        with restored_conn(c.sock) as conn:
+            assert check_acked_present(conn, w, ts(rec["consistent_at"])) == n
+            assert conn.execute("SELECT count(*) FROM tst").fetchone()[0] == 1000
+            assert conn.execute("SELECT pg_tablespace_location(%s::oid)", (oid,)).fetchone()[0] == str(manual / labels[str(wal_vol)] / "ts")
+    finally:
+        stop_restored(mpgdata)
 
     d = snapagent("--json", "drill", m["id"], config=cfg)
     report = json.loads(d.stdout)

@@ -230,3 +230,15 @@ def test_drill_postmaster_argv(tmp_path):
     assert argv[7] == str(pgdata)
     assert "listen_addresses=" in argv and "archive_mode=off" in argv and f"port={c.port}" in argv
     assert any(a.startswith("config_file=") for a in argv)  # no postgresql.conf in that PGDATA
+
+
+def test_docs_example_config_parses():
+    import tomllib
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "databases.md").read_text()
+    section = text.split("## PostgreSQL", 1)[1]
+    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    data = tomllib.loads('[targets.local]\ntype = "directory"\npath = "/tmp/x"\n' + example)
+    cfg = configmod.parse(data, Path("docs/databases.md"))
+    _, qcfg = cfg.jobs["pg"].quiescers[0]
+    assert qcfg.mode == "auto" and qcfg.wal_archive == Path("/srv/pg-archive")
