@@ -28,6 +28,43 @@ pytestmark = [pytest.mark.postgres, pytest.mark.btrfs, pytest.mark.root]
 WRITER = ROOT / "tests" / "helpers" / "pg_writer.py"
 
 
+@pytest.fixture(scope="module")
+def pg_base():
+    """A private base directory outside /tmp/pytest-of-root: a concurrent pytest session resets that
+    directory to 0700, which would cut the postgres user off from its data mid-test."""
+    import shutil
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="snapagent-pgtest-", dir="/var/tmp"))
+    os.chmod(base, 0o711)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def btrfs_root(pg_base):
+    """Overrides conftest's: the same 1 GiB btrfs loop filesystem, mounted below ``pg_base``."""
+    need(os.geteuid() == 0, "needs root for loop devices and mounts")
+    img, mnt = pg_base / "fs.img", pg_base / "mnt"
+    mnt.mkdir()
+    with open(img, "wb") as f:
+        f.truncate(1 << 30)
+    subprocess.run(["mkfs.btrfs", "-q", str(img)], check=True, capture_output=True)
+    r = subprocess.run(["mount", "-o", "loop", str(img), str(mnt)], capture_output=True, text=True)
+    need(r.returncode == 0, f"cannot mount a btrfs loop device: {r.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+@pytest.fixture
+def workdir(pg_base, request):
+    """Overrides conftest's: config, state and target below ``pg_base`` (reachable by postgres)."""
+    d = pg_base / re.sub(r"[^A-Za-z0-9_-]", "_", request.node.name)[:60]
+    (d / "state").mkdir(parents=True)
+    os.chmod(d, 0o711)
+    return d
+
+
 @pytest.fixture
 def pg_ok():
     ok, why = pg.available()
