@@ -287,11 +287,14 @@ class PostgresQuiescer(Quiescer):
         self.rec["quiesce_ms"] = round((time.monotonic() - t0) * 1000, 3)
 
     def _checkpoint(self) -> None:
+        # every commit acknowledged before consistent_at is in the image: the checkpoint flushes the
+        # WAL inserted before it started, even under synchronous_commit = off
+        before = _utc()
         if self.cfg.checkpoint:
             self.conn.execute("CHECKPOINT")
         fn = "pg_last_wal_replay_lsn()" if self.topo["in_recovery"] else "pg_current_wal_lsn()"
         self.rec["lsn"] = self.conn.execute(f"SELECT {fn}::text").fetchone()[0]
-        self.rec["consistent_at"] = _utc()  # every commit acknowledged before this is in the image
+        self.rec["consistent_at"] = before if self.cfg.checkpoint else _utc()
 
     def _backup_start(self) -> None:
         label = f"snapagent {self.ctx.job} {_utc()}"

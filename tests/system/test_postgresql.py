@@ -185,10 +185,22 @@ def stop_restored(pgdata: Path) -> None:
 def test_checkpoint_mode_hot_backup_restore_and_drill(pg_ok, subvol, workdir, clusters):
     vol = subvol("pg data")
     c = make_cluster(clusters, vol / "pgdata")
+    # refusals before anything is touched: a role without privileges; backup-api without archiving
+    c.sql("CREATE ROLE weak LOGIN")
+    cfg = write_config(workdir, job_toml([vol], dsn=c.dsn.replace("user=postgres", "user=weak")))
+    r = snapagent("backup", "db", config=cfg)
+    assert r.returncode == 1 and "lacks privileges" in r.stderr and "pg_read_all_settings" in r.stderr, r.stderr
+    cfg = write_config(workdir, job_toml([vol], dsn=c.dsn, mode="backup-api", wal_archive=workdir))
+    r = snapagent("backup", "db", config=cfg)
+    assert r.returncode == 1 and "archiving is off (archive_mode = off)" in r.stderr, r.stderr
+    assert no_snapshots(vol)
+
     w = Writer(c.dsn, workdir / "acks")
     try:
         w.wait_for(100)
         cfg = write_config(workdir, job_toml([vol], dsn=c.dsn))
+        r = snapagent("backup", "db", "--dry-run", config=cfg, check=True)
+        assert f"would quiesce: postgresql {vol / 'pgdata'}" in r.stdout and no_snapshots(vol)
         t0 = time.time()
         m = backup(cfg)
         t1 = time.time()
