@@ -261,7 +261,7 @@ def test_backup_api_with_pg_wal_and_tablespace_on_second_volume(pg_ok, subvol, w
     cfg = write_config(workdir, job_toml([data_vol], dsn=c.dsn, wal_archive=archive))
     r = snapagent("backup", "db", config=cfg)
     assert r.returncode == 1 and str(waldir) in r.stderr and "is not on any volume" in r.stderr, r.stderr
-    assert not list((data_vol / ".snapagent-snapshots").glob("*")) if (data_vol / ".snapagent-snapshots").exists() else True
+    assert no_snapshots(data_vol) and no_snapshots(wal_vol)
 
     w = Writer(c.dsn, workdir / "acks")
     try:

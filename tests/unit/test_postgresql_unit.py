@@ -242,3 +242,37 @@ def test_docs_example_config_parses():
     cfg = configmod.parse(data, Path("docs/databases.md"))
     _, qcfg = cfg.jobs["pg"].quiescers[0]
     assert qcfg.mode == "auto" and qcfg.wal_archive == Path("/srv/pg-archive")
+
+
+# -- mode choice from the topology ------------------------------------------------------------
+def quiescer(mode: str, roots: list[str], atomic: bool, in_recovery: bool = False):
+    from snapagent.errors import PreflightFailed  # noqa: F401
+    from snapagent.quiesce.base import QuiesceContext
+    from snapagent.quiesce.postgresql import PostgresConfig, PostgresQuiescer
+
+    cfg = PostgresConfig(dsn="host=/nonexistent", mode=mode, wal_archive="/srv/archive")
+    ctx = QuiesceContext("db", FakeRunner(), roots, volume_roots=[Path(r) for r in roots], atomic=atomic)
+    q = PostgresQuiescer(cfg, ctx)
+    q.topo = {"data_directory": "/srv/data/pg", "pg_wal": "/srv/wal/wal", "tablespaces": {"16384": "/srv/wal/ts"},
+              "in_recovery": in_recovery}
+    return q
+
+
+@pytest.mark.parametrize("mode, roots, atomic, expect", [
+    ("auto", ["/srv"], False, "checkpoint"),                    # everything on one volume
+    ("auto", ["/srv/data", "/srv/wal"], False, "backup-api"),   # two volumes, one after another
+    ("auto", ["/srv/data", "/srv/wal"], True, "checkpoint"),    # an atomic driver
+    ("backup-api", ["/srv"], False, "backup-api"),
+])
+def test_choose_mode(mode, roots, atomic, expect):
+    assert quiescer(mode, roots, atomic).choose_mode() == expect
+
+
+def test_checkpoint_mode_refused_across_non_atomic_volumes():
+    from snapagent.errors import PreflightFailed
+
+    with pytest.raises(PreflightFailed) as e:
+        quiescer("checkpoint", ["/srv/data", "/srv/wal"], False).choose_mode()
+    assert "/srv/wal/wal on /srv/wal" in str(e.value) and "/srv/data/pg on /srv/data" in str(e.value)
+    with pytest.raises(PreflightFailed, match="standby"):
+        quiescer("auto", ["/srv/data", "/srv/wal"], False, in_recovery=True).choose_mode()
