@@ -157,11 +157,12 @@ class MysqlQuiescer(Quiescer):
         return list(self._files)
 
     def _volume_of(self, path: Path) -> str | None:
+        """Return the root directory of the job volume holding ``path`` (None when none does)."""
+        roots = self.ctx.volume_roots or [Path(v) for v in self.ctx.volumes]
         real = os.path.realpath(path)
-        for vol in self.ctx.volumes:
-            root = os.path.realpath(vol)
+        for root in map(os.path.realpath, roots):
             if real == root or real.startswith(root.rstrip("/") + "/"):
-                return vol
+                return root
         return None
 
     def _choose_method(self) -> str:
@@ -169,19 +170,21 @@ class MysqlQuiescer(Quiescer):
         want = self.cfg.method
         stage_ok = info.flavor == "mariadb" and info.numeric >= (10, 4, 0)
         instance_ok = info.flavor == "mysql" and info.numeric >= (8, 0, 0)
-        one_volume = len({self._volume_of(f) for f in self.files()}) == 1
+        # one snapshot instant for every file: an atomic driver, or everything on one volume
+        one_instant = self.ctx.atomic or len({self._volume_of(f) for f in self.files()}) == 1
         if want == "auto":
             if stage_ok:
                 return "backup-stage"
-            return "lock-instance" if instance_ok and one_volume else "ftwrl"
+            return "lock-instance" if instance_ok and one_instant else "ftwrl"
         if want == "backup-stage" and not stage_ok:
             raise PreflightFailed(f"mysql: method backup-stage needs MariaDB >= 10.4 (server is {info.version})")
         if want == "lock-instance":
             if not instance_ok:
                 raise PreflightFailed(f"mysql: method lock-instance needs MySQL >= 8.0 (server is {info.version})")
-            if not one_volume:
+            if not one_instant:
                 raise PreflightFailed("mysql: method lock-instance leaves InnoDB crash-consistent only, so every "
-                                      f"file ({', '.join(map(str, self.files()))}) must be on one volume")
+                                      f"file ({', '.join(map(str, self.files()))}) must be on one volume "
+                                      "(or the driver must snapshot all volumes atomically)")
         return want
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -208,6 +211,8 @@ class MysqlQuiescer(Quiescer):
             self._refuse_long_queries()
 
     def _warn_split_innodb(self, datadir_vol: str | None) -> None:
+        if self.ctx.atomic:
+            return
         v = self.info.variables
         datadir = Path(v["datadir"])
         for name in ("innodb_log_group_home_dir", "innodb_undo_directory", "innodb_data_home_dir"):

@@ -356,7 +356,8 @@ def test_password_from_option_file_only(server, workdir):
 
 def doc_block() -> str:
     text = (ROOT / "docs" / "databases.md").read_text()
-    return re.search(r"### Restore by hand.*?```sh\n(.*?)```", text, re.S).group(1)
+    section = text.split("## MySQL / MariaDB", 1)[1]
+    return re.search(r"### Restore by hand.*?```sh\n(.*?)```", section, re.S).group(1)
 
 
 def test_restore_by_hand_as_documented(server, workdir, btrfs_root):

@@ -102,8 +102,9 @@ def fake(monkeypatch):
     return make
 
 
-def quiescer(volumes=("/srv/my sql",), **cfg):
+def quiescer(volumes=("/srv/my sql",), atomic=False, **cfg):
     ctx = QuiesceContext("db", Runner(), list(volumes))
+    ctx.atomic = atomic
     return my.MysqlQuiescer(my.MysqlConfig(**{"socket": "/run/mysqld/mysqld.sock", **cfg}), ctx)
 
 
@@ -230,6 +231,9 @@ def test_lock_instance_needs_one_volume(fake):
     q = quiescer(volumes=("/srv/my sql", "/srv/redo"))
     q.preflight()
     assert q.method == "ftwrl"  # auto falls back to a lock that stops writes
+    q = quiescer(volumes=("/srv/my sql", "/srv/redo"), atomic=True)  # e.g. one ZFS snapshot call
+    q.preflight()
+    assert q.method == "lock-instance"
     assert q.files() == [Path("/srv/my sql/data"), Path("/srv/redo")]
 
 
@@ -345,3 +349,16 @@ def test_server_errors_become_typed_errors(fake):
     with pytest.raises(QuiesceFailed, match="gone away"):
         q.quiesce(time.monotonic() + 10)
     q.release()
+
+
+def test_docs_example_config_parses():
+    import tomllib
+
+    from conftest import ROOT
+
+    section = (ROOT / "docs" / "databases.md").read_text().split("## MySQL / MariaDB", 1)[1]
+    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    data = tomllib.loads('[targets.local]\ntype = "directory"\npath = "/tmp/x"\n' + example)
+    _, qcfg = configmod.parse(data, Path("docs/databases.md")).jobs["shop"].quiescers[0]
+    assert qcfg.option_file == Path("/etc/mysql/debian.cnf") and qcfg.method == "auto"
+    assert qcfg.long_query_policy == "refuse" and qcfg.lock_wait_timeout == 3
