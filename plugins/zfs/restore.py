@@ -29,10 +29,10 @@ class ZfsRestoreMixin:
 
     zfs: Zfs
 
-    def prepare_destination(self, dest: str, manifest: dict, force: bool) -> tuple[str, str | None] | None:
+    def prepare_destination(self, dest: str, manifest: dict, force: bool) -> tuple[str, str | None, Path] | None:
         """For a send backup: check that DEST names a new dataset of an existing pool, rename an
         existing one aside when ``force`` (``DEST.pre-restore-<time>``), create it; return
-        (DEST, moved-aside name or None). For tar: None (DEST is a directory).
+        (DEST, moved-aside name or None, DEST's mountpoint). For tar: None (DEST is a directory).
         Raises RestoreRefused (nothing written)."""
         if manifest.get("export_format") != "send":
             return None
@@ -52,7 +52,10 @@ class ZfsRestoreMixin:
             moved = f"{dest}.pre-restore-{time.strftime('%Y%m%dT%H%M%S')}"
             self._zfs_or_fail(self.zfs.rename, dest, moved)
         self._zfs_or_fail(self.zfs.create, dest)
-        return dest, moved
+        if self.runner.dry_run:  # type: ignore[attr-defined]
+            return dest, moved, Path("/nonexistent-dry-run")
+        mountpoint = self._zfs_or_fail(self.zfs.list, [dest], ["mountpoint"])[0]["mountpoint"]
+        return dest, moved, Path(mountpoint)
 
     def drill_destination(self, manifest: dict, unique: str) -> str | None:
         """For a send backup: return a new scratch dataset ``<drill_parent>/<unique>`` (creating

@@ -94,14 +94,19 @@ class Driver:
     def release_base(self, item: dict) -> None:
         """Release the base an earlier backup kept (its manifest volume item). Idempotent."""
 
-    def prepare_destination(self, dest: str, manifest: dict, force: bool) -> tuple[str, str | None] | None:
+    def check_restore_dest(self, dest: Path, fmt: str) -> None:
+        """Raise RestoreRefused when ``dest`` (which may not exist yet) cannot receive ``fmt``;
+        called before anything is written."""
+
+    def prepare_destination(self, dest: str, manifest: dict, force: bool) -> tuple[str, str | None, Path] | None:
         """Say what ``restore --to DEST`` means for a backup this driver made (``manifest``).
 
         Return None (the default) when DEST is a directory: the core prepares it and each volume
         restores into ``DEST/<label>``. A driver whose backups restore into something else (a new
         ZFS dataset) checks DEST, moves an existing one aside when ``force``, creates it and returns
-        ``(name, moved_aside_or_None)``; each volume then restores into ``"<name>/<label>"``.
-        Called after verification; raises RestoreRefused (nothing written)."""
+        ``(name, moved_aside_or_None, directory)``; each volume then restores into
+        ``"<name>/<label>"`` and quiescers' extra artifacts go below ``directory`` (where DEST's
+        files appear). Called after verification; raises RestoreRefused (nothing written)."""
         return None
 
     def drill_destination(self, manifest: dict, unique: str) -> str | None:

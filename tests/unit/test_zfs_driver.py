@@ -267,8 +267,8 @@ MANIFEST = {"id": "job-1", "export_format": "send", "volumes": [{"volume": SPACE
 
 def test_prepare_destination_for_send_creates_a_new_dataset():
     drv, runner = make("tank")
-    assert drv.prepare_destination("tank/restored x", MANIFEST, force=False) == ("tank/restored x", None)
-    assert runner.calls[-1] == ["zfs", "create", "-p", "--", "tank/restored x"]
+    assert drv.prepare_destination("tank/restored x", MANIFEST, force=False) == ("tank/restored x", None, Path("/mnt/tank/restored x"))
+    assert runner.calls[-2] == ["zfs", "create", "-p", "--", "tank/restored x"]
 
 
 def test_prepare_destination_refusals():
@@ -280,7 +280,7 @@ def test_prepare_destination_refusals():
     with pytest.raises(RestoreRefused, match="already exists.*--force"):
         drv.prepare_destination("tank/exists", MANIFEST, force=False)
     assert not [c for c in runner.calls if c[1] in ("create", "rename")]
-    name, moved = drv.prepare_destination("tank/exists", MANIFEST, force=True)
+    name, moved, _ = drv.prepare_destination("tank/exists", MANIFEST, force=True)
     assert moved.startswith("tank/exists.pre-restore-") and moved in runner.fake.datasets
     assert drv.prepare_destination("/srv/restore", {**MANIFEST, "export_format": "tar"}, False) is None
 
