@@ -28,6 +28,9 @@ class QuiesceContext:
     #: does not die with the agent (fsfreeze) journals it with owner {"kind": "quiescer", "name": type}
     #: and implements ``undo``.
     journal: Any = None
+    #: {what: path} of places the agent itself writes to (state dir, local targets): a freeze
+    #: quiescer must refuse the filesystems holding them.
+    protected: dict[str, Path] = field(default_factory=dict)
 
 
 @dataclass

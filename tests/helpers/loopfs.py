@@ -1,0 +1,53 @@
+"""A small ext4 filesystem on a loop device, for fsfreeze tests. Only ever freeze these."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def ext4_loop(base: Path, size_mb: int = 64) -> Iterator[Path]:
+    """Create, mount and yield an ext4 filesystem at ``base/mnt``; on exit thaw it (whatever
+    happened) and unmount it."""
+    img, mnt = base / "ext4.img", base / "mnt"
+    mnt.mkdir(parents=True)
+    with open(img, "wb") as f:
+        f.truncate(size_mb << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(img)], check=True, capture_output=True)
+    subprocess.run(["mount", "-o", "loop", str(img), str(mnt)], check=True, capture_output=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["fsfreeze", "-u", str(mnt)], capture_output=True)  # never leave it frozen
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+        img.unlink(missing_ok=True)
+
+
+def write_takes(mnt: Path, limit: float = 30.0) -> float | None:
+    """Write and fsync a file on ``mnt`` in a thread; return the seconds it took, or None when it
+    did not finish within ``limit`` (the filesystem is frozen; the thread completes after a thaw)."""
+    done = threading.Event()
+    t0 = time.monotonic()
+
+    def write():
+        with open(mnt / f"probe-{time.monotonic_ns()}", "wb") as f:
+            f.write(b"x" * 4096)
+            f.flush()
+            import os
+            os.fsync(f.fileno())
+        done.set()
+
+    threading.Thread(target=write, daemon=True).start()
+    if done.wait(limit):
+        return time.monotonic() - t0
+    return None
+
+
+def is_frozen(mnt: Path, probe: float = 0.5) -> bool:
+    """Return True when a write to ``mnt`` does not complete within ``probe`` seconds."""
+    return write_takes(mnt, probe) is None
