@@ -178,6 +178,15 @@ class CommandQuiescer(Quiescer):
             return
         self._hold, self._reader = stream, LineReader(stream.stdout)
         try:
+            self._wait_ready(stream, argv, wait_until)
+        except QuiesceFailed:
+            self._stop_hold(grace=1.0)  # it holds nothing we rely on: do not wait long
+            raise
+        self.rec["hold"]["ready_ms"] = round((time.monotonic() - self._hold_t0) * 1000, 1)
+
+    def _wait_ready(self, stream: Stream, argv: list[str], wait_until: float) -> None:
+        assert self._reader is not None and stream.proc is not None
+        try:
             while True:
                 line = self._reader.readline(wait_until)
                 if line is None:
@@ -190,7 +199,6 @@ class CommandQuiescer(Quiescer):
         except TimeoutError:
             raise QuiesceFailed(f"command {self.name}: hold {format_argv(argv)} did not print {self.cfg.ready!r} "
                                 f"within {wait_until - self._hold_t0:.1f}s") from None
-        self.rec["hold"]["ready_ms"] = round((time.monotonic() - self._hold_t0) * 1000, 1)
 
     def _keep(self, line: str) -> None:
         if len(self._hold_lines) < MAX_LINES:
@@ -210,8 +218,9 @@ class CommandQuiescer(Quiescer):
             self.rec["post"] = self._run("post", self.cfg.post, None, fail=False)
         return dict(self.rec)
 
-    def _stop_hold(self) -> None:
-        """Close the hold process's stdin, collect its remaining lines and exit status (bounded)."""
+    def _stop_hold(self, grace: float | None = None) -> None:
+        """Close the hold process's stdin, collect its remaining lines and exit status; kill it
+        when it has not exited ``grace`` seconds (default: ``timeout``) later."""
         stream, reader = self._hold, self._reader
         self._hold = self._reader = None
         assert stream is not None and stream.proc is not None and reader is not None
@@ -221,7 +230,8 @@ class CommandQuiescer(Quiescer):
             proc.stdin.close()
         except (BrokenPipeError, OSError):
             pass
-        until = time.monotonic() + self.cfg.timeout
+        grace = self.cfg.timeout if grace is None else grace
+        until = time.monotonic() + grace
         try:
             while (line := reader.readline(until)) is not None:
                 self._keep(line)
@@ -229,7 +239,7 @@ class CommandQuiescer(Quiescer):
         except (TimeoutError, subprocess.TimeoutExpired):
             stream.kill()
             rc = proc.returncode
-            rec["killed"] = f"did not exit within {self.cfg.timeout:g}s of its stdin closing"
+            rec["killed"] = f"did not exit within {grace:g}s of its stdin closing"
         rec["rc"] = rc
         rec["held_ms"] = round((time.monotonic() - self._hold_t0) * 1000, 1)
         err = stream.stderr_text().strip()
