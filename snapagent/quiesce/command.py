@@ -22,7 +22,7 @@ from typing import Any, Literal
 from pydantic import field_validator, model_validator
 
 from ..config import Duration, Strict
-from ..errors import CommandFailed, PreflightFailed, QuiesceFailed
+from ..errors import CommandFailed, FreezeOverrun, PreflightFailed, QuiesceFailed
 from ..runner import Stream, format_argv
 from .base import Quiescer
 from .lines import LineReader
@@ -142,16 +142,21 @@ class CommandQuiescer(Quiescer):
         """Run ``argv`` for ``phase``; return its record. On failure raise QuiesceFailed when
         ``fail``, else record the error."""
         timeout = self.cfg.timeout
+        capped = False
         if deadline is not None:
-            timeout = min(timeout, deadline - time.monotonic())
-            if timeout <= 0:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 raise QuiesceFailed(f"command {self.name}: no time left in max_freeze to run {phase}")
+            capped, timeout = left < timeout, min(timeout, left)
         rec: dict[str, Any] = {"argv": list(argv)}
         t0 = time.monotonic()
         try:
             res = self.ctx.runner.run(argv, mutating=True, timeout=timeout, env=self._env(phase))
         except CommandFailed as e:
             rec.update(rc=e.returncode, duration_ms=round((time.monotonic() - t0) * 1000, 1), error=str(e))
+            if fail and capped and e.returncode is None:
+                raise FreezeOverrun(f"command {self.name}: {phase} was still running when max_freeze ran out "
+                                    f"({timeout:.2f}s were left); killed it: {format_argv(argv)}") from None
             if fail:
                 raise QuiesceFailed(f"command {self.name}: {phase} failed: {e}") from None
             return rec
