@@ -167,3 +167,25 @@ def test_image_on_btrfs_is_clean_only_when_frozen(subvol, workdir, tmp_path, fre
         print(f"\nfsfreeze image: clean, freeze window {m['freeze_window_ms']:.0f} ms")
     else:
         assert "needs_recovery" in features, features
+
+
+@pytest.mark.btrfs
+def test_dry_run_freezes_nothing(ext4, workdir, subvol, tmp_path):
+    vol = subvol("v")
+    ran = tmp_path / "pre-ran"
+    cfg = write_config(workdir, f"""
+[jobs.j]
+driver = "btrfs"
+volumes = [{toml_str(vol)}]
+target = "local"
+[[jobs.j.quiesce]]
+type = "fsfreeze"
+mountpoints = [{toml_str(ext4)}]
+[[jobs.j.quiesce]]
+type = "command"
+pre = [{toml_str(sys.executable)}, "-c", "import sys; open(sys.argv[1], 'w')", {toml_str(ran)}]
+""")
+    r = snapagent("backup", "j", "--dry-run", config=cfg)
+    assert r.returncode == 0, r.stderr
+    assert f"would quiesce: fsfreeze {ext4}" in r.stdout and "would quiesce: command" in r.stdout
+    assert not ran.exists() and not is_frozen(ext4)
