@@ -119,7 +119,7 @@ def cleanup_leaves_nothing(cfg: Path, workdir: Path, vol: Path) -> str:
 
 @pytest.fixture
 def ext4(tmp_path):
-    with ext4_loop(tmp_path / "ext4") as mnt:
+    with ext4_loop(tmp_path / "ext4 a;$(touch x) -n") as mnt:
         yield mnt
 
 

@@ -31,7 +31,7 @@ def ext4(tmp_path):
     need(os.geteuid() == 0, "needs root for loop devices, mounts and FIFREEZE")
     need(shutil.which("mkfs.ext4") is not None and shutil.which("fsfreeze") is not None,
          "needs e2fsprogs and util-linux (fsfreeze)")
-    with ext4_loop(tmp_path / "ext4") as mnt:
+    with ext4_loop(tmp_path / "ext4 a;$(touch x) -n") as mnt:
         yield mnt
 
 
