@@ -24,7 +24,19 @@ log = logging.getLogger("snapagent.restore")
 
 
 def find_backup(config: Config, backup_id: str):
-    """Return (target, manifest) of ``backup_id`` in any configured target; raise NotFound."""
+    """Return (target, manifest) of ``backup_id`` in any configured target; raise NotFound.
+
+    ``JOB@latest`` names the newest backup of JOB."""
+    if backup_id.endswith("@latest"):
+        job = config.job(backup_id[: -len("@latest")]).name
+        newest = None
+        for target in config.all_targets():
+            for m in target.list(job):
+                if newest is None or (m["created"], m["id"]) > (newest[1]["created"], newest[1]["id"]):
+                    newest = (target, m)
+        if newest is None:
+            raise NotFound(f"job {job!r} has no backups yet")
+        return newest
     for target in config.all_targets():
         m = target.get(backup_id)
         if m is not None:
@@ -123,6 +135,7 @@ def restore(config: Config, runner: Runner, backup_id: str, dest: Path, force: b
     Raises NotFound, VerifyFailed (nothing written), RestoreRefused (nothing written), CommandFailed.
     """
     target, manifest = find_backup(config, backup_id)
+    backup_id = manifest["id"]
     results = verify(target, manifest, scan=True, allow_special=allow_special)
     chains = {}
     for vol in manifest["volumes"]:
@@ -135,11 +148,12 @@ def restore(config: Config, runner: Runner, backup_id: str, dest: Path, force: b
         raise cls("restore refused, nothing was written: " + "; ".join(r["message"] for r in bad))
     say(f"verified {len(results)} artifact(s) of {backup_id}")
     dest = Path(os.path.abspath(dest))
+    driver = registry.get("driver", manifest["driver"], "manifest.driver")(runner)
+    for vol in manifest["volumes"]:
+        driver.check_restore_dest(dest / vol["label"], vol["format"])
     moved = _prepare_dest(dest, force)
     if moved:
         say(f"moved the previous content of {dest} to {moved}")
-    driver_cls = registry.get("driver", manifest["driver"], "manifest.driver")
-    driver = driver_cls(runner)
     out_vols = []
     for vol in manifest["volumes"]:
         vdest = dest / vol["label"]
@@ -166,6 +180,7 @@ def drill(config: Config, runner: Runner, backup_id: str, keep: bool = False,
 
     Returns {id, ok, probes: [...], scratch}; the scratch copy is removed unless ``keep``.
     """
+    backup_id = find_backup(config, backup_id)[1]["id"]
     scratch_root = config.agent.scratch_dir or (config.agent.state_dir / "drill")
     scratch_root.mkdir(parents=True, exist_ok=True, mode=0o700)
     scratch = scratch_root / f"{backup_id}.{os.getpid()}"
@@ -183,7 +198,6 @@ def drill(config: Config, runner: Runner, backup_id: str, keep: bool = False,
                 continue
             for p in info.load().drill(q, locate):
                 probes.append({"name": p.name, "ok": p.ok, "message": p.message, **p.details})
-                say(f"probe {p.name}: {'PASS' if p.ok else 'FAIL'} {p.message} {p.details or ''}".rstrip())
         ok = all(p["ok"] for p in probes)
         return {"id": backup_id, "ok": ok, "probes": probes, "restore_seconds": round(restore_s, 3),
                 "scratch": str(scratch) if keep else None, "volumes": summary["volumes"]}
