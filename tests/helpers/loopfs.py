@@ -11,10 +11,10 @@ from typing import Iterator
 
 
 @contextlib.contextmanager
-def ext4_loop(base: Path, size_mb: int = 64) -> Iterator[Path]:
-    """Create, mount and yield an ext4 filesystem at ``base/mnt``; on exit thaw it (whatever
-    happened) and unmount it."""
-    img, mnt = base / "ext4.img", base / "mnt"
+def ext4_loop(base: Path, size_mb: int = 64, image: str = "ext4.img") -> Iterator[Path]:
+    """Create ``base/image``, mount it (ext4) at ``base/mnt`` and yield that; on exit thaw it
+    (whatever happened) and unmount it."""
+    img, mnt = base / image, base / "mnt"
     mnt.mkdir(parents=True)
     with open(img, "wb") as f:
         f.truncate(size_mb << 20)
