@@ -58,7 +58,8 @@ class FsfreezeConfig(Strict):
 
 def protected_paths(ctx) -> dict[str, Path]:
     """Return {what: path} of the places the agent itself writes to or needs: never frozen."""
-    out = {"the root filesystem": Path("/"), "the temporary directory": Path(tempfile.gettempdir())}
+    out = {"the root filesystem": Path("/"), "the temporary directory": Path(tempfile.gettempdir()),
+           "the agent's Python installation": Path(sys.prefix), "snapagent's code": Path(__file__).parent}
     out.update(getattr(ctx, "protected", None) or {})
     return out
 

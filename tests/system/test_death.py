@@ -65,9 +65,9 @@ def wait_for(cond, limit: float, step: float = 0.02):
     return None
 
 
-def run_and_kill(cfg: Path, marker: Path, before_kill=lambda: None) -> float:
+def run_and_kill(cfg: Path, marker: Path, before_kill=lambda: None, sig=signal.SIGKILL) -> float:
     """Start a backup, wait until the slow step runs (everything held, snapshot taken), call
-    ``before_kill``, SIGKILL the agent; return the kill time (time.time())."""
+    ``before_kill``, send ``sig`` to the agent; return the kill time (time.time())."""
     agent = subprocess.Popen([PY, "-m", "snapagent", "-c", str(cfg), "backup", "j"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -78,10 +78,13 @@ def run_and_kill(cfg: Path, marker: Path, before_kill=lambda: None) -> float:
         time.sleep(0.3)
         before_kill()
         t_kill = time.time()
-        agent.send_signal(signal.SIGKILL)
+        agent.send_signal(sig)
     finally:
         agent.wait(30)
-    assert agent.returncode == -signal.SIGKILL
+    if sig == signal.SIGKILL:
+        assert agent.returncode == -signal.SIGKILL
+    else:  # the agent released everything itself and failed the run
+        assert agent.returncode == 1 and "interrupted by SIGTERM" in agent.stderr.read()
     return t_kill
 
 
@@ -237,6 +240,31 @@ def test_cleanup_thaws_when_the_watchdog_died_too(subvol, workdir, tmp_path, ext
     assert f"thawed {ext4}" in out
     took = write_takes(ext4, 5)
     assert took is not None and took < 1
+
+
+def test_sigterm_releases_everything_itself(subvol, workdir, tmp_path, ext4):
+    """SIGTERM (systemd stopping the job): the agent thaws, releases the hold command, undoes the
+    snapshot and exits 1 — no cleanup needed."""
+    vol = subvol("muro")
+    marker = tmp_path / "slow-started"
+    cfg = write_config(workdir, job(vol, f"""
+[[jobs.j.quiesce]]
+type = "fsfreeze"
+mountpoints = [{toml_str(ext4)}]
+[[jobs.j.quiesce]]
+type = "command"
+name = "murodb"
+hold = [{toml_str(PY)}, {toml_str(HELPERS / 'murodb_admin.py')}, "lock", {toml_str(vol)}]
+""" + slow_command(marker)))
+
+    def frozen():
+        assert is_frozen(ext4, 0.3)
+    t_term = run_and_kill(cfg, marker, frozen, signal.SIGTERM)
+    took = write_takes(ext4, 5)
+    assert took is not None
+    print(f"\nSIGTERM: agent released everything and exited within {(time.time() - t_term) * 1000:.0f} ms")
+    assert not _processes("murodb_admin.py", "lock", str(vol))
+    assert leftovers(workdir, vol) == ([], [])
 
 
 # -- bounded window --------------------------------------------------------------------------------
