@@ -174,7 +174,7 @@ class FsfreezeQuiescer(Quiescer):
         except OSError:
             pass
         until = time.monotonic() + REPLY_TIMEOUT
-        while (line := self._reply(until)) not in (None, "DONE"):
+        while self._reply(until) not in (None, "DONE"):
             pass
         try:
             wd.proc.wait(max(0.1, until - time.monotonic()))

@@ -37,7 +37,8 @@ def lock(db: str, ready: str = "READY") -> int:
     t0 = time.monotonic()
     fcntl.flock(fd, fcntl.LOCK_EX)
     wal_path, data_path = os.path.join(db, "wal"), os.path.join(db, "data")
-    with open(wal_path, "rb") as f:
+    with open(wal_path, "a+b") as f:  # a new database has no wal yet
+        f.seek(0)
         records = f.read()
     with open(data_path, "ab") as f:
         f.write(records)

@@ -5,7 +5,6 @@ into the manifest), the environment, post-only-after-pre, and hold failures."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
