@@ -29,17 +29,14 @@ def ext4_loop(base: Path, size_mb: int = 64, image: str = "ext4.img") -> Iterato
 
 
 def write_takes(mnt: Path, limit: float = 30.0) -> float | None:
-    """Write and fsync a file on ``mnt`` in a thread; return the seconds it took, or None when it
+    """Write a file on ``mnt`` in a thread; return the seconds it took, or None when it
     did not finish within ``limit`` (the filesystem is frozen; the thread completes after a thaw)."""
     done = threading.Event()
     t0 = time.monotonic()
 
-    def write():
+    def write():  # no fsync: on a frozen filesystem the write itself blocks (sb_start_write)
         with open(mnt / f"probe-{time.monotonic_ns()}", "wb") as f:
             f.write(b"x" * 4096)
-            f.flush()
-            import os
-            os.fsync(f.fileno())
         done.set()
 
     threading.Thread(target=write, daemon=True).start()
@@ -51,3 +48,11 @@ def write_takes(mnt: Path, limit: float = 30.0) -> float | None:
 def is_frozen(mnt: Path, probe: float = 0.5) -> bool:
     """Return True when a write to ``mnt`` does not complete within ``probe`` seconds."""
     return write_takes(mnt, probe) is None
+
+
+def was_frozen(mnt: Path) -> bool:
+    """Thaw ``mnt``; return True when it was frozen (a definite answer, unlike a write probe)."""
+    r = subprocess.run(["fsfreeze", "-u", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0 and "Invalid argument" not in r.stderr:
+        raise RuntimeError(f"fsfreeze -u {mnt}: {r.stderr.strip()}")
+    return r.returncode == 0

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, snapagent, toml_str, write_config
-from helpers.loopfs import ext4_loop, is_frozen, write_takes
+from helpers.loopfs import ext4_loop, is_frozen, was_frozen, write_takes
 from snapagent.journal import read_open
 
 pytestmark = [pytest.mark.root, pytest.mark.btrfs]
@@ -313,7 +313,7 @@ mountpoints = [{toml_str(ext4)}]
     took = time.monotonic() - t0
     assert r.returncode == 1, r.stderr
     assert "was still running when max_freeze ran out" in r.stderr, r.stderr
-    assert not is_frozen(ext4)
+    assert not was_frozen(ext4)
     assert leftovers(workdir, vol) == ([], [])
     assert json.loads(snapagent("--json", "list", config=cfg, check=True).stdout) == []
     print(f"\nbounded window: slow pre killed at max_freeze 1.5 s; run failed after {took:.1f} s in all")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, snapagent, toml_str
-from helpers.loopfs import ext4_loop, is_frozen
+from helpers.loopfs import ext4_loop, was_frozen
 
 pytestmark = [pytest.mark.root, pytest.mark.btrfs]
 HELPERS = ROOT / "tests" / "helpers"
@@ -81,7 +81,7 @@ def test_fsfreeze_section(subvol, workdir, tmp_path):
                 assert r.returncode == 0, f"{line}\n{r.stdout}\n{r.stderr}"
                 outputs[line.split()[0]] = r.stdout
                 if line.startswith("fsfreeze"):
-                    assert not is_frozen(mnt)
+                    assert not was_frozen(mnt)
             assert "needs_recovery" not in outputs["dumpe2fs"] and "Filesystem features" in outputs["dumpe2fs"]
             assert (restored / "hello").read_text() == "hello\n"
         finally:

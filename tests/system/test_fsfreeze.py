@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, need, snapagent, toml_str, write_config
-from helpers.loopfs import ext4_loop, is_frozen, write_takes
+from helpers.loopfs import ext4_loop, is_frozen, was_frozen, write_takes
 from snapagent.errors import PreflightFailed, QuiesceFailed
 from snapagent.journal import Journal, read_open
 from snapagent.quiesce.base import QuiesceContext
@@ -54,7 +54,7 @@ def test_refuses_root_tmp_non_mountpoints_and_protected(ext4, tmp_path):
         quiescer([ext4], tmp_path, protected={"the agent's state_dir": ext4 / "state"}, journal=False).check_mountpoints()
     with pytest.raises(PreflightFailed, match="holds job volume"):
         quiescer([ext4], tmp_path, volumes=[str(ext4 / "state")], journal=False).check_mountpoints()
-    assert not is_frozen(ext4)
+    assert not was_frozen(ext4)
 
 
 def test_watchdog_itself_refuses_root():
@@ -123,7 +123,7 @@ mountpoints = [{toml_str(ext4)}]
     cfg.write_text(cfg.read_text().replace(toml_str(workdir / "state"), toml_str(state)))
     r = snapagent("backup", "j", config=cfg)
     assert r.returncode == 1 and f"refusing to freeze {str(ext4)!r}" in r.stderr and "state_dir" in r.stderr, r.stderr
-    assert not is_frozen(ext4)
+    assert not was_frozen(ext4)
 
 
 def _dumpe2fs_features(img: Path) -> str:
@@ -151,7 +151,7 @@ def test_image_on_btrfs_is_clean_only_when_frozen(subvol, workdir, tmp_path, fre
         cfg.write_text(text)
         r = snapagent("backup", "images", config=cfg, check=True)
         bid = r.stdout.strip().splitlines()[-1]
-        assert not is_frozen(mnt)
+        assert not was_frozen(mnt)
     m = json.loads(snapagent("--json", "show", bid, config=cfg, check=True).stdout)
     dest = tmp_path / "restored"
     snapagent("restore", bid, "--to", str(dest), config=cfg, check=True)
@@ -188,4 +188,4 @@ pre = [{toml_str(sys.executable)}, "-c", "import sys; open(sys.argv[1], 'w')", {
     r = snapagent("backup", "j", "--dry-run", config=cfg)
     assert r.returncode == 0, r.stderr
     assert f"would quiesce: fsfreeze {ext4}" in r.stdout and "would quiesce: command" in r.stdout
-    assert not ran.exists() and not is_frozen(ext4)
+    assert not ran.exists() and not was_frozen(ext4)
