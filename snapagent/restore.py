@@ -79,7 +79,10 @@ def verify(target, manifest: dict, scan: bool = False, allow_special: bool = Fal
     Returns one result per artifact: {name, ok, size, message}; never raises VerifyFailed itself.
     """
     results = []
-    for vol in (manifest["volumes"] if volumes is None else volumes):
+    items = manifest["volumes"] if volumes is None else volumes
+    if volumes is None:  # the whole backup: quiescers' extra artifacts too (always tar)
+        items = items + [a for q in manifest.get("quiescers", []) for a in q.get("artifacts", [])]
+    for vol in items:
         art = _artifact(manifest, vol["artifact"])
         t = time.monotonic()
         try:
@@ -166,12 +169,34 @@ def restore(config: Config, runner: Runner, backup_id: str, dest: Path, force: b
     locate = locator(manifest, dest)
     dbs = []
     for q in manifest.get("quiescers", []):
+        q = _restore_extras(target, manifest, q, dest, runner, allow_special, say)
         qcls = registry.discover("quiescer").get(q["type"])
         notes = qcls.load().prepare_restore(q, locate, config) if qcls else None
         for live in q.get("locations", {}):
             dbs.append({"type": q["type"], "live": live, "restored": str(locate(live)), **({"notes": notes} if notes else {})})
             say(f"{q['type']} database {live} restored as {locate(live)}")
     return {"id": backup_id, "dest": str(dest), "moved_aside": moved, "volumes": out_vols, "databases": dbs}
+
+
+def _restore_extras(target, manifest: dict, q: dict, dest: Path, runner: Runner, allow_special: bool,
+                    say: Callable[[str], None]) -> dict:
+    """Extract a quiescer's extra artifacts (verified and scanned before) into ``DEST/<restore_dir>``;
+    return a copy of its record whose artifact entries say where (``restored``)."""
+    if not q.get("artifacts"):
+        return q
+    out = []
+    for a in q["artifacts"]:
+        name = a["restore_dir"]
+        if "/" in name or name.startswith("."):
+            raise RestoreRefused(f"manifest names an unsafe restore_dir {name!r}")
+        adest = dest / name
+        adest.mkdir(mode=0o700)
+        with target.open_artifact(manifest["id"], _artifact(manifest, a["artifact"])) as r:
+            tario.extract(runner, r, adest, a["_scan"], allow_special)
+            r.finish()
+        say(f"restored {q['type']} {a['name']} -> {adest}")
+        out.append({**{k: v for k, v in a.items() if k != "_scan"}, "restored": str(adest)})
+    return {**q, "artifacts": out}
 
 
 def drill(config: Config, runner: Runner, backup_id: str, keep: bool = False,
