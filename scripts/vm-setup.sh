@@ -62,12 +62,30 @@ enable_contrib() {
     local f changed=0
     for f in /etc/apt/sources.list.d/*.sources; do
         [ -e "$f" ] || continue
-        # deb822: every Components: line of a Debian stanza gets "contrib" if it lacks it.
-        if grep -qE '^Components:' "$f" && grep -E '^Components:' "$f" | grep -qvw contrib; then
-            sed -i -E '/^Components:/{/[[:space:]]contrib([[:space:]]|$)/!s/$/ contrib/}' "$f"
+        # deb822: a Debian stanza (URIs on debian.org or signed by Debian's archive key) whose
+        # Components has main but not contrib gets contrib. Other repositories are left alone.
+        if awk -f - "$f" >"$f.snapagent-tmp" <<'AWK'
+BEGIN { RS = ""; ORS = "\n\n"; changed = 0 }
+{
+    debian = ($0 ~ /(^|\n)URIs:[^\n]*debian\.org/) || ($0 ~ /(^|\n)Signed-By:[^\n]*debian-archive-keyring/)
+    if (debian && $0 ~ /(^|\n)Components:[^\n]*[ \t]main([ \t]|\n|$)/ && $0 !~ /(^|\n)Components:[^\n]*[ \t]contrib([ \t]|\n|$)/) {
+        n = split($0, lines, "\n"); out = ""
+        for (i = 1; i <= n; i++) {
+            if (lines[i] ~ /^Components:/) lines[i] = lines[i] " contrib"
+            out = out (i > 1 ? "\n" : "") lines[i]
+        }
+        $0 = out; changed = 1
+    }
+    print
+}
+END { exit changed ? 0 : 1 }
+AWK
+        then
+            cat "$f.snapagent-tmp" >"$f"
             log "added contrib to $f"
             changed=1
         fi
+        rm -f "$f.snapagent-tmp"
     done
     for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
         [ -e "$f" ] || continue
