@@ -205,7 +205,7 @@ zfs_module() {
         log "restoring zfs $zfs_ver modules for $kver from $tarball"
         mkdir -p "$moddir"
         tar -C "$moddir" -xf "$tarball"
-        depmod_if_needed
+        depmod "$kver"  # the restored files keep their old mtimes: depmod_if_needed would not see them
     else
         log "building zfs $zfs_ver for $kver with dkms (takes ~4 min on 2 cores)"
         # "build" may say it is already built; "install" then does the rest. The .ko check below
