@@ -9,7 +9,8 @@
 # Environment:
 #   SNAPAGENT_VM_CACHE  cache and manifest directory (default /var/cache/snapagent-vm)
 #   SNAPAGENT_VM_KVER   guest kernel release to use, e.g. 6.1.0-56-amd64 (default: newest apt offers)
-set -euo pipefail
+set -Eeuo pipefail
+trap 'echo "vm-setup: ERROR: line $LINENO: \"$BASH_COMMAND\" failed" >&2' ERR
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cache=${SNAPAGENT_VM_CACHE:-/var/cache/snapagent-vm}
@@ -135,11 +136,11 @@ pick_kernel() {
     # Fallback: whatever the linux-image-amd64 metapackage points at.
     if [ -z "$kver" ]; then
         kver=$(apt-cache depends linux-image-amd64 2>/dev/null \
-                 | sed -nE 's/.*Depends: linux-image-(6\.[0-9.]+-[0-9]+-amd64)$/\1/p' | head -1)
+                 | sed -nE 's/.*Depends: linux-image-(6\.[0-9.]+-[0-9]+-amd64)$/\1/p' | head -1 || true)
     fi
     # Last resort: a 6.1 kernel already installed here.
     if [ -z "$kver" ]; then
-        kver=$(ls /boot 2>/dev/null | sed -nE 's/^vmlinuz-(6\.1\.0-[0-9]+-amd64)$/\1/p' | sort -V | tail -1)
+        kver=$(ls /boot 2>/dev/null | sed -nE 's/^vmlinuz-(6\.1\.0-[0-9]+-amd64)$/\1/p' | sort -V | tail -1 || true)
     fi
     [ -n "$kver" ] || die "no linux-image-6.1.0-*-amd64 offered by apt (run apt-get update?)"
     log "guest kernel: $kver"
@@ -190,9 +191,9 @@ depmod_if_needed() {  # depmod KVER unless modules.dep is newer than every modul
         depmod "$kver"
     fi
 }
-zfs_ko() { modinfo -k "$kver" -F filename zfs 2>/dev/null | grep -v '^(builtin)' | head -1; }
+zfs_ko() { modinfo -k "$kver" -F filename zfs 2>/dev/null | grep -v '^(builtin)' | head -1 || true; }  # never fails
 zfs_module() {
-    zfs_ver=$(dpkg-query -W -f='${Version}' zfs-dkms | sed -E 's/^[0-9]+://; s/-[^-]*$//')
+    zfs_ver=$(dpkg-query -W -f='${Version}' zfs-dkms 2>/dev/null | sed -E 's/^[0-9]+://; s/-[^-]*$//' || true)
     [ -n "$zfs_ver" ] || die "zfs-dkms is not installed"
     local tarball="$cache/zfs-modules-$zfs_ver-$kver.tar"
     local moddir="/lib/modules/$kver/updates/dkms"
