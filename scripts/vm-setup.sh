@@ -9,7 +9,8 @@
 # Environment:
 #   SNAPAGENT_VM_CACHE  cache and manifest directory (default /var/cache/snapagent-vm)
 #   SNAPAGENT_VM_KVER   guest kernel release to use, e.g. 6.1.0-56-amd64 (default: newest apt offers)
-set -euo pipefail
+set -Eeuo pipefail
+trap 'echo "vm-setup: ERROR: line $LINENO: \"$BASH_COMMAND\" failed" >&2' ERR
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cache=${SNAPAGENT_VM_CACHE:-/var/cache/snapagent-vm}
@@ -62,12 +63,30 @@ enable_contrib() {
     local f changed=0
     for f in /etc/apt/sources.list.d/*.sources; do
         [ -e "$f" ] || continue
-        # deb822: every Components: line of a Debian stanza gets "contrib" if it lacks it.
-        if grep -qE '^Components:' "$f" && grep -E '^Components:' "$f" | grep -qvw contrib; then
-            sed -i -E '/^Components:/{/[[:space:]]contrib([[:space:]]|$)/!s/$/ contrib/}' "$f"
+        # deb822: a Debian stanza (URIs on debian.org or signed by Debian's archive key) whose
+        # Components has main but not contrib gets contrib. Other repositories are left alone.
+        if awk -f - "$f" >"$f.snapagent-tmp" <<'AWK'
+BEGIN { RS = ""; ORS = "\n\n"; changed = 0 }
+{
+    debian = ($0 ~ /(^|\n)URIs:[^\n]*debian\.org/) || ($0 ~ /(^|\n)Signed-By:[^\n]*debian-archive-keyring/)
+    if (debian && $0 ~ /(^|\n)Components:[^\n]*[ \t]main([ \t]|\n|$)/ && $0 !~ /(^|\n)Components:[^\n]*[ \t]contrib([ \t]|\n|$)/) {
+        n = split($0, lines, "\n"); out = ""
+        for (i = 1; i <= n; i++) {
+            if (lines[i] ~ /^Components:/) lines[i] = lines[i] " contrib"
+            out = out (i > 1 ? "\n" : "") lines[i]
+        }
+        $0 = out; changed = 1
+    }
+    print
+}
+END { exit changed ? 0 : 1 }
+AWK
+        then
+            cat "$f.snapagent-tmp" >"$f"
             log "added contrib to $f"
             changed=1
         fi
+        rm -f "$f.snapagent-tmp"
     done
     for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
         [ -e "$f" ] || continue
@@ -117,11 +136,11 @@ pick_kernel() {
     # Fallback: whatever the linux-image-amd64 metapackage points at.
     if [ -z "$kver" ]; then
         kver=$(apt-cache depends linux-image-amd64 2>/dev/null \
-                 | sed -nE 's/.*Depends: linux-image-(6\.[0-9.]+-[0-9]+-amd64)$/\1/p' | head -1)
+                 | sed -nE 's/.*Depends: linux-image-(6\.[0-9.]+-[0-9]+-amd64)$/\1/p' | head -1 || true)
     fi
     # Last resort: a 6.1 kernel already installed here.
     if [ -z "$kver" ]; then
-        kver=$(ls /boot 2>/dev/null | sed -nE 's/^vmlinuz-(6\.1\.0-[0-9]+-amd64)$/\1/p' | sort -V | tail -1)
+        kver=$(ls /boot 2>/dev/null | sed -nE 's/^vmlinuz-(6\.1\.0-[0-9]+-amd64)$/\1/p' | sort -V | tail -1 || true)
     fi
     [ -n "$kver" ] || die "no linux-image-6.1.0-*-amd64 offered by apt (run apt-get update?)"
     log "guest kernel: $kver"
@@ -172,9 +191,9 @@ depmod_if_needed() {  # depmod KVER unless modules.dep is newer than every modul
         depmod "$kver"
     fi
 }
-zfs_ko() { modinfo -k "$kver" -F filename zfs 2>/dev/null | grep -v '^(builtin)' | head -1; }
+zfs_ko() { modinfo -k "$kver" -F filename zfs 2>/dev/null | grep -v '^(builtin)' | head -1 || true; }  # never fails
 zfs_module() {
-    zfs_ver=$(dpkg-query -W -f='${Version}' zfs-dkms | sed -E 's/^[0-9]+://; s/-[^-]*$//')
+    zfs_ver=$(dpkg-query -W -f='${Version}' zfs-dkms 2>/dev/null | sed -E 's/^[0-9]+://; s/-[^-]*$//' || true)
     [ -n "$zfs_ver" ] || die "zfs-dkms is not installed"
     local tarball="$cache/zfs-modules-$zfs_ver-$kver.tar"
     local moddir="/lib/modules/$kver/updates/dkms"
@@ -187,7 +206,7 @@ zfs_module() {
         log "restoring zfs $zfs_ver modules for $kver from $tarball"
         mkdir -p "$moddir"
         tar -C "$moddir" -xf "$tarball"
-        depmod_if_needed
+        depmod "$kver"  # the restored files keep their old mtimes: depmod_if_needed would not see them
     else
         log "building zfs $zfs_ver for $kver with dkms (takes ~4 min on 2 cores)"
         # "build" may say it is already built; "install" then does the rest. The .ko check below

@@ -91,6 +91,10 @@ class BackupRun:
         self.target = config.target(job.target_name)
         self.driver: Driver = job.driver_cls(runner, job.options)
         self.ctx = ctx = QuiesceContext(job.name, runner, list(job.cfg.volumes), runner.dry_run)
+        ctx.protected = {"the agent's state_dir": self.state_dir,
+                         **{f"target {self.target.name!r}": p for p in self.target.local_paths()}}
+        if config.agent.scratch_dir is not None:
+            ctx.protected["the agent's scratch_dir"] = config.agent.scratch_dir
         self.quiescers: list[Quiescer] = [cls(qcfg, ctx) for cls, qcfg in job.quiescers]
         self.phases = Phases()
         self.locations: dict[str, tuple[int, str]] = {}

@@ -28,6 +28,9 @@ class QuiesceContext:
     #: does not die with the agent (fsfreeze) journals it with owner {"kind": "quiescer", "name": type}
     #: and implements ``undo``.
     journal: Any = None
+    #: {what: path} of places the agent itself writes to (state dir, local targets): a freeze
+    #: quiescer must refuse the filesystems holding them.
+    protected: dict[str, Path] = field(default_factory=dict)
     #: Set by the engine's preflight before ``files()`` is called: the directory of each volume
     #: (``driver.volume_root``) and whether the driver snapshots all volumes at one instant.
     volume_roots: list[Path] = field(default_factory=list)
