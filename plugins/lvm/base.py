@@ -160,8 +160,8 @@ class LvmDriverBase(Driver):
         if fmt != "tar":
             raise ExportFailed(f"{self.name} cannot export {fmt!r} (only tar)")
         mnt = mounts.mount_point(mounts.mount_base(self.options.mount_base), snap.handle.split("/", 1)[1])
-        self._mount(snap, mnt)
         watch = self.watch(snap)
+        self._mount(snap, mnt, watch)
         proc = None
         try:
             proc = self.runner.stream(tario.create_argv(mnt), mutating=False)
@@ -183,8 +183,9 @@ class LvmDriverBase(Driver):
                 proc.kill()
             self._unmount(mnt)
 
-    def _mount(self, snap: Snapshot, mnt: Path) -> None:
-        """Journal, create and mount ``mnt`` read-only from ``snap``; raise ExportFailed."""
+    def _mount(self, snap: Snapshot, mnt: Path, watch: SnapWatch | None) -> None:
+        """Journal, create and mount ``mnt`` read-only from ``snap``; raise ExportFailed (or
+        SnapshotFailed when the snapshot already overflowed)."""
         if self.journal:
             self.journal.open("mount", str(mnt), self.owner(), lv=snap.handle)
         try:
@@ -197,6 +198,7 @@ class LvmDriverBase(Driver):
             self.runner.run(mounts.mount_argv(device, mnt, fstype, opts), mutating=True, timeout=120)
         except (CommandFailed, PreflightFailed, OSError) as e:
             self._unmount(mnt)
+            self.raise_if_failed(snap, watch)
             raise ExportFailed(f"cannot mount snapshot {snap.handle} of {snap.volume!r}: {e}") from None
 
     def _unmount(self, mnt: Path) -> None:
