@@ -112,6 +112,8 @@ class LvmDriverBase(Driver):
         return {}
 
     def release(self, snap: Snapshot) -> None:
+        """Unmount ``snap`` if it is still mounted, ``lvremove -f`` it, close its journal entry."""
+        self._unmount(self._mount_point(snap))
         self._remove(self.runner, snap.handle, snap.volume)
         if self.journal:
             self.journal.close("snapshot", snap.handle)
@@ -159,7 +161,7 @@ class LvmDriverBase(Driver):
     def export(self, snap: Snapshot, fmt: str, parent: dict | None = None) -> Iterator[IO[bytes]]:
         if fmt != "tar":
             raise ExportFailed(f"{self.name} cannot export {fmt!r} (only tar)")
-        mnt = mounts.mount_point(mounts.mount_base(self.options.mount_base), snap.handle.split("/", 1)[1])
+        mnt = self._mount_point(snap)
         watch = self.watch(snap)
         self._mount(snap, mnt, watch)
         proc = None
@@ -182,6 +184,9 @@ class LvmDriverBase(Driver):
             if proc is not None:
                 proc.kill()
             self._unmount(mnt)
+
+    def _mount_point(self, snap: Snapshot) -> Path:
+        return mounts.mount_point(mounts.mount_base(self.options.mount_base), snap.handle.split("/", 1)[1])
 
     def _mount(self, snap: Snapshot, mnt: Path, watch: SnapWatch | None) -> None:
         """Journal, create and mount ``mnt`` read-only from ``snap``; raise ExportFailed (or

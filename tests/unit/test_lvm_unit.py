@@ -405,3 +405,19 @@ def test_export_ok_records_max_snap_percent_and_xfs_nouuid(mounts, tmp_path):
     assert ["mount", "-t", "xfs", "-o", "ro,nouuid,norecovery", "--source", "/dev/mapper/vg0-s", "--target",
             str(tmp_path / "s" / "root")] in r.argvs()
     assert snap.info["snap_percent_max"] == 7.25
+
+
+def test_cli_refuses_bad_lv_name_with_exit_2_before_any_command(tmp_path):
+    """The real CLI: a volume name LVM would refuse is a config error (exit 2) naming the volume."""
+    import json
+    import sys
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"[agent]\nstate_dir = {json.dumps(str(tmp_path / 'state'))}\n"
+                   f"[targets.t]\ntype = \"directory\"\npath = {json.dumps(str(tmp_path / 'b'))}\n"
+                   "[jobs.j]\ndriver = \"lvm\"\nvolumes = [\"vg0/my data; $(reboot)\"]\ntarget = \"t\"\n")
+    r = subprocess.run([sys.executable, "-m", "snapagent", "-c", str(cfg), "backup", "j"], capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    assert "volume 'vg0/my data; $(reboot)': logical volume name 'my data; $(reboot)' contains" in r.stderr
+    assert "LVM names may only use A-Z a-z 0-9 + _ . -" in r.stderr
+    assert not (tmp_path / "b").exists() and not list(tmp_path.glob("state/journal/*/*"))
