@@ -8,6 +8,7 @@ get the same strictness as built-ins.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any
@@ -170,23 +171,25 @@ def parse(data: dict, path: Path) -> Config:
             problems.extend(str(ce).splitlines())
             return None
 
-    import re
-
     for kind, names in (("targets", raw.targets), ("jobs", raw.jobs)):
         if not names:
             problems.append(f"{kind}: at least one entry is required")
         for n in names:
             if not re.match(NAME_PATTERN, n):
                 problems.append(f"{kind}.{n}: invalid name (letters, digits, '.', '_', '-'; must not start with '-' or '.')")
+    def typed(kind: str, entry: BaseModel, key: str) -> tuple[type, Any] | None:
+        # a `type = "..."` table: find its plugin, validate the other keys with the plugin's model
+        cls = collect(lambda: registry.get(kind, entry.type, f"{key}.type"))
+        if cls is None:
+            return None
+        extra = {k: v for k, v in entry.model_dump().items() if k != "type"}
+        pcfg = collect(lambda: validate_plugin(cls.Config, extra, key))
+        return None if pcfg is None else (cls, pcfg)
+
     targets: dict[str, tuple[type, Any]] = {}
     for tname, t in raw.targets.items():
-        key = f"targets.{tname}"
-        cls = collect(lambda: registry.get("target", t.type, f"{key}.type"))
-        if cls is not None:
-            extra = {k: v for k, v in t.model_dump().items() if k != "type"}
-            tcfg = collect(lambda: validate_plugin(cls.Config, extra, key))
-            if tcfg is not None:
-                targets[tname] = (cls, tcfg)
+        if (found := typed("target", t, f"targets.{tname}")) is not None:
+            targets[tname] = found
     jobs: dict[str, Job] = {}
     for jname, j in raw.jobs.items():
         key = f"jobs.{jname}"
@@ -198,15 +201,8 @@ def parse(data: dict, path: Path) -> Config:
             options = collect(lambda: validate_plugin(dcls.Options, j.options, f"{key}.options"))
             if j.export is not None and j.export not in dcls.export_formats:
                 problems.append(f"{key}.export: driver {j.driver!r} cannot export {j.export!r} (choose: {', '.join(dcls.export_formats)})")
-        quiescers = []
-        for i, q in enumerate(j.quiesce):
-            qkey = f"{key}.quiesce[{i}]"
-            qcls = collect(lambda: registry.get("quiescer", q.type, f"{qkey}.type"))
-            if qcls is not None:
-                extra = {k: v for k, v in q.model_dump().items() if k != "type"}
-                qcfg = collect(lambda: validate_plugin(qcls.Config, extra, qkey))
-                if qcfg is not None:
-                    quiescers.append((qcls, qcfg))
+        quiescers = [found for i, q in enumerate(j.quiesce)
+                     if (found := typed("quiescer", q, f"{key}.quiesce[{i}]")) is not None]
         if dcls is not None:
             jobs[jname] = Job(jname, j, dcls, options, quiescers, j.target)
     if problems:

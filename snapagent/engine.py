@@ -91,6 +91,10 @@ class BackupRun:
         self.target = config.target(job.target_name)
         self.driver: Driver = job.driver_cls(runner, job.options)
         self.ctx = ctx = QuiesceContext(job.name, runner, list(job.cfg.volumes), runner.dry_run)
+        ctx.protected = {"the agent's state_dir": self.state_dir,
+                         **{f"target {self.target.name!r}": p for p in self.target.local_paths()}}
+        if config.agent.scratch_dir is not None:
+            ctx.protected["the agent's scratch_dir"] = config.agent.scratch_dir
         self.quiescers: list[Quiescer] = [cls(qcfg, ctx) for cls, qcfg in job.quiescers]
         self.phases = Phases()
         self.locations: dict[str, tuple[int, str]] = {}
@@ -101,6 +105,8 @@ class BackupRun:
         vols = self.job.cfg.volumes
         self.driver.preflight(vols)
         roots = [self.driver.volume_root(v) for v in vols]
+        self.ctx.volume_roots = list(roots)
+        self.ctx.atomic = bool(self.driver.atomic)
         for q in self.quiescers:
             for f in q.files():
                 for i, root in enumerate(roots):
@@ -170,9 +176,12 @@ class BackupRun:
         prev_items = {v["volume"]: {**v, "backup_id": prev[0]["id"]} for v in prev[0]["volumes"]} if prev else {}
         writer = self.target.begin(self.job.name, backup_id, journal)
         volumes, artifacts, taken = [], [], set()
+        labels = [label_for(snap.volume, taken) for snap in snaps]
+        with self.phases("extra"):
+            artifacts += self._export_extras(writer, qrecords, taken)
         with self.phases("export"):
             for i, snap in enumerate(snaps):
-                label = label_for(snap.volume, taken)
+                label = labels[i]
                 art_name = f"{i:02d}-{label}.{fmt}"
                 parent = prev_items.get(snap.volume)
                 with self.driver.export(snap, fmt, parent if parent and parent.get("kept") else None) as stream:
@@ -207,6 +216,21 @@ class BackupRun:
                 if item.get("kept"):
                     self.driver.release_base(item)
         return manifest
+
+    def _export_extras(self, writer, qrecords: list[dict], taken: set[str]) -> list[dict]:
+        """Store each quiescer's extra artifacts (tar); note them in its record; return artifact infos."""
+        out = []
+        for qi, (q, rec) in enumerate(zip(self.quiescers, qrecords)):
+            for extra in q.artifacts():
+                name = f"q{qi:02d}-{q.type}-{extra.name}.tar"
+                with extra.open() as stream:
+                    info = writer.add_artifact(name, stream)
+                out.append(info.as_dict())
+                rec.setdefault("artifacts", []).append({
+                    "name": extra.name, "artifact": info.name, "format": "tar",
+                    "restore_dir": label_for(f"{q.type}-{extra.name}", taken)})
+                self.say(f"stored {q.describe()} {extra.name} -> {info.name} ({info.raw_size} bytes)")
+        return out
 
     def _freeze_and_snapshot(self, snap_name: str) -> tuple[list[Snapshot], list[dict], float]:
         """Quiesce all, snapshot all, verify all, release all; return (snaps, records, window s).

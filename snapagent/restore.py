@@ -24,7 +24,19 @@ log = logging.getLogger("snapagent.restore")
 
 
 def find_backup(config: Config, backup_id: str):
-    """Return (target, manifest) of ``backup_id`` in any configured target; raise NotFound."""
+    """Return (target, manifest) of ``backup_id`` in any configured target; raise NotFound.
+
+    ``JOB@latest`` names the newest backup of JOB."""
+    if backup_id.endswith("@latest"):
+        job = config.job(backup_id[: -len("@latest")]).name
+        newest = None
+        for target in config.all_targets():
+            for m in target.list(job):
+                if newest is None or (m["created"], m["id"]) > (newest[1]["created"], newest[1]["id"]):
+                    newest = (target, m)
+        if newest is None:
+            raise NotFound(f"job {job!r} has no backups yet")
+        return newest
     for target in config.all_targets():
         m = target.get(backup_id)
         if m is not None:
@@ -67,7 +79,10 @@ def verify(target, manifest: dict, scan: bool = False, allow_special: bool = Fal
     Returns one result per artifact: {name, ok, size, message}; never raises VerifyFailed itself.
     """
     results = []
-    for vol in (manifest["volumes"] if volumes is None else volumes):
+    items = manifest["volumes"] if volumes is None else volumes
+    if volumes is None:  # the whole backup: quiescers' extra artifacts too (always tar)
+        items = items + [a for q in manifest.get("quiescers", []) for a in q.get("artifacts", [])]
+    for vol in items:
         art = _artifact(manifest, vol["artifact"])
         t = time.monotonic()
         try:
@@ -123,6 +138,7 @@ def restore(config: Config, runner: Runner, backup_id: str, dest: Path, force: b
     Raises NotFound, VerifyFailed (nothing written), RestoreRefused (nothing written), CommandFailed.
     """
     target, manifest = find_backup(config, backup_id)
+    backup_id = manifest["id"]
     results = verify(target, manifest, scan=True, allow_special=allow_special)
     chains = {}
     for vol in manifest["volumes"]:
@@ -135,11 +151,12 @@ def restore(config: Config, runner: Runner, backup_id: str, dest: Path, force: b
         raise cls("restore refused, nothing was written: " + "; ".join(r["message"] for r in bad))
     say(f"verified {len(results)} artifact(s) of {backup_id}")
     dest = Path(os.path.abspath(dest))
+    driver = registry.get("driver", manifest["driver"], "manifest.driver")(runner)
+    for vol in manifest["volumes"]:
+        driver.check_restore_dest(dest / vol["label"], vol["format"])
     moved = _prepare_dest(dest, force)
     if moved:
         say(f"moved the previous content of {dest} to {moved}")
-    driver_cls = registry.get("driver", manifest["driver"], "manifest.driver")
-    driver = driver_cls(runner)
     out_vols = []
     for vol in manifest["volumes"]:
         vdest = dest / vol["label"]
@@ -152,6 +169,7 @@ def restore(config: Config, runner: Runner, backup_id: str, dest: Path, force: b
     locate = locator(manifest, dest)
     dbs = []
     for q in manifest.get("quiescers", []):
+        q = _restore_extras(target, manifest, q, dest, runner, allow_special, say)
         qcls = registry.discover("quiescer").get(q["type"])
         notes = qcls.load().prepare_restore(q, locate, config) if qcls else None
         for live in q.get("locations", {}):
@@ -160,12 +178,34 @@ def restore(config: Config, runner: Runner, backup_id: str, dest: Path, force: b
     return {"id": backup_id, "dest": str(dest), "moved_aside": moved, "volumes": out_vols, "databases": dbs}
 
 
+def _restore_extras(target, manifest: dict, q: dict, dest: Path, runner: Runner, allow_special: bool,
+                    say: Callable[[str], None]) -> dict:
+    """Extract a quiescer's extra artifacts (verified and scanned before) into ``DEST/<restore_dir>``;
+    return a copy of its record whose artifact entries say where (``restored``)."""
+    if not q.get("artifacts"):
+        return q
+    out = []
+    for a in q["artifacts"]:
+        name = a["restore_dir"]
+        if "/" in name or name.startswith("."):
+            raise RestoreRefused(f"manifest names an unsafe restore_dir {name!r}")
+        adest = dest / name
+        adest.mkdir(mode=0o700)
+        with target.open_artifact(manifest["id"], _artifact(manifest, a["artifact"])) as r:
+            tario.extract(runner, r, adest, a["_scan"], allow_special)
+            r.finish()
+        say(f"restored {q['type']} {a['name']} -> {adest}")
+        out.append({**{k: v for k, v in a.items() if k != "_scan"}, "restored": str(adest)})
+    return {**q, "artifacts": out}
+
+
 def drill(config: Config, runner: Runner, backup_id: str, keep: bool = False,
           say: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Restore ``backup_id`` into scratch space and run the probes of its quiescers.
 
     Returns {id, ok, probes: [...], scratch}; the scratch copy is removed unless ``keep``.
     """
+    backup_id = find_backup(config, backup_id)[1]["id"]
     scratch_root = config.agent.scratch_dir or (config.agent.state_dir / "drill")
     scratch_root.mkdir(parents=True, exist_ok=True, mode=0o700)
     scratch = scratch_root / f"{backup_id}.{os.getpid()}"
@@ -183,7 +223,6 @@ def drill(config: Config, runner: Runner, backup_id: str, keep: bool = False,
                 continue
             for p in info.load().drill(q, locate):
                 probes.append({"name": p.name, "ok": p.ok, "message": p.message, **p.details})
-                say(f"probe {p.name}: {'PASS' if p.ok else 'FAIL'} {p.message} {p.details or ''}".rstrip())
         ok = all(p["ok"] for p in probes)
         return {"id": backup_id, "ok": ok, "probes": probes, "restore_seconds": round(restore_s, 3),
                 "scratch": str(scratch) if keep else None, "volumes": summary["volumes"]}

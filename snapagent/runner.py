@@ -72,6 +72,26 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def _wait_or_kill(proc) -> None:
+    """Wait for a started ``sh`` command. When the wait is interrupted (a signal handler raised
+    Interrupted), kill the command and reap it before re-raising, so no child — and no pending
+    ``_timeout`` timer thread, which would delay the agent's exit — outlives the interruption."""
+    try:
+        proc.wait()
+    except (sh.ErrorReturnCode, sh.TimeoutException):
+        raise
+    except BaseException:
+        try:
+            proc.kill()
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait()
+        except Exception:  # noqa: BLE001 - it was killed: its exit status does not matter
+            pass
+        raise
+
+
 @dataclass
 class Runner:
     """Runs commands for one agent invocation.
@@ -136,7 +156,10 @@ class Runner:
                 _ok_code=list(ok_codes),
                 _return_cmd=True,
                 _decode_errors="replace",
+                _bg=True,
+                _bg_exc=False,
             )
+            _wait_or_kill(proc)
             rc, out, err = proc.exit_code, proc.stdout, proc.stderr
         except sh.ErrorReturnCode as e:
             rc, out, err = e.exit_code, e.stdout, e.stderr

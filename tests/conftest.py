@@ -87,11 +87,13 @@ def workdir(tmp_path):
     return tmp_path
 
 
-def write_config(workdir: Path, jobs: str, extra: str = "") -> Path:
-    """Write a config with the agent state and a `local` directory target under ``workdir``; return its path."""
+def write_config(workdir: Path, jobs: str, extra: str = "", agent: str = "") -> Path:
+    """Write a config with the agent state and a `local` directory target under ``workdir``; return its path.
+
+    ``agent`` adds lines to ``[agent]``; ``extra`` adds sections before the jobs."""
     cfg = workdir / "snapagent.toml"
     cfg.write_text(
-        f"[agent]\nstate_dir = {toml_str(workdir / 'state')}\n\n"
+        f"[agent]\nstate_dir = {toml_str(workdir / 'state')}\n{agent}\n"
         f"[targets.local]\ntype = \"directory\"\npath = {toml_str(workdir / 'backups')}\n\n{extra}\n{jobs}\n"
     )
     return cfg

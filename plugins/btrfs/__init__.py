@@ -145,6 +145,16 @@ class BtrfsDriver(Driver):
             proc.kill()
 
     # -- restore --------------------------------------------------------------------------------
+    def check_restore_dest(self, dest: Path, fmt: str) -> None:
+        if fmt != "send":
+            return
+        probe = dest
+        while not probe.exists():
+            probe = probe.parent
+        if _fs_magic(probe) != BTRFS_SUPER_MAGIC:
+            raise RestoreRefused(f"a btrfs send stream can only be received on btrfs; {probe} is not "
+                                 "(restore to a directory on btrfs, or use export = \"tar\")")
+
     def restore(self, stream: IO[bytes], fmt: str, dest: Path, item: dict, allow_special: bool = False) -> Path:
         if fmt == "tar":
             dest.mkdir(mode=0o700)
@@ -153,8 +163,7 @@ class BtrfsDriver(Driver):
         if fmt != "send":
             raise RestoreRefused(f"btrfs cannot restore format {fmt!r}")
         parent = dest.parent
-        if _fs_magic(parent) != BTRFS_SUPER_MAGIC:
-            raise RestoreRefused(f"a btrfs send stream can only be received on btrfs; {parent} is not")
+        self.check_restore_dest(parent, fmt)
         recv = self.runner.stream(["btrfs", "receive", "-e", "--", str(parent)], mutating=True, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
         try:
             while chunk := stream.read(1 << 20):

@@ -118,8 +118,13 @@ def do_restore(args, out) -> int:
         out.emit(summary)
     else:
         out.line(f"restored {summary['id']} into {summary['dest']}")
+        shown = set()
         for d in summary["databases"]:
             out.line(f"  {d['type']} database: {d['restored']}")
+            for line in d.get("notes", {}).get("instructions", []):
+                if line not in shown:  # one database may list several restored locations
+                    shown.add(line)
+                    out.line(f"    {line}")
     return EXIT_OK
 
 

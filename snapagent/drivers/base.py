@@ -94,6 +94,10 @@ class Driver:
     def release_base(self, item: dict) -> None:
         """Release the base an earlier backup kept (its manifest volume item). Idempotent."""
 
+    def check_restore_dest(self, dest: Path, fmt: str) -> None:
+        """Raise RestoreRefused when ``dest`` (which may not exist yet) cannot receive ``fmt``;
+        called before anything is written."""
+
     def discard(self, path: Path) -> None:
         """Remove a restored copy at ``path`` (drill scratch space)."""
         import shutil

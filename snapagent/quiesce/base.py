@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import IO, Any, Callable, ClassVar, ContextManager
 
 from pydantic import BaseModel
 
@@ -28,6 +28,27 @@ class QuiesceContext:
     #: does not die with the agent (fsfreeze) journals it with owner {"kind": "quiescer", "name": type}
     #: and implements ``undo``.
     journal: Any = None
+    #: {what: path} of places the agent itself writes to (state dir, local targets): a freeze
+    #: quiescer must refuse the filesystems holding them.
+    protected: dict[str, Path] = field(default_factory=dict)
+    #: Set by the engine's preflight before ``files()`` is called: the directory of each volume
+    #: (``driver.volume_root``) and whether the driver snapshots all volumes at one instant.
+    volume_roots: list[Path] = field(default_factory=list)
+    atomic: bool = False
+
+
+@dataclass
+class ExtraArtifact:
+    """Data a quiescer adds to the backup besides the volumes (e.g. archived WAL segments).
+
+    ``name`` is short ([a-z0-9-]); ``open()`` returns a context manager yielding a tar stream.
+    The engine stores it through the target, records it in the quiescer's manifest record under
+    ``artifacts`` (with the ``restore_dir`` it will be extracted to) and restore extracts it there
+    before ``prepare_restore`` runs.
+    """
+
+    name: str
+    open: Callable[[], ContextManager[IO[bytes]]]
 
 
 @dataclass
@@ -76,6 +97,11 @@ class Quiescer:
         """Release the lock; idempotent, bounded, never raises. Return the manifest record."""
         raise NotImplementedError
 
+    def artifacts(self) -> list[ExtraArtifact]:
+        """After ``release()`` of a successful snapshot: return extra data the backup needs to be
+        self-contained (stored as tar artifacts). Raise OperationFailed when it cannot be had."""
+        return []
+
     def abort(self) -> None:
         """Drop everything without recording (used on errors before quiesce)."""
         self.release()
@@ -88,7 +114,8 @@ class Quiescer:
     @classmethod
     def prepare_restore(cls, record: dict[str, Any], locate: Callable[[str], Path], config: Any) -> dict[str, Any] | None:
         """After files are restored: make the restored database startable as it is (e.g. write
-        PostgreSQL's backup_label, recovery settings); return notes for the user, or None."""
+        PostgreSQL's backup_label, recovery settings); return notes for the user, or None.
+        Each entry of ``record["artifacts"]`` then also holds ``restored``: where it was extracted."""
         return None
 
     @classmethod

@@ -6,6 +6,7 @@ Register under ``snapagent.targets``. A backup exists iff its manifest exists.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any, ClassVar, Iterator
 
 from pydantic import BaseModel
@@ -52,6 +53,10 @@ class Target:
 
     def describe(self) -> str:
         return f"{self.type} target {self.name!r}"
+
+    def local_paths(self) -> list[Path]:
+        """Return the local directories this target writes to (none for a remote target)."""
+        return []
 
     def preflight(self, job: str) -> None:
         """Check the target is writable for ``job``; raise PreflightFailed."""

@@ -166,6 +166,9 @@ class DirectoryTarget(Target):
     def describe(self) -> str:
         return f"directory {self.cfg.path}"
 
+    def local_paths(self) -> list[Path]:
+        return [self.cfg.path]
+
     def preflight(self, job: str) -> None:
         p = self.cfg.path
         probe = p

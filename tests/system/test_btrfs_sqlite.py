@@ -1,0 +1,337 @@
+"""btrfs + SQLite end to end, on a real btrfs filesystem on a loop device, with a live writer."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, snapagent, toml_str, write_config
+
+pytestmark = [pytest.mark.root, pytest.mark.btrfs]
+WRITER = ROOT / "tests" / "helpers" / "writer.py"
+
+
+def job_toml(vol: Path, db: Path | None, extra: str = "", qextra: str = "", name: str = "app") -> str:
+    s = f"[jobs.{name}]\ndriver = \"btrfs\"\nvolumes = [{toml_str(vol)}]\ntarget = \"local\"\n{extra}\n"
+    if db is not None:
+        s += f"[[jobs.{name}.quiesce]]\ntype = \"sqlite\"\npath = {toml_str(db)}\n{qextra}\n"
+    return s
+
+
+class Writer:
+    """tests/helpers/writer.py as a subprocess; ``acks()`` returns [(id, time)] acknowledged so far."""
+
+    def __init__(self, db: Path, ack: Path):
+        self.ack = ack
+        self.proc = subprocess.Popen([sys.executable, str(WRITER), str(db), str(ack)])
+
+    def wait_for(self, n: int, timeout: float = 30) -> None:
+        end = time.monotonic() + timeout
+        while len(self.acks()) < n:
+            assert self.proc.poll() is None, "writer died"
+            assert time.monotonic() < end, "writer too slow"
+            time.sleep(0.02)
+
+    def acks(self) -> list[tuple[int, float]]:
+        if not self.ack.exists():
+            return []
+        out = []
+        for line in self.ack.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 2:
+                out.append((int(parts[0]), float(parts[1])))
+        return out
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def app(subvol, workdir):
+    """A subvolume with a live WAL-mode SQLite database and its writer; yields (vol, db, writer)."""
+    vol = subvol("app")
+    db = vol / "app.db"
+    w = Writer(db, workdir / "acks.txt")
+    w.wait_for(100)
+    yield vol, db, w
+    w.stop()
+
+
+def ts(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
+
+
+def backup(cfg: Path, job: str = "app") -> str:
+    r = snapagent("backup", job, config=cfg, check=True)
+    return r.stdout.strip().splitlines()[-1]
+
+
+def snapshots_left(vol: Path) -> list[str]:
+    d = vol / ".snapagent-snapshots"
+    return sorted(p.name for p in d.iterdir()) if d.is_dir() else []
+
+
+def listed(cfg: Path) -> list[dict]:
+    return json.loads(snapagent("list", "--json", config=cfg, check=True).stdout)
+
+
+def test_hot_backup_restore_has_every_acknowledged_row(app, workdir):
+    vol, db, w = app
+    cfg = write_config(workdir, job_toml(vol, db))
+    bid = backup(cfg)
+    w.wait_for(len(w.acks()) + 50)
+    w.stop()
+    m = json.loads(snapagent("show", bid, "--json", config=cfg, check=True).stdout)
+    q = m["quiescers"][0]
+    assert q["journal_mode"] == "wal" and q["type"] == "sqlite"
+    locked, released = ts(q["locked_at"]), ts(q["released_at"])
+    assert 0 < m["freeze_window_ms"] < 10000 and m["driver"] == "btrfs"
+    assert snapshots_left(vol) == []
+
+    dest = workdir / "restore"
+    r = snapagent("restore", bid, "--to", str(dest), config=cfg, check=True)
+    rdb = dest / m["volumes"][0]["label"] / "app.db"
+    assert str(rdb) in r.stdout
+    conn = sqlite3.connect(rdb)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    rows = conn.execute("SELECT id, at FROM t ORDER BY id").fetchall()
+    conn.close()
+    ids = [i for i, _ in rows]
+    assert ids == list(range(1, len(ids) + 1)), "restored rows are not a contiguous prefix"
+    before = [i for i, t in w.acks() if t < locked]
+    assert before and set(before) <= set(ids), "a row acknowledged before the lock is missing"
+    assert max(at for _, at in rows) < released, "a row begun after the release is in the backup"
+    print(f"\nfreeze window {m['freeze_window_ms']:.1f} ms; rows restored {len(ids)}; "
+          f"acked before lock {len(before)}; acked in total {len(w.acks())}")
+
+    d = snapagent("drill", bid, config=cfg, check=True)
+    assert "PASS sqlite" in d.stdout and f"'t': {len(ids)}" in d.stdout
+
+
+def test_files_are_private(app, workdir):
+    vol, db, _ = app
+    cfg = write_config(workdir, job_toml(vol, db))
+    bid = backup(cfg)
+    bdir = workdir / "backups" / "app" / bid
+    for p in [workdir / "backups", workdir / "backups" / "app", bdir]:
+        assert stat.S_IMODE(p.stat().st_mode) == 0o700, p
+    for p in bdir.iterdir():
+        assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
+
+
+def test_dry_run_changes_nothing(app, workdir):
+    vol, db, _ = app
+    cfg = write_config(workdir, job_toml(vol, db))
+    r = snapagent("backup", "app", "--dry-run", config=cfg)
+    assert r.returncode == 0, r.stderr
+    assert "would run: btrfs subvolume snapshot -r" in r.stdout and "would quiesce: sqlite" in r.stdout
+    assert not (vol / ".snapagent-snapshots").exists()
+    assert not (workdir / "backups").exists()
+    assert list((workdir / "state").iterdir()) == []
+
+
+def test_sqlite_outside_the_volumes_is_refused(subvol, workdir):
+    vol, other = subvol("app"), subvol("other")
+    db = other / "elsewhere.db"
+    sqlite3.connect(db).execute("CREATE TABLE x (a)").connection.close()
+    cfg = write_config(workdir, job_toml(vol, db))
+    r = snapagent("backup", "app", config=cfg)
+    assert r.returncode == 1
+    assert str(db) in r.stderr and str(vol) in r.stderr and "not on any volume" in r.stderr
+    assert not (vol / ".snapagent-snapshots").exists()
+
+
+def _start_and_wait_for_export(cfg: Path, workdir: Path) -> subprocess.Popen:
+    """Start a backup and return once an artifact is being written (the export is under way)."""
+    proc = subprocess.Popen([sys.executable, "-m", "snapagent", "-c", str(cfg), "backup", "app"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    end = time.monotonic() + 60
+    jobdir = workdir / "backups" / "app"
+    while time.monotonic() < end:
+        if list(jobdir.glob(".partial-*/.*.part")):
+            return proc
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.002)
+    raise AssertionError("export never started")
+
+
+@pytest.fixture
+def big_app(subvol):
+    vol = subvol("big")
+    db = vol / "app.db"
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, b BLOB)")
+    conn.commit()
+    conn.close()
+    with open(vol / "bulk.bin", "wb") as f:  # incompressible, so the export takes a while
+        for _ in range(200):
+            f.write(os.urandom(1 << 20))
+    return vol, db
+
+
+def test_sigkill_during_export_then_cleanup(big_app, workdir):
+    vol, db = big_app
+    cfg = write_config(workdir, job_toml(vol, db))
+    proc = _start_and_wait_for_export(cfg, workdir)
+    proc.kill()
+    proc.wait()
+    assert len(snapshots_left(vol)) == 1, "the killed run should have left its snapshot"
+    assert [p.name for p in (workdir / "backups" / "app").iterdir()][0].startswith(".partial-")
+    assert listed(cfg) == []
+
+    r = snapagent("cleanup", config=cfg, check=True)
+    assert "deleted btrfs snapshot" in r.stdout and "removed partial backup" in r.stdout
+    assert snapshots_left(vol) == []
+    assert list((workdir / "backups" / "app").iterdir()) == []
+    assert list((workdir / "state" / "journal" / "app").iterdir()) == []
+    assert snapagent("cleanup", config=cfg, check=True).stdout.strip() == "nothing to clean up"
+    backup(cfg)  # and the job works again
+    assert len(listed(cfg)) == 1
+
+
+def test_sigterm_during_export_releases_everything(big_app, workdir):
+    vol, db = big_app
+    cfg = write_config(workdir, job_toml(vol, db))
+    proc = _start_and_wait_for_export(cfg, workdir)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and b"interrupted by SIGTERM" in err
+    assert snapshots_left(vol) == []
+    assert list((workdir / "backups" / "app").iterdir()) == []
+    assert listed(cfg) == []
+
+
+def test_corrupt_byte_fails_verify_and_restore_refuses(app, workdir):
+    vol, db, _ = app
+    cfg = write_config(workdir, job_toml(vol, db))
+    bid = backup(cfg)
+    assert snapagent("verify", bid, config=cfg).returncode == 0
+    art = next((workdir / "backups" / "app" / bid).glob("*.zst"))
+    data = bytearray(art.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    art.write_bytes(bytes(data))
+    v = snapagent("verify", bid, config=cfg)
+    assert v.returncode == 1 and "sha256 mismatch" in v.stdout and "VERIFICATION FAILED" in v.stdout
+    dest = workdir / "restore"
+    r = snapagent("restore", bid, "--to", str(dest), config=cfg)
+    assert r.returncode == 1 and "nothing was written" in r.stderr
+    assert not dest.exists()
+
+
+def test_failed_quiesce_skips_snapshot(subvol, workdir):
+    vol = subvol("busy")
+    db = vol / "app.db"
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("PRAGMA journal_mode=WAL")
+    holder.execute("CREATE TABLE t (a)")
+    holder.execute("BEGIN IMMEDIATE")  # another writer holds the write lock; readers go on
+    try:
+        cfg = write_config(workdir, job_toml(vol, db, qextra='busy_timeout = "300ms"'))
+        r = snapagent("backup", "app", config=cfg)
+        assert r.returncode == 1 and "could not take the write lock" in r.stderr
+        assert not (vol / ".snapagent-snapshots").exists() or snapshots_left(vol) == []
+        assert listed(cfg) == []
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+def test_freeze_overrun_is_abandoned(app, workdir):
+    vol, db, w = app
+    cfg = write_config(workdir, job_toml(vol, db, extra='max_freeze = "1ms"'))
+    n = len(w.acks())
+    r = snapagent("backup", "app", config=cfg)
+    assert r.returncode == 1 and "max_freeze" in r.stderr
+    assert snapshots_left(vol) == [] and listed(cfg) == []
+    w.wait_for(n + 20)  # the writer goes on
+
+
+def test_second_run_of_a_job_is_refused(app, workdir):
+    vol, db, _ = app
+    cfg = write_config(workdir, job_toml(vol, db))
+    lockfile = workdir / "state" / "locks" / "app.lock"
+    lockfile.parent.mkdir(parents=True)
+    with open(lockfile, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.write("4242\n")
+        f.flush()
+        r = snapagent("backup", "app", config=cfg)
+    assert r.returncode == 1 and "already running" in r.stderr
+    assert not (vol / ".snapagent-snapshots").exists()
+
+
+def test_restore_refuses_nonempty_and_symlink_dest_and_force_moves_aside(app, workdir):
+    vol, db, _ = app
+    cfg = write_config(workdir, job_toml(vol, db))
+    bid = backup(cfg)
+    dest = workdir / "dest"
+    dest.mkdir()
+    (dest / "precious").write_text("keep me")
+    r = snapagent("restore", bid, "--to", str(dest), config=cfg)
+    assert r.returncode == 1 and "not empty" in r.stderr
+    assert sorted(p.name for p in dest.iterdir()) == ["precious"]
+    link = workdir / "link"
+    link.symlink_to(dest)
+    r = snapagent("restore", bid, "--to", str(link), config=cfg)
+    assert r.returncode == 1 and "symlink" in r.stderr
+    r = snapagent("restore", bid, "--to", str(dest), "--force", config=cfg, check=True)
+    aside = [p for p in workdir.iterdir() if p.name.startswith("dest.pre-restore-")]
+    assert len(aside) == 1 and (aside[0] / "precious").read_text() == "keep me"
+    assert (dest / "app" / "app.db").exists() or any(dest.glob("*/app.db"))
+
+
+def test_hostile_volume_name_and_send_format(subvol, workdir, btrfs_root):
+    vol = subvol("-x; $(touch pwned) `id` a b")
+    db = vol / "my db.sqlite"
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE t (a)")
+    conn.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(500)])
+    conn.commit()
+    for fmt in ("tar", "send"):
+        scratch = btrfs_root / f"scratch-{vol.name}"  # send streams are received on btrfs only
+        cfg = write_config(workdir, job_toml(vol, db, extra=f'export = "{fmt}"', name=f"j{fmt}"),
+                           agent=f"scratch_dir = {toml_str(scratch)}")
+        bid = backup(cfg, f"j{fmt}")
+        dest = btrfs_root / f"restore {fmt} {vol.name}"
+        if fmt == "send":
+            bad = snapagent("restore", bid, "--to", str(workdir / "not-btrfs"), config=cfg)
+            assert bad.returncode == 1 and "only be received on btrfs" in bad.stderr
+            assert not (workdir / "not-btrfs").exists()
+        out = snapagent("restore", bid, "--to", str(dest), "--json", config=cfg, check=True)
+        restored = Path(json.loads(out.stdout)["databases"][0]["restored"])
+        c2 = sqlite3.connect(restored)
+        assert c2.execute("SELECT count(*) FROM t").fetchone()[0] == 500
+        assert c2.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        c2.close()
+        assert "PASS" in snapagent("drill", bid, config=cfg, check=True).stdout
+    conn.close()
+    assert not list(Path.cwd().glob("pwned")) and not list(vol.parent.glob("pwned"))
+    assert snapshots_left(vol) == []
+
+
+def test_next_run_cleans_up_after_a_killed_one(big_app, workdir):
+    vol, db = big_app
+    cfg = write_config(workdir, job_toml(vol, db))
+    proc = _start_and_wait_for_export(cfg, workdir)
+    proc.kill()
+    proc.wait()
+    assert len(snapshots_left(vol)) == 1
+    r = snapagent("backup", "app", config=cfg, check=True)
+    assert "cleaned up after an earlier run: deleted btrfs snapshot" in r.stderr
+    assert "removed partial backup" in r.stderr
+    assert snapshots_left(vol) == [] and len(listed(cfg)) == 1
+    assert [p.name for p in (workdir / "backups" / "app").iterdir() if p.name.startswith(".")] == []

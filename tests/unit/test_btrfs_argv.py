@@ -1,0 +1,77 @@
+"""The btrfs driver's exact argv, with hostile volume names (fake runner)."""
+
+import time
+from pathlib import Path
+
+from fakes import FakeRunner
+from snapagent_plugins.btrfs import BtrfsDriver, BtrfsOptions
+
+HOSTILE = "/srv/-x; $(touch pwned) `id` a b"
+
+
+def test_snapshot_argv_hostile_name():
+    r = FakeRunner(dry_run=True)
+    d = BtrfsDriver(r)
+    snaps = d.snapshot([HOSTILE], "snapagent-app-1", time.monotonic() + 10)
+    assert r.echoed == [
+        "would run: btrfs subvolume snapshot -r '/srv/-x; $(touch pwned) `id` a b' "
+        "'/srv/-x; $(touch pwned) `id` a b/.snapagent-snapshots/snapagent-app-1'"
+    ]
+    assert snaps[0].handle == f"{HOSTILE}/.snapagent-snapshots/snapagent-app-1"
+
+
+def test_snapshot_real_argv_is_a_list(tmp_path):
+    r = FakeRunner()
+    vol = tmp_path / "-v ol"
+    vol.mkdir()
+    BtrfsDriver(r).snapshot([str(vol)], "n", time.monotonic() + 10)
+    assert r.argvs() == [["btrfs", "subvolume", "snapshot", "-r", str(vol), f"{vol}/.snapagent-snapshots/n"]]
+
+
+def test_absolute_snapshot_dir_suffixes_index(tmp_path):
+    r = FakeRunner()
+    d = BtrfsDriver(r, BtrfsOptions(snapshot_dir=str(tmp_path / "snaps")))
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    d.snapshot([str(a), str(b)], "n", time.monotonic() + 10)
+    assert [argv[-1] for argv in r.argvs()] == [f"{tmp_path}/snaps/n.0", f"{tmp_path}/snaps/n.1"]
+
+
+def test_tar_export_argv_excludes_snapshot_dir():
+    r = FakeRunner(replies={("tar",): b"TARDATA"})
+    d = BtrfsDriver(r)
+    from snapagent.drivers.base import Snapshot
+
+    with d.export(Snapshot(HOSTILE, "/s/-snap", "n"), "tar") as s:
+        assert s.read() == b"TARDATA"
+    assert r.argvs() == [[
+        "tar", "--create", "--file=-", "--format=posix", "--directory", "/s/-snap", "--xattrs",
+        "--xattrs-include=*", "--acls", "--sparse", "--numeric-owner", "--one-file-system",
+        "--no-wildcards", "--exclude=./.snapagent-snapshots", ".",
+    ]]
+
+
+def test_send_export_argv_uses_double_dash():
+    r = FakeRunner()
+    from snapagent.drivers.base import Snapshot
+
+    with BtrfsDriver(r).export(Snapshot("v", "-snap", "n"), "send") as s:
+        s.read()
+    assert r.argvs() == [["btrfs", "send", "--", "-snap"]]
+
+
+def test_release_argv(tmp_path):
+    r = FakeRunner()
+    snap = tmp_path / "-s"
+    snap.mkdir()
+    from snapagent.drivers.base import Snapshot
+
+    BtrfsDriver(r).release(Snapshot("v", str(snap), "n"))
+    assert r.argvs() == [["btrfs", "subvolume", "delete", "--commit-after", str(snap)]]
+
+
+def test_undo_of_vanished_snapshot_runs_nothing(tmp_path):
+    r = FakeRunner()
+    msg = BtrfsDriver.undo({"kind": "snapshot", "key": str(tmp_path / "gone")}, r)
+    assert "already gone" in msg and r.calls == []
+    assert Path(tmp_path).exists()

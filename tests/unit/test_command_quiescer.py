@@ -1,0 +1,146 @@
+"""Command quiescer without processes: exact argv and environment through a fake runner, the
+post-only-after-pre rule, and config validation (errors name the key)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from snapagent import config as configmod
+from snapagent.errors import CommandFailed, ConfigError, QuiesceFailed
+from snapagent.quiesce.base import QuiesceContext
+from snapagent.quiesce.command import CommandConfig, CommandQuiescer, parse_values
+from snapagent.runner import Result, Runner
+
+NASTY = ["--weird name", "a;b", "$(rm -rf /)", "two words", "-"]
+
+
+class FakeRunner(Runner):
+    """Records every run (argv, env, timeout); ``fail`` maps argv[0] to an exit code."""
+
+    def __init__(self, fail=None, stdout=""):
+        super().__init__()
+        self.calls = []
+        self.fail = fail or {}
+        self.stdout = stdout
+
+    def which(self, tool):
+        return "/bin/" + tool
+
+    def run(self, argv, *, mutating, timeout=None, env=None, **kw):
+        self.calls.append({"argv": list(argv), "env": dict(env or {}), "timeout": timeout, "mutating": mutating})
+        if argv[0] in self.fail:
+            raise CommandFailed(list(argv), self.fail[argv[0]], "boom\n")
+        return Result(list(argv), 0, self.stdout, "", 0.01)
+
+
+def make(runner, volumes=("/srv/a b", "/srv/c;d"), **cfg):
+    ctx = QuiesceContext("job one", runner, list(volumes))
+    return CommandQuiescer(CommandConfig(**cfg), ctx)
+
+
+def test_pre_and_post_exact_argv_and_env():
+    r = FakeRunner(stdout="compacted\nwal_offset=4096\nnot a value line\n")
+    q = make(r, pre=["pre-tool", *NASTY], post=["post-tool", *NASTY], timeout="7s")
+    q.quiesce(time.monotonic() + 100)
+    rec = q.release()
+    assert [c["argv"] for c in r.calls] == [["pre-tool", *NASTY], ["post-tool", *NASTY]]
+    assert all(c["mutating"] for c in r.calls)
+    assert r.calls[0]["env"] == {"SNAPAGENT_JOB": "job one", "SNAPAGENT_PHASE": "pre", "SNAPAGENT_DRY_RUN": "0",
+                                 "SNAPAGENT_VOLUMES": "/srv/a b\n/srv/c;d"}
+    assert r.calls[1]["env"]["SNAPAGENT_PHASE"] == "post"
+    assert r.calls[0]["timeout"] == 7.0 and r.calls[1]["timeout"] == 7.0
+    assert rec["pre"]["values"] == {"wal_offset": "4096"}
+    assert rec["pre"]["stdout"].startswith("compacted")
+    assert rec["name"] == "pre-tool" and rec["consistency"] == "application"
+    assert q.release()["post"] == rec["post"] and len(r.calls) == 2  # release is idempotent
+
+
+def test_pre_timeout_is_bounded_by_the_deadline():
+    r = FakeRunner()
+    q = make(r, pre=["pre-tool"], timeout="60s")
+    q.quiesce(time.monotonic() + 2)
+    assert 1.5 < r.calls[0]["timeout"] <= 2
+
+
+def test_no_time_left_fails_without_running():
+    r = FakeRunner()
+    q = make(r, pre=["pre-tool"], post=["post-tool"])
+    with pytest.raises(QuiesceFailed, match="no time left in max_freeze"):
+        q.quiesce(time.monotonic() - 1)
+    q.release()
+    assert r.calls == []  # neither pre nor post
+
+
+def test_failed_pre_skips_post():
+    r = FakeRunner(fail={"pre-tool": 3})
+    q = make(r, pre=["pre-tool"], post=["post-tool"])
+    with pytest.raises(QuiesceFailed, match="pre failed"):
+        q.quiesce(time.monotonic() + 10)
+    q.release()
+    assert [c["argv"][0] for c in r.calls] == ["pre-tool"]
+
+
+def test_failed_post_is_recorded_never_raised():
+    r = FakeRunner(fail={"post-tool": 1})
+    q = make(r, pre=["pre-tool"], post=["post-tool"])
+    q.quiesce(time.monotonic() + 10)
+    rec = q.release()
+    assert rec["post"]["rc"] == 1 and "boom" in rec["post"]["error"]
+
+
+def test_record_output_off():
+    r = FakeRunner(stdout="secret-ish=1\n")
+    q = make(r, pre=["pre-tool"], record_output=False)
+    q.quiesce(time.monotonic() + 10)
+    assert "stdout" not in q.release()["pre"]
+
+
+def test_releases_on_death_only_without_pre():
+    assert make(FakeRunner(), hold=["h"]).releases_on_death is True
+    assert make(FakeRunner(), pre=["p"], post=["q"]).releases_on_death is False
+
+
+def test_parse_values():
+    assert parse_values("a=1\nb = two words\nno value\n=x\nc d=3\n") == {"a": "1", "b": "two words"}
+
+
+def _parse(tmp_path: Path, quiesce: str):
+    text = f"""
+[targets.local]
+type = "directory"
+path = "{tmp_path}/b"
+[jobs.j]
+driver = "btrfs"
+volumes = ["/srv/x"]
+target = "local"
+[[jobs.j.quiesce]]
+type = "command"
+{quiesce}
+"""
+    import tomllib
+    return configmod.parse(tomllib.loads(text), tmp_path / "c.toml")
+
+
+@pytest.mark.parametrize("body, key, msg", [
+    ('post = ["x"]', "jobs.j.quiesce[0]", "needs `pre` or `hold`"),
+    ('pre = []', "jobs.j.quiesce[0].pre", "non-empty argv"),
+    ('pre = "echo hi"', "jobs.j.quiesce[0].pre", "valid list"),
+    ('pre = ["x"]\ntimeout = "0s"', "jobs.j.quiesce[0].timeout", "positive"),
+    ('hold = ["x"]\nready = ""', "jobs.j.quiesce[0].ready", "single line"),
+    ('pre = ["x"]\nshell = true', "jobs.j.quiesce[0].shell", "unknown key"),
+    ('pre = ["x"]\nconsistency = "maybe"', "jobs.j.quiesce[0].consistency", "'application' or 'crash'"),
+])
+def test_bad_config_names_the_key(tmp_path, body, key, msg):
+    with pytest.raises(ConfigError) as e:
+        _parse(tmp_path, body)
+    assert key in str(e.value) and msg in str(e.value)
+    assert e.value.exit_code == 2
+
+
+def test_good_config(tmp_path):
+    cfg = _parse(tmp_path, 'pre = ["/bin/true"]\npost = ["/bin/true"]\ntimeout = "3s"')
+    (cls, qcfg), = cfg.jobs["j"].quiescers
+    assert cls is CommandQuiescer and qcfg.timeout == 3.0

@@ -1,0 +1,77 @@
+"""fsfreeze without freezing: config validation, and ``undo``'s exact argv through a fake runner."""
+
+from __future__ import annotations
+
+import tomllib
+
+import pytest
+
+from snapagent import config as configmod
+from snapagent.errors import CommandFailed, ConfigError, OperationFailed
+from snapagent.quiesce.fsfreeze import FsfreezeQuiescer
+from snapagent.runner import Result, Runner
+
+
+class FakeRunner(Runner):
+    def __init__(self, rc=0, stderr="", dry_run=False):
+        super().__init__(dry_run=dry_run)
+        self.calls, self.rc, self.stderr = [], rc, stderr
+
+    def run(self, argv, *, mutating, timeout=None, **kw):
+        self.calls.append((list(argv), mutating))
+        if self.dry_run and mutating:
+            return Result(list(argv), 0, dry_run=True)
+        if self.rc:
+            raise CommandFailed(list(argv), self.rc, self.stderr)
+        return Result(list(argv), 0)
+
+
+def test_undo_thaws_with_fsfreeze_u():
+    r = FakeRunner()
+    assert FsfreezeQuiescer.undo({"kind": "freeze", "key": "/"}, r) == "thawed /"
+    assert r.calls == [(["fsfreeze", "-u", "/"], True)]
+
+
+def test_undo_not_frozen_is_success():
+    r = FakeRunner(rc=1, stderr="fsfreeze: /: unfreeze failed: Invalid argument\n")
+    assert FsfreezeQuiescer.undo({"kind": "freeze", "key": "/"}, r) == "/ was not frozen"
+
+
+def test_undo_other_failure_raises():
+    with pytest.raises(CommandFailed):
+        FsfreezeQuiescer.undo({"kind": "freeze", "key": "/"}, FakeRunner(rc=1, stderr="Operation not permitted"))
+
+
+def test_undo_dry_run_and_gone_mounts(tmp_path):
+    assert FsfreezeQuiescer.undo({"kind": "freeze", "key": "/"}, FakeRunner(dry_run=True)) == "would thaw /"
+    r = FakeRunner()
+    assert "not mounted any more" in FsfreezeQuiescer.undo({"kind": "freeze", "key": str(tmp_path / "gone")}, r)
+    assert "not mounted any more" in FsfreezeQuiescer.undo({"kind": "freeze", "key": str(tmp_path)}, r)
+    assert r.calls == []
+    with pytest.raises(OperationFailed, match="unknown journal record"):
+        FsfreezeQuiescer.undo({"kind": "snapshot", "key": "/"}, r)
+
+
+@pytest.mark.parametrize("body, key, msg", [
+    ("mountpoints = []", "jobs.j.quiesce[0].mountpoints", "at least 1"),
+    ('mountpoints = ["relative/dir"]', "jobs.j.quiesce[0].mountpoints", "absolute path"),
+    ('mountpoints = ["/mnt/a", "/mnt/a/"]', "jobs.j.quiesce[0].mountpoints", "listed twice"),
+    ('mountpoints = ["/mnt/a"]\nmax_freeze = "1s"', "jobs.j.quiesce[0].max_freeze", "unknown key"),
+    ("", "jobs.j.quiesce[0].mountpoints", "required key is missing"),
+])
+def test_bad_config_names_the_key(tmp_path, body, key, msg):
+    text = f"""
+[targets.local]
+type = "directory"
+path = "{tmp_path}/b"
+[jobs.j]
+driver = "btrfs"
+volumes = ["/srv/x"]
+target = "local"
+[[jobs.j.quiesce]]
+type = "fsfreeze"
+{body}
+"""
+    with pytest.raises(ConfigError) as e:
+        configmod.parse(tomllib.loads(text), tmp_path / "c.toml")
+    assert key in str(e.value) and msg in str(e.value), str(e.value)

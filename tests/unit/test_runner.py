@@ -1,0 +1,74 @@
+import pytest
+
+from snapagent.errors import CommandFailed, CommandNotFound, UsageError
+from snapagent.runner import Runner, format_argv
+
+HOSTILE = ["a b", "x; rm -rf /", "$(touch pwned)", "-rf", "new\nline", "`id`", "*"]
+
+
+def test_format_argv_is_pasteable_and_redacts():
+    assert format_argv(["echo", "a b", "$(x)"]) == "echo 'a b' '$(x)'"
+    assert format_argv(["mysql", "--password=hunter2"], redact=["hunter2"]) == "mysql --password=***"
+
+
+def test_read_runs_and_hostile_args_arrive_verbatim(tmp_path):
+    r = Runner()
+    res = r.run(["printf", "%s\\n", *HOSTILE], mutating=False)
+    assert res.stdout.split("\n")[:-1] == [h for part in HOSTILE for h in part.split("\n")]
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_dry_run_skips_mutations_but_runs_reads(tmp_path):
+    echoed = []
+    r = Runner(dry_run=True, echo=echoed.append)
+    target = tmp_path / "made by touch"
+    res = r.run(["touch", str(target)], mutating=True)
+    assert res.dry_run and not target.exists()
+    assert echoed == [f"would run: touch '{target}'"]
+    assert r.run(["echo", "hi"], mutating=False).stdout == "hi\n"
+
+
+def test_failure_carries_exit_code_and_stderr():
+    with pytest.raises(CommandFailed) as ei:
+        Runner().run(["ls", "/definitely/not/here"], mutating=False)
+    assert ei.value.returncode == 2
+    assert "No such file" in ei.value.stderr
+    assert "ls /definitely/not/here" in str(ei.value)
+
+
+def test_timeout_raises():
+    with pytest.raises(CommandFailed) as ei:
+        Runner().run(["sleep", "5"], mutating=False, timeout=0.2)
+    assert ei.value.returncode is None
+
+
+def test_missing_tool_and_configured_path():
+    with pytest.raises(CommandNotFound, match="no-such-tool-xyz"):
+        Runner().run(["no-such-tool-xyz"], mutating=False)
+    r = Runner(tools={"mytrue": "/bin/true"})
+    assert r.run(["mytrue"], mutating=False).returncode == 0
+
+
+@pytest.mark.parametrize("bad", ["ls -l", b"ls", [], ["ls", 3]])
+def test_argv_must_be_a_list_of_strings(bad):
+    with pytest.raises(TypeError):
+        Runner().run(bad, mutating=False)
+
+
+def test_nul_byte_rejected():
+    with pytest.raises(UsageError):
+        Runner().run(["echo", "a\x00b"], mutating=False)
+
+
+def test_secrets_are_not_passed_to_children(monkeypatch):
+    monkeypatch.setenv("PGPASSWORD", "hunter2")
+    out = Runner().run(["env"], mutating=False).stdout
+    assert "hunter2" not in out and "LC_ALL=C" in out
+
+
+def test_stream_reports_failure_with_stderr():
+    s = Runner().stream(["sh", "-c", "echo oops >&2; exit 3"], mutating=False)
+    s.stdout.read()
+    with pytest.raises(CommandFailed) as ei:
+        s.wait()
+    assert ei.value.returncode == 3 and "oops" in ei.value.stderr
