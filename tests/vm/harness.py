@@ -136,7 +136,8 @@ def find_initrd(cache: Path, kver: str) -> Path:
 
 def qemu_argv(image: GuestImage, results_dir: Path, memory_mib: int, smp: int, interactive: bool,
               append: str = "") -> list[str]:
-    """Return the qemu command line: TCG, serial console on stdio, two 9p exports.
+    """Return the qemu command line: TCG, serial console on stdio, three 9p exports (the host root,
+    the results folder, and the repo — mounted by the guest only where its tmpfs hides it).
 
     ``append`` is added to the kernel command line (e.g. ``loglevel=7`` to see the whole boot).
     """
@@ -157,6 +158,7 @@ def qemu_argv(image: GuestImage, results_dir: Path, memory_mib: int, smp: int, i
         "-append", f"console=ttyS0 panic=-1 quiet no_timer_check {append}".strip(),
         "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
         "-virtfs", f"local,path={results},mount_tag=results,security_model=none,multidevs=remap",
+        "-virtfs", f"local,path={str(REPO).replace(',', ',,')},mount_tag=repo,security_model=none,readonly=on,multidevs=remap",
     ]
 
 
