@@ -16,13 +16,12 @@ import socket
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from . import __version__, cleanup
 from .config import Config, Job
 from .drivers.base import Driver, Snapshot
-from .errors import FreezeOverrun, Interrupted, PreflightFailed, QuiesceFailed, SnapshotFailed
+from .errors import FreezeOverrun, Interrupted, PreflightFailed, SnapshotFailed
 from .fsutil import is_within
 from .joblock import JobLock
 from .journal import Journal

@@ -220,6 +220,17 @@ class Stream:
         assert self.proc is not None and self.proc.stdin is not None
         return self.proc.stdin
 
+    def feed(self, src: IO[bytes], chunk: int = 1 << 20) -> None:
+        """Copy ``src`` into the command's stdin until EOF (or until the command stops reading;
+        ``wait()`` then reports why). A dry-run Stream ignores the data."""
+        if self.proc is None:
+            return
+        try:
+            while data := src.read(chunk):
+                self.stdin.write(data)
+        except BrokenPipeError:
+            pass
+
     def stderr_text(self) -> str:
         if self._errfile is None:
             return ""

@@ -99,12 +99,7 @@ def extract(runner: Runner, stream: IO[bytes], dest: Path, report: ScanReport, a
 
     proc = runner.stream(extract_argv(dest), mutating=True, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
     try:
-        if proc.proc is not None:
-            try:
-                while chunk := stream.read(CHUNK):
-                    proc.stdin.write(chunk)
-            except BrokenPipeError:
-                pass
+        proc.feed(stream, CHUNK)
         proc.wait()
     finally:
         proc.kill()

@@ -135,14 +135,8 @@ class BtrfsDriver(Driver):
             argv += ["--", snap.handle]
         else:
             raise ExportFailed(f"btrfs cannot export {fmt!r}")
-        proc = self.runner.stream(argv, mutating=False)
-        try:
-            yield proc.stdout
-            proc.wait()
-        except CommandFailed as e:
-            raise ExportFailed(f"export of {snap.volume!r} failed: {e}") from None
-        finally:
-            proc.kill()
+        with self.stream_export(argv, snap) as stream:
+            yield stream
 
     # -- restore --------------------------------------------------------------------------------
     def check_restore_dest(self, dest: Path, fmt: str) -> None:
@@ -166,8 +160,7 @@ class BtrfsDriver(Driver):
         self.check_restore_dest(parent, fmt)
         recv = self.runner.stream(["btrfs", "receive", "-e", "--", str(parent)], mutating=True, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
         try:
-            while chunk := stream.read(1 << 20):
-                recv.stdin.write(chunk)
+            recv.feed(stream)
             recv.wait()
         finally:
             recv.kill()
@@ -184,12 +177,6 @@ class BtrfsDriver(Driver):
             super().discard(path)
 
     def tool_versions(self) -> dict[str, str]:
-        out = {}
-        for tool, argv in (("btrfs", ["btrfs", "--version"]), ("tar", ["tar", "--version"])):
-            try:
-                out[tool] = self.runner.run(argv, mutating=False, timeout=10).stdout.splitlines()[0].strip()
-            except (CommandFailed, IndexError):
-                out[tool] = "?"
-        return out
+        return self.first_lines({"btrfs": ["btrfs", "--version"], "tar": ["tar", "--version"]}, timeout=10)
 
 

@@ -225,10 +225,4 @@ class LvmDriverBase(Driver):
         return dest
 
     def tool_versions(self) -> dict[str, str]:
-        out = {}
-        for tool, argv in (("lvm", ["lvs", "--version"]), ("tar", ["tar", "--version"])):
-            try:
-                out[tool] = self.runner.run(argv, mutating=False, timeout=30).stdout.splitlines()[0].strip()
-            except (CommandFailed, IndexError):
-                out[tool] = "?"
-        return out
+        return self.first_lines({"lvm": ["lvs", "--version"], "tar": ["tar", "--version"]})

@@ -226,14 +226,8 @@ class ZfsDriver(ZfsRestoreMixin, Driver):
             argv = tario.create_argv(path)
         else:
             raise ExportFailed(f"zfs cannot export {fmt!r} (choose: {', '.join(self.export_formats)})")
-        proc = self.runner.stream(argv, mutating=False)
-        try:
-            yield proc.stdout
-            proc.wait()
-        except CommandFailed as e:
-            raise ExportFailed(f"export of {snap.volume!r} failed: {e}") from None
-        finally:
-            proc.kill()
+        with self.stream_export(argv, snap) as stream:
+            yield stream
 
     def tool_versions(self) -> dict[str, str]:
         out = {}
@@ -241,11 +235,7 @@ class ZfsDriver(ZfsRestoreMixin, Driver):
             out["zfs"] = self.zfs.version()
         except (CommandFailed, IndexError):
             out["zfs"] = "?"
-        try:
-            out["tar"] = self.runner.run(["tar", "--version"], mutating=False, timeout=10).stdout.splitlines()[0].strip()
-        except (CommandFailed, IndexError):
-            out["tar"] = "?"
-        return out
+        return {**out, **self.first_lines({"tar": ["tar", "--version"]}, timeout=10)}
 
 
 __all__ = ["ZfsDriver", "ZfsOptions", "HOLD_TAG"]

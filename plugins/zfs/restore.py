@@ -89,12 +89,7 @@ class ZfsRestoreMixin:
         argv = Zfs.receive_argv(dataset, incremental=bool(item.get("parent")))
         recv = self.runner.stream(argv, mutating=True, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)  # type: ignore[attr-defined]
         try:
-            if recv.proc is not None:
-                try:
-                    while chunk := stream.read(CHUNK):
-                        recv.stdin.write(chunk)
-                except BrokenPipeError:
-                    pass
+            recv.feed(stream, CHUNK)
             recv.wait()
         except CommandFailed as e:
             from .zfscmd import classify

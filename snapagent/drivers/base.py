@@ -14,6 +14,7 @@ from typing import IO, Any, ClassVar, Iterator
 
 from pydantic import BaseModel
 
+from ..errors import CommandFailed, ExportFailed
 from ..journal import Journal
 from ..runner import Runner
 
@@ -76,6 +77,29 @@ class Driver:
         ``snap.info["parent_snapshot"]`` so the engine records the chain."""
         raise NotImplementedError
         yield  # pragma: no cover
+
+    @contextlib.contextmanager
+    def stream_export(self, argv: list[str], snap: Snapshot) -> Iterator[IO[bytes]]:
+        """Run the read-only export command ``argv`` and yield its stdout; on exit wait for it
+        (CommandFailed becomes ExportFailed naming the volume) and never leave it running."""
+        proc = self.runner.stream(argv, mutating=False)
+        try:
+            yield proc.stdout
+            proc.wait()
+        except CommandFailed as e:
+            raise ExportFailed(f"export of {snap.volume!r} failed: {e}") from None
+        finally:
+            proc.kill()
+
+    def first_lines(self, commands: dict[str, list[str]], timeout: float = 30) -> dict[str, str]:
+        """Return {tool: first line of ``argv``'s output} ("?" when it fails) for ``tool_versions``."""
+        out = {}
+        for tool, argv in commands.items():
+            try:
+                out[tool] = self.runner.run(argv, mutating=False, timeout=timeout).stdout.splitlines()[0].strip()
+            except (CommandFailed, IndexError):
+                out[tool] = "?"
+        return out
 
     def release(self, snap: Snapshot) -> None:
         """Destroy ``snap`` and close its journal entry. Idempotent."""

@@ -10,7 +10,7 @@ import subprocess
 from dataclasses import dataclass, field
 
 from snapagent.errors import CommandFailed
-from snapagent.runner import Result, Runner, _check_argv
+from snapagent.runner import Result, Runner, Stream, _check_argv
 
 
 @dataclass
@@ -104,6 +104,10 @@ class FakeZfs:
 
 
 class FakeStream:
+    """Stands in for snapagent.runner.Stream: records what is fed to stdin."""
+
+    feed = Stream.feed
+
     def __init__(self, argv, data: bytes = b""):
         self.argv = argv
         self.proc = self
