@@ -24,7 +24,7 @@ from .drivers.base import Driver, Snapshot
 from .errors import FreezeOverrun, Interrupted, PreflightFailed, SnapshotFailed
 from .fsutil import is_within
 from .joblock import JobLock
-from .journal import Journal
+from .journal import Journal, read_open
 from .quiesce.base import QuiesceContext, Quiescer
 from .runner import Runner
 
@@ -152,7 +152,7 @@ class BackupRun:
                 return manifest
             finally:
                 self._close_quiescers()
-                _, failed = cleanup.undo_records(_open_records(journal), self.runner)
+                _, failed = cleanup.undo_records(read_open(journal.path), self.runner)
                 if not failed:
                     journal.finish()
                 elif ok:
@@ -281,9 +281,3 @@ class BackupRun:
         echo("would release the snapshots")
         return {"dry_run": True, "id": backup_id, "job": self.job.name, "preflight": "ok",
                 "volumes": list(self.job.cfg.volumes), "quiescers": [q.describe() for q in self.quiescers]}
-
-
-def _open_records(journal: Journal) -> list[dict]:
-    from .journal import read_open
-
-    return [r for r in read_open(journal.path) if r.get("op") == "open"]

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -81,12 +80,6 @@ def read_open(path: Path) -> list[dict[str, Any]]:
             elif rec.get("op") == "close":
                 open_recs.pop(k, None)
     return list(open_recs.values())
-
-
-@dataclass
-class Leftover:
-    journal: Path
-    records: list[dict[str, Any]]
 
 
 def journals(state_dir: Path, job: str | None = None) -> Iterator[Path]:
