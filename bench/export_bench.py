@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from snapagent import tario  # noqa: E402
-from snapagent.runner import Runner, format_argv  # noqa: E402
+from snapagent.util import tar  # noqa: E402
+from snapagent.util.runner import Runner, format_argv  # noqa: E402
 from snapagent.targets.directory import DirectoryConfig, DirectoryTarget  # noqa: E402
 
 
@@ -46,7 +46,7 @@ def run_snapagent(src: Path, out: Path) -> float:
     t = DirectoryTarget("bench", DirectoryConfig(path=out))
     t0 = time.perf_counter()
     w = t.begin("bench", f"b{time.time_ns()}", _NullJournal())
-    proc = Runner().stream(tario.create_argv(src), mutating=False)
+    proc = Runner().stream(tar.create_argv(src), mutating=False)
     w.add_artifact("data.tar", proc.stdout)
     proc.wait()
     w.commit({"id": "x"})
@@ -56,7 +56,7 @@ def run_snapagent(src: Path, out: Path) -> float:
 def run_shell(src: Path, out: Path) -> float:
     out.mkdir(parents=True, exist_ok=True)
     f = out / f"shell-{time.time_ns()}.tar.zst"
-    pipeline = (f"{format_argv(tario.create_argv(src))} | zstd -q -3 -T0 | tee {format_argv([str(f)])} "
+    pipeline = (f"{format_argv(tar.create_argv(src))} | zstd -q -3 -T0 | tee {format_argv([str(f)])} "
                 f"| sha256sum >/dev/null && sync {format_argv([str(f)])}")
     t0 = time.perf_counter()
     subprocess.run(["bash", "-o", "pipefail", "-c", pipeline], check=True)

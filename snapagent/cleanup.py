@@ -6,11 +6,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from . import registry
+from snapagent import registry
 from .errors import OperationFailed
 from .joblock import JobLock
 from .journal import journals, read_open
-from .runner import Runner
+from snapagent.util.runner import Runner
 
 log = logging.getLogger("snapagent.cleanup")
 

@@ -15,8 +15,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
-from . import registry
-from .durations import parse_duration
+from snapagent import registry
+from snapagent.util.durations import parse_duration
 from .errors import ConfigError
 
 DEFAULT_CONFIG = "/etc/snapagent/snapagent.toml"

@@ -18,15 +18,15 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
 
-from . import __version__, cleanup
+from snapagent import __version__, cleanup
 from .config import Config, Job
-from .drivers.base import Driver, Snapshot
+from snapagent.plugin.driver import Driver, Snapshot
 from .errors import FreezeOverrun, Interrupted, PreflightFailed, SnapshotFailed
-from .fsutil import is_within
+from snapagent.util.fs import is_within
 from .joblock import JobLock
 from .journal import Journal, read_open
-from .quiesce.base import QuiesceContext, Quiescer
-from .runner import Runner
+from snapagent.plugin.quiescer import QuiesceContext, Quiescer
+from snapagent.util.runner import Runner
 
 log = logging.getLogger("snapagent.engine")
 

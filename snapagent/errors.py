@@ -85,7 +85,7 @@ class CommandFailed(OperationFailed):
     """
 
     def __init__(self, argv: list[str], returncode: int | None, stderr: str, message: str | None = None):
-        from .runner import format_argv
+        from snapagent.util.runner import format_argv
 
         self.argv = list(argv)
         self.returncode = returncode

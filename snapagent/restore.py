@@ -15,10 +15,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from . import registry, tario
+from snapagent import registry
+from .util import tar
 from .config import Config
 from .errors import NotFound, RestoreRefused, VerifyFailed
-from .runner import Runner
+from snapagent.util.runner import Runner
 
 log = logging.getLogger("snapagent.restore")
 
@@ -88,7 +89,7 @@ def verify(target, manifest: dict, scan: bool = False, allow_special: bool = Fal
         try:
             with target.open_artifact(manifest["id"], art) as r:
                 if scan and vol["format"] == "tar":
-                    vol["_scan"] = tario.scan(r, allow_special)
+                    vol["_scan"] = tar.scan(r, allow_special)
                 r.finish()
             results.append({"name": art["name"], "ok": True, "size": art["size"],
                             "seconds": round(time.monotonic() - t, 3), "message": "ok"})
@@ -213,7 +214,7 @@ def _restore_extras(target, manifest: dict, q: dict, dest: Path, runner: Runner,
         adest = dest / name
         adest.mkdir(mode=0o700)
         with target.open_artifact(manifest["id"], _artifact(manifest, a["artifact"])) as r:
-            tario.extract(runner, r, adest, a["_scan"], allow_special)
+            tar.extract(runner, r, adest, a["_scan"], allow_special)
             r.finish()
         say(f"restored {q['type']} {a['name']} -> {adest}")
         out.append({**{k: v for k, v in a.items() if k != "_scan"}, "restored": str(adest)})

@@ -1,9 +1,8 @@
-"""Shared fixtures: capability probes that skip with a printed reason (and fail under CI=true),
-a real btrfs filesystem on a loop device, config writing, and running the CLI."""
+"""Shared fixtures: a real btrfs filesystem on a loop device and per-test work dirs. Helpers that
+tests import live in the ``tests.helpers`` package, never here."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -13,20 +12,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-IN_CI = os.environ.get("CI") == "true"
-sys.path.insert(0, str(ROOT / "tests"))
-
-
-def need(condition: bool, reason: str) -> None:
-    """Skip (printing why) when ``condition`` is false; under CI=true fail instead: CI runs every tier."""
-    if condition:
-        return
-    msg = f"{reason}"
-    print(f"\nSKIP: {msg}", file=sys.stderr)
-    if IN_CI:
-        pytest.fail(f"CI must run every tier, but: {msg}")
-    pytest.skip(msg)
+from tests.helpers.caps import IN_CI, need
 
 
 def pytest_report_header(config):
@@ -76,39 +62,8 @@ def subvol(btrfs_root):
         subprocess.run(["btrfs", "subvolume", "delete", str(p)], capture_output=True)
 
 
-def toml_str(s: str) -> str:
-    return json.dumps(str(s))  # a JSON string is a valid TOML basic string
-
-
 @pytest.fixture
 def workdir(tmp_path):
     """A directory holding the config, the state dir and the directory target of one test."""
     (tmp_path / "state").mkdir()
     return tmp_path
-
-
-def write_config(workdir: Path, jobs: str, extra: str = "", agent: str = "") -> Path:
-    """Write a config with the agent state and a `local` directory target under ``workdir``; return its path.
-
-    ``agent`` adds lines to ``[agent]``; ``extra`` adds sections before the jobs."""
-    cfg = workdir / "snapagent.toml"
-    cfg.write_text(
-        f"[agent]\nstate_dir = {toml_str(workdir / 'state')}\n{agent}\n"
-        f"[targets.local]\ntype = \"directory\"\npath = {toml_str(workdir / 'backups')}\n\n{extra}\n{jobs}\n"
-    )
-    return cfg
-
-
-def snapagent(*args: str, config: Path | None = None, check: bool = False, env: dict | None = None,
-              timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run the real CLI (``python -m snapagent``) and return the CompletedProcess (text)."""
-    argv = [sys.executable, "-m", "snapagent"]
-    if config is not None:
-        argv += ["-c", str(config)]
-    argv += list(args)
-    e = dict(os.environ)
-    e.update(env or {})
-    r = subprocess.run(argv, capture_output=True, text=True, env=e, timeout=timeout)
-    if check and r.returncode != 0:
-        raise AssertionError(f"snapagent {' '.join(args)} -> {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}")
-    return r

@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 from typing import IO, Iterator
 
-from snapagent import tario
+from snapagent.util import tar
 from snapagent.config import Strict
-from snapagent.drivers.base import Driver, Snapshot
+from snapagent.plugin.driver import Driver, Snapshot
 from snapagent.errors import CommandFailed, ExportFailed, OperationFailed, PreflightFailed, RestoreRefused, SnapshotFailed
-from snapagent.runner import Runner
+from snapagent.util.runner import Runner
 
 BTRFS_SUPER_MAGIC = 0x9123683E
 OWNER = {"kind": "driver", "name": "btrfs"}
@@ -127,7 +127,7 @@ class BtrfsDriver(Driver):
             excludes = []
             if not Path(self.options.snapshot_dir).is_absolute():
                 excludes.append(self.options.snapshot_dir)
-            argv = tario.create_argv(Path(snap.handle), excludes)
+            argv = tar.create_argv(Path(snap.handle), excludes)
         elif fmt == "send":
             argv = ["btrfs", "send"]
             if parent and parent.get("path") and Path(parent["path"]).exists():
@@ -152,7 +152,7 @@ class BtrfsDriver(Driver):
     def restore(self, stream: IO[bytes], fmt: str, dest: Path, item: dict, allow_special: bool = False) -> Path:
         if fmt == "tar":
             dest.mkdir(mode=0o700)
-            tario.extract(self.runner, stream, dest, item["_scan"], allow_special)
+            tar.extract(self.runner, stream, dest, item["_scan"], allow_special)
             return dest
         if fmt != "send":
             raise RestoreRefused(f"btrfs cannot restore format {fmt!r}")

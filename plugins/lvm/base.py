@@ -11,12 +11,13 @@ import time
 from pathlib import Path
 from typing import IO, Any, ClassVar, Iterator
 
-from snapagent import tario
-from snapagent.drivers.base import Driver, Snapshot
+from snapagent.util import tar
+from snapagent.plugin.driver import Driver, Snapshot
 from snapagent.errors import CommandFailed, ExportFailed, OperationFailed, PreflightFailed, RestoreRefused, SnapshotFailed
-from snapagent.runner import Runner
+from snapagent.util.runner import Runner
 
-from . import mountinfo, mounts
+from snapagent.util import mountinfo
+from . import mounts
 from .monitor import SnapWatch
 from .names import LvRef, parse_volume, snapshot_name
 from .report import LvInfo, lv_exists, lv_info
@@ -166,7 +167,7 @@ class LvmDriverBase(Driver):
         self._mount(snap, mnt, watch)
         proc = None
         try:
-            proc = self.runner.stream(tario.create_argv(mnt), mutating=False)
+            proc = self.runner.stream(tar.create_argv(mnt), mutating=False)
             if watch is not None:
                 watch.on_fail = proc.kill
                 watch.start()
@@ -221,7 +222,7 @@ class LvmDriverBase(Driver):
         if fmt != "tar":
             raise RestoreRefused(f"{self.name} cannot restore format {fmt!r}")
         dest.mkdir(mode=0o700)
-        tario.extract(self.runner, stream, dest, item["_scan"], allow_special)
+        tar.extract(self.runner, stream, dest, item["_scan"], allow_special)
         return dest
 
     def tool_versions(self) -> dict[str, str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from snapagent.drivers.base import Snapshot
+from snapagent.plugin.driver import Snapshot
 from snapagent.errors import CommandFailed, PreflightFailed, SnapshotFailed
 
 from .base import LvmDriverBase

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 from snapagent.errors import CommandFailed
-from snapagent.runner import Runner
+from snapagent.util.runner import Runner
 
-from . import mountinfo
+from snapagent.util import mountinfo
 
 log = logging.getLogger("snapagent.lvm")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from snapagent.errors import CommandFailed, CommandNotFound, PreflightFailed
-from snapagent.runner import Runner
+from snapagent.util.runner import Runner
 
 from .names import LvRef
 

@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 from typing import IO, Iterator
 
-from snapagent import tario
-from snapagent.drivers.base import Driver, Snapshot
+from snapagent.util import tar
+from snapagent.plugin.driver import Driver, Snapshot
 from snapagent.errors import CommandFailed, CommandNotFound, ExportFailed, OperationFailed, PreflightFailed, SnapshotFailed
-from snapagent.runner import Runner
+from snapagent.util.runner import Runner
 
 from .names import dataset_of, dataset_problem, is_below, pool_of, snapshot_of
 from .options import ZfsOptions
@@ -223,7 +223,7 @@ class ZfsDriver(ZfsRestoreMixin, Driver):
             path = self.volume_root(snap.volume) / ".zfs" / "snapshot" / snap.name
             if not path.is_dir():  # the lookup mounts the snapshot (automount)
                 raise ExportFailed(f"snapshot directory {path} is not accessible")
-            argv = tario.create_argv(path)
+            argv = tar.create_argv(path)
         else:
             raise ExportFailed(f"zfs cannot export {fmt!r} (choose: {', '.join(self.export_formats)})")
         with self.stream_export(argv, snap) as stream:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from snapagent import tario
+from snapagent.util import tar
 from snapagent.errors import CommandFailed, OperationFailed, RestoreRefused
 
 from .names import dataset_problem, pool_of
@@ -81,7 +81,7 @@ class ZfsRestoreMixin:
         if fmt == "tar":
             dest = Path(dest)
             dest.mkdir(mode=0o700, exist_ok=bool(item.get("parent")))
-            tario.extract(self.runner, stream, dest, item["_scan"], allow_special)  # type: ignore[attr-defined]
+            tar.extract(self.runner, stream, dest, item["_scan"], allow_special)  # type: ignore[attr-defined]
             return dest
         if fmt != "send":
             raise RestoreRefused(f"zfs cannot restore format {fmt!r}")

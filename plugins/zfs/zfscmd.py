@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from snapagent.errors import CommandFailed, CommandNotFound
-from snapagent.runner import Runner
+from snapagent.util.runner import Runner
 
 HOLD_TAG = "snapagent"
 
@@ -61,7 +61,7 @@ class ZfsCommandFailed(CommandFailed):
 
     def __init__(self, e: CommandFailed):
         self.problem = classify(e.stderr)
-        from snapagent.runner import format_argv
+        from snapagent.util.runner import format_argv
 
         rc = "timed out" if e.returncode is None else f"exit {e.returncode}"
         super().__init__(e.argv, e.returncode, e.stderr,

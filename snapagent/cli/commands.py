@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .. import cleanup, config as configmod, registry
-from ..durations import format_duration
-from ..engine import BackupRun
-from ..errors import EXIT_FAILED, EXIT_OK
-from ..restore import drill, find_backup, restore, verify
-from ..runner import Runner
+from snapagent import cleanup, config as configmod, registry
+from snapagent.util.durations import format_duration
+from snapagent.engine import BackupRun
+from snapagent.errors import EXIT_FAILED, EXIT_OK
+from snapagent.restore import drill, find_backup, restore, verify
+from snapagent.util.runner import Runner
 
 
 def _config(args) -> configmod.Config:

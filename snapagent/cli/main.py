@@ -12,8 +12,8 @@ import logging
 import sys
 from typing import Any, Sequence
 
-from .. import __version__
-from ..errors import EXIT_FAILED, EXIT_USAGE, SnapagentError
+from snapagent import __version__
+from snapagent.errors import EXIT_FAILED, EXIT_USAGE, SnapagentError
 from . import commands
 
 

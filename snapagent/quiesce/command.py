@@ -21,11 +21,11 @@ from typing import Any, Literal
 
 from pydantic import field_validator, model_validator
 
-from ..config import Duration, Strict
-from ..errors import CommandFailed, FreezeOverrun, PreflightFailed, QuiesceFailed
-from ..runner import Stream, format_argv
-from .base import Quiescer
-from .lines import LineReader
+from snapagent.config import Duration, Strict
+from snapagent.errors import CommandFailed, FreezeOverrun, PreflightFailed, QuiesceFailed
+from snapagent.util.runner import Stream, format_argv
+from snapagent.plugin.quiescer import Quiescer
+from snapagent.util.lines import LineReader
 
 MAX_OUTPUT = 64 * 1024  # bytes of a command's stdout kept in the manifest
 MAX_LINES = 200  # lines of the hold process kept in the manifest

@@ -17,9 +17,9 @@ from typing import Any, Callable
 
 from pydantic import field_validator
 
-from ..config import Duration, Strict
-from ..errors import PreflightFailed, QuiesceFailed
-from .base import ProbeResult, Quiescer
+from snapagent.config import Duration, Strict
+from snapagent.errors import PreflightFailed, QuiesceFailed
+from snapagent.plugin.quiescer import ProbeResult, Quiescer
 
 
 class SqliteConfig(Strict):

@@ -1,0 +1,1 @@
+"""The built-in targets (registered under ``snapagent.targets``): the local directory."""

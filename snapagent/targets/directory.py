@@ -19,11 +19,11 @@ from typing import IO, Any, Literal
 import zstandard
 from pydantic import Field
 
-from ..config import Strict
-from ..errors import NotFound, PreflightFailed, VerifyFailed
-from ..fsutil import fsync_dir, write_atomic
-from ..runner import Runner
-from .base import ArtifactInfo, Target, Writer
+from snapagent.config import Strict
+from snapagent.errors import NotFound, PreflightFailed, VerifyFailed
+from snapagent.util.fs import fsync_dir, write_atomic
+from snapagent.util.runner import Runner
+from snapagent.plugin.target import ArtifactInfo, Target, Writer
 
 CHUNK = 1 << 20
 PARTIAL = ".partial-"

@@ -10,7 +10,7 @@ import subprocess
 from dataclasses import dataclass, field
 
 from snapagent.errors import CommandFailed
-from snapagent.runner import Result, Runner, Stream, _check_argv
+from snapagent.util.runner import Result, Runner, Stream, _check_argv
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 from snapagent.errors import CommandFailed
-from snapagent.runner import Result, Runner
+from snapagent.util.runner import Result, Runner
 
 MIB = 1 << 20
 
@@ -18,7 +18,7 @@ def lv_line(vg="vg0", lv="data", attr="-wi-ao----", size=100 * MIB, vg_free=128 
 
 
 def lvs_info_argv(ref: str) -> tuple[str, ...]:
-    from snapagent_plugins.lvm.report import LV_FIELDS, lvs_argv
+    from plugins.lvm.report import LV_FIELDS, lvs_argv
 
     return tuple(lvs_argv(ref, LV_FIELDS))
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, snapagent, toml_str, write_config
+from tests.helpers.cli import ROOT, snapagent, toml_str, write_config
 
 pytestmark = [pytest.mark.root, pytest.mark.btrfs]
 WRITER = ROOT / "tests" / "helpers" / "writer.py"

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, snapagent, toml_str, write_config
-from helpers.loopfs import ext4_loop, is_frozen, was_frozen, write_takes
+from tests.helpers.cli import ROOT, snapagent, toml_str, write_config
+from tests.helpers.loopfs import ext4_loop, is_frozen, was_frozen, write_takes
 from snapagent.journal import read_open
 
 pytestmark = [pytest.mark.root, pytest.mark.btrfs]
@@ -211,7 +211,7 @@ def test_fsfreeze_watchdog_thaws_after_agent_killed(subvol, workdir, tmp_path, e
     resumed = time.time() - t_kill
     print(f"\nfsfreeze: watchdog thawed, a write completed {resumed * 1000:.0f} ms after SIGKILL of the agent")
     assert resumed < MAX_FREEZE + 1
-    assert wait_for(lambda: not _processes("snapagent.quiesce.fsfreeze_watchdog", str(ext4)), 5)
+    assert wait_for(lambda: not _processes("snapagent.quiesce.fsfreeze.watchdog", str(ext4)), 5)
     journal, = (workdir / "state").glob("journal/*/*.jsonl")
     assert [r["kind"] for r in read_open(journal) if r.get("op") == "open"] == ["freeze", "snapshot"]
     out = cleanup_leaves_nothing(cfg, workdir, vol)

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from tests.helpers.cli import ROOT
 
 pytestmark = [pytest.mark.root, pytest.mark.btrfs]
 

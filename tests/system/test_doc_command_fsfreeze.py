@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, snapagent, toml_str
-from helpers.loopfs import ext4_loop, was_frozen
+from tests.helpers.cli import ROOT, snapagent, toml_str
+from tests.helpers.loopfs import ext4_loop, was_frozen
 
 pytestmark = [pytest.mark.root, pytest.mark.btrfs]
 HELPERS = ROOT / "tests" / "helpers"

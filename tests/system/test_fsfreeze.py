@@ -15,13 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, need, snapagent, toml_str, write_config
-from helpers.loopfs import ext4_loop, is_frozen, was_frozen, write_takes
+from tests.helpers.caps import need
+from tests.helpers.cli import ROOT, snapagent, toml_str, write_config
+from tests.helpers.loopfs import ext4_loop, is_frozen, was_frozen, write_takes
 from snapagent.errors import PreflightFailed, QuiesceFailed
 from snapagent.journal import Journal, read_open
-from snapagent.quiesce.base import QuiesceContext
-from snapagent.quiesce.fsfreeze import FsfreezeConfig, FsfreezeQuiescer
-from snapagent.runner import Runner
+from snapagent.plugin.quiescer import QuiesceContext
+from snapagent.quiesce.fsfreeze.quiescer import FsfreezeConfig, FsfreezeQuiescer
+from snapagent.util.runner import Runner
 
 pytestmark = [pytest.mark.root]
 
@@ -58,7 +59,7 @@ def test_refuses_root_tmp_non_mountpoints_and_protected(ext4, tmp_path):
 
 
 def test_watchdog_itself_refuses_root():
-    r = subprocess.run([sys.executable, "-m", "snapagent.quiesce.fsfreeze_watchdog", "/"], input="",
+    r = subprocess.run([sys.executable, "-m", "snapagent.quiesce.fsfreeze.watchdog", "/"], input="",
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "refusing to freeze /" in r.stdout
 

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, need, snapagent, toml_str, write_config
-from helpers.mariadb import MariaDB, available
+from tests.helpers.caps import need
+from tests.helpers.cli import ROOT, snapagent, toml_str, write_config
+from tests.helpers.mariadb import MariaDB, available
 
 pytestmark = [pytest.mark.mysql, pytest.mark.btrfs, pytest.mark.root]
 WRITER = ROOT / "tests" / "helpers" / "mysql_writer.py"

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, need, snapagent, toml_str, write_config
-from helpers import pg
+from tests.helpers.caps import need
+from tests.helpers.cli import ROOT, snapagent, toml_str, write_config
+from tests.helpers import pg
 
 pytestmark = [pytest.mark.postgres, pytest.mark.btrfs, pytest.mark.root]
 

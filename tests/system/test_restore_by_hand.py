@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from conftest import ROOT, snapagent, toml_str, write_config
+from tests.helpers.cli import ROOT, snapagent, toml_str, write_config
 
 pytestmark = [pytest.mark.root, pytest.mark.btrfs]
 

@@ -6,7 +6,7 @@ import sqlite3
 import subprocess
 import sys
 
-from conftest import ROOT, snapagent, toml_str, write_config
+from tests.helpers.cli import ROOT, snapagent, toml_str, write_config
 
 
 def test_installed_thirdparty_driver_is_used(tmp_path, workdir):

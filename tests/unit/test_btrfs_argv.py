@@ -3,8 +3,8 @@
 import time
 from pathlib import Path
 
-from fakes import FakeRunner
-from snapagent_plugins.btrfs import BtrfsDriver, BtrfsOptions
+from tests.helpers.fakes import FakeRunner
+from plugins.btrfs import BtrfsDriver, BtrfsOptions
 
 HOSTILE = "/srv/-x; $(touch pwned) `id` a b"
 
@@ -40,7 +40,7 @@ def test_absolute_snapshot_dir_suffixes_index(tmp_path):
 def test_tar_export_argv_excludes_snapshot_dir():
     r = FakeRunner(replies={("tar",): b"TARDATA"})
     d = BtrfsDriver(r)
-    from snapagent.drivers.base import Snapshot
+    from snapagent.plugin.driver import Snapshot
 
     with d.export(Snapshot(HOSTILE, "/s/-snap", "n"), "tar") as s:
         assert s.read() == b"TARDATA"
@@ -53,7 +53,7 @@ def test_tar_export_argv_excludes_snapshot_dir():
 
 def test_send_export_argv_uses_double_dash():
     r = FakeRunner()
-    from snapagent.drivers.base import Snapshot
+    from snapagent.plugin.driver import Snapshot
 
     with BtrfsDriver(r).export(Snapshot("v", "-snap", "n"), "send") as s:
         s.read()
@@ -64,7 +64,7 @@ def test_release_argv(tmp_path):
     r = FakeRunner()
     snap = tmp_path / "-s"
     snap.mkdir()
-    from snapagent.drivers.base import Snapshot
+    from snapagent.plugin.driver import Snapshot
 
     BtrfsDriver(r).release(Snapshot("v", str(snap), "n"))
     assert r.argvs() == [["btrfs", "subvolume", "delete", "--commit-after", str(snap)]]

@@ -10,9 +10,9 @@ import pytest
 
 from snapagent import config as configmod
 from snapagent.errors import CommandFailed, ConfigError, QuiesceFailed
-from snapagent.quiesce.base import QuiesceContext
+from snapagent.plugin.quiescer import QuiesceContext
 from snapagent.quiesce.command import CommandConfig, CommandQuiescer, parse_values
-from snapagent.runner import Result, Runner
+from snapagent.util.runner import Result, Runner
 
 NASTY = ["--weird name", "a;b", "$(rm -rf /)", "two words", "-"]
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, snapagent
+from tests.helpers.cli import ROOT, snapagent
 from snapagent import config
 from snapagent.errors import ConfigError
 

@@ -1,6 +1,6 @@
 import pytest
 
-from snapagent.durations import format_duration, parse_duration
+from snapagent.util.durations import format_duration, parse_duration
 
 
 @pytest.mark.parametrize("text,seconds", [("10s", 10), ("500ms", 0.5), ("5m", 300), ("1.5h", 5400), ("7d", 604800), (3, 3), ("2", 2)])

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from fakes import FakeRunner
+from tests.helpers.fakes import FakeRunner
 from snapagent.config import Config, Job, JobConfig, RawConfig, TargetEntry
-from snapagent.drivers.base import Driver, Snapshot
+from snapagent.plugin.driver import Driver, Snapshot
 from snapagent.engine import BackupRun
 from snapagent.errors import FreezeOverrun, QuiesceFailed, SnapshotFailed
-from snapagent.quiesce.base import Quiescer
+from snapagent.plugin.quiescer import Quiescer
 from snapagent.targets.directory import DirectoryConfig, DirectoryTarget
 
 EVENTS: list = []

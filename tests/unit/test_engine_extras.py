@@ -9,9 +9,9 @@ import tarfile
 import pytest
 
 from snapagent.errors import OperationFailed
-from snapagent.quiesce.base import ExtraArtifact
+from snapagent.plugin.quiescer import ExtraArtifact
 from snapagent.restore import verify
-from test_engine import EVENTS, FakeQ, make_run  # noqa: F401 - make_run is a fixture
+from tests.unit.test_engine import EVENTS, FakeQ, make_run  # noqa: F401 - make_run is a fixture
 
 
 def tar_of(files: dict[str, bytes]) -> bytes:

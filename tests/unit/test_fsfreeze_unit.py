@@ -8,8 +8,8 @@ import pytest
 
 from snapagent import config as configmod
 from snapagent.errors import CommandFailed, ConfigError, OperationFailed
-from snapagent.quiesce.fsfreeze import FsfreezeQuiescer
-from snapagent.runner import Result, Runner
+from snapagent.quiesce.fsfreeze.quiescer import FsfreezeQuiescer
+from snapagent.util.runner import Result, Runner
 
 
 class FakeRunner(Runner):

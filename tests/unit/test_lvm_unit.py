@@ -10,16 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from helpers.lvm_fakes import MIB, FakeRunner, lv_line, lvs_info_argv, not_found
+from tests.helpers.lvm_fakes import MIB, FakeRunner, lv_line, lvs_info_argv, not_found
 from snapagent.errors import ConfigError, PreflightFailed, SnapshotFailed
 from snapagent.journal import Journal, read_open
-from snapagent.runner import Runner
-from snapagent_plugins.lvm import LvmDriver, LvmThinDriver, mountinfo
-from snapagent_plugins.lvm.monitor import SnapWatch
-from snapagent_plugins.lvm.names import name_problem, parse_volume, snapshot_name
-from snapagent_plugins.lvm.options import LvmOptions, LvmThinOptions
-from snapagent_plugins.lvm.report import parse_lv, parse_snap_status, snap_status_argv
-from snapagent_plugins.lvm.sizing import SizePolicy, parse_policy, room_problems, snapshot_bytes
+from snapagent.util.runner import Runner
+from plugins.lvm import LvmDriver, LvmThinDriver
+from snapagent.util import mountinfo
+from plugins.lvm.monitor import SnapWatch
+from plugins.lvm.names import name_problem, parse_volume, snapshot_name
+from plugins.lvm.options import LvmOptions, LvmThinOptions
+from plugins.lvm.report import parse_lv, parse_snap_status, snap_status_argv
+from plugins.lvm.sizing import SizePolicy, parse_policy, room_problems, snapshot_bytes
 
 MOUNTINFO = (
     "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
@@ -258,7 +259,7 @@ def test_dry_run_prints_lvcreate_and_runs_nothing_mutating(mounts):
 
 
 def test_release_checks_origin_then_removes(mounts, tmp_path):
-    from snapagent.drivers.base import Snapshot
+    from snapagent.plugin.driver import Snapshot
 
     snap_ref = "vg0/snapagent-j-1"
     d, r = classic({lvs_info_argv(snap_ref): lv_line(lv="snapagent-j-1", attr="swi-a-s---", origin="data")})
@@ -270,7 +271,7 @@ def test_release_checks_origin_then_removes(mounts, tmp_path):
 
 
 def test_release_refuses_to_remove_a_stranger(mounts):
-    from snapagent.drivers.base import Snapshot
+    from snapagent.plugin.driver import Snapshot
     from snapagent.errors import OperationFailed
 
     d, r = classic({lvs_info_argv("vg0/snapagent-j-1"): lv_line(lv="snapagent-j-1", origin="other", attr="swi-a-s---")})
@@ -368,7 +369,7 @@ def test_export_fails_naming_snap_percent_when_snapshot_fills(mounts, tmp_path):
             assert argv[0] == "tar"
             return Runner.stream(Runner(), ["sleep", "30"], mutating=False)
 
-    from snapagent.drivers.base import Snapshot
+    from snapagent.plugin.driver import Snapshot
 
     r = TarRunner(answers)
     d = LvmDriver(r, LvmOptions(mount_base=base, poll_interval=0.05))
@@ -394,7 +395,7 @@ def test_export_ok_records_max_snap_percent_and_xfs_nouuid(mounts, tmp_path):
         def stream(self, argv, **kw):
             return Runner.stream(Runner(), argv, mutating=False)
 
-    from snapagent.drivers.base import Snapshot
+    from snapagent.plugin.driver import Snapshot
 
     r = TarRunner(answers)
     d = LvmDriver(r, LvmOptions(mount_base=tmp_path, mount_options=["norecovery"]))

@@ -2,7 +2,7 @@
 
 import pytest
 
-from snapagent.quiesce.mounts import Mount, find_mount, mount_of, mounts
+from snapagent.util.mountinfo import MountEntry, find_mount, mount_of, read
 
 INFO = """\
 22 1 254:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw
@@ -17,19 +17,20 @@ INFO = """\
 def table(tmp_path):
     p = tmp_path / "mountinfo"
     p.write_text(INFO)
-    return mounts(str(p))
+    return read(str(p))
 
 
 def test_parse(table):
-    assert table[2] == Mount("0:27", "/srv/sub dir", "btrfs", "/dev/vdb")
+    assert table[2] == MountEntry(0, 27, "/sub", "/srv/sub dir", "btrfs", "/dev/vdb", "rw,subvol=/sub")
+    assert table[2].dev == "0:27"
     assert table[1].dev == table[2].dev  # one btrfs filesystem under two mount points
 
 
 def test_longest_prefix(table):
-    assert find_mount("/srv/sub dir/a/b", table).mountpoint == "/srv/sub dir"
-    assert find_mount("/srv/sub", table).mountpoint == "/srv"  # a prefix of a name is not a parent
-    assert find_mount("/srv", table).mountpoint == "/srv"
-    assert find_mount("/etc/passwd", table).mountpoint == "/"
+    assert find_mount("/srv/sub dir/a/b", table).mount_point == "/srv/sub dir"
+    assert find_mount("/srv/sub", table).mount_point == "/srv"  # a prefix of a name is not a parent
+    assert find_mount("/srv", table).mount_point == "/srv"
+    assert find_mount("/etc/passwd", table).mount_point == "/"
 
 
 def test_overmount_last_wins(table):
@@ -37,5 +38,5 @@ def test_overmount_last_wins(table):
 
 
 def test_real_root():
-    assert mount_of("/").mountpoint == "/"
-    assert mount_of("/proc/self/nonexistent").mountpoint == "/proc"
+    assert mount_of("/").mount_point == "/"
+    assert mount_of("/proc/self/nonexistent").mount_point == "/proc"

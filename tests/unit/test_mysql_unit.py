@@ -12,10 +12,11 @@ import pytest
 from snapagent import config as configmod
 from snapagent.errors import ConfigError, NotFound, PreflightFailed, QuiesceFailed
 from snapagent.quiesce import mysql as my
-from snapagent.quiesce import mysql_conn as mc
-from snapagent.quiesce import mysql_restore as mr
-from snapagent.quiesce.base import QuiesceContext
-from snapagent.runner import Runner
+from snapagent.quiesce.mysql import connection as mc
+from tests.helpers.cli import ROOT
+from snapagent.quiesce.mysql import restore as mr
+from snapagent.plugin.quiescer import QuiesceContext
+from snapagent.util.runner import Runner
 
 
 class FakeCursor:
@@ -354,7 +355,6 @@ def test_server_errors_become_typed_errors(fake):
 def test_docs_example_config_parses():
     import tomllib
 
-    ROOT = Path(__file__).resolve().parents[2]  # not `from conftest`: tests/vm/conftest.py shadows it by then
 
     section = (ROOT / "docs" / "databases.md").read_text().split("## MySQL / MariaDB", 1)[1]
     example = section.split("```toml\n", 1)[1].split("```", 1)[0]

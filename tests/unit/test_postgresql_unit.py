@@ -12,8 +12,10 @@ import pytest
 
 from snapagent import config as configmod
 from snapagent.errors import ConfigError, OperationFailed
-from snapagent.quiesce import pg_drill, pg_restore, pg_wal
-from snapagent.runner import Result
+from snapagent.quiesce.postgresql import drill as pg_drill
+from snapagent.quiesce.postgresql import restore as pg_restore
+from snapagent.quiesce.postgresql import wal as pg_wal
+from snapagent.util.runner import Result
 
 NASTY = "-a b;c $(touch pwned) 'q' %d"
 
@@ -247,8 +249,8 @@ def test_docs_example_config_parses():
 # -- mode choice from the topology ------------------------------------------------------------
 def quiescer(mode: str, roots: list[str], atomic: bool, in_recovery: bool = False):
     from snapagent.errors import PreflightFailed  # noqa: F401
-    from snapagent.quiesce.base import QuiesceContext
-    from snapagent.quiesce.postgresql import PostgresConfig, PostgresQuiescer
+    from snapagent.plugin.quiescer import QuiesceContext
+    from snapagent.quiesce.postgresql.quiescer import PostgresConfig, PostgresQuiescer
 
     cfg = PostgresConfig(dsn="host=/nonexistent", mode=mode, wal_archive="/srv/archive")
     ctx = QuiesceContext("db", FakeRunner(), roots, volume_roots=[Path(r) for r in roots], atomic=atomic)

@@ -1,7 +1,7 @@
 import pytest
 
 from snapagent.errors import CommandFailed, CommandNotFound, UsageError
-from snapagent.runner import Runner, format_argv
+from snapagent.util.runner import Runner, format_argv
 
 HOSTILE = ["a b", "x; rm -rf /", "$(touch pwned)", "-rf", "new\nline", "`id`", "*"]
 

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from helpers.fakezfs import FakeRunner, FakeZfs
+from tests.helpers.fakezfs import FakeRunner, FakeZfs
 from snapagent.config import parse
-from snapagent.drivers.base import Snapshot
+from snapagent.plugin.driver import Snapshot
 from snapagent.errors import ConfigError, ExportFailed, OperationFailed, PreflightFailed, RestoreRefused, SnapshotFailed
 from snapagent.journal import Journal, read_open
-from snapagent_plugins.zfs import ZfsDriver, ZfsOptions
-from snapagent_plugins.zfs.names import dataset_problem
-from snapagent_plugins.zfs.zfscmd import classify
+from plugins.zfs import ZfsDriver, ZfsOptions
+from plugins.zfs.names import dataset_problem
+from plugins.zfs.zfscmd import classify
 
 SPACE = "tank/app db"           # spaces are legal in ZFS names
 LEAD = "tank/-lead:x.y_z"       # so are a leading '-', ':', '.', '_'

@@ -8,7 +8,7 @@ import json
 import time
 import tomllib
 
-from helpers.fakezfs import FakeRunner, FakeZfs
+from tests.helpers.fakezfs import FakeRunner, FakeZfs
 from snapagent.config import parse
 from snapagent.engine import BackupRun
 from snapagent.restore import restore

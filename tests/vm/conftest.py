@@ -20,8 +20,8 @@ from typing import Callable, Iterator
 
 import pytest
 
-import harness
-from vmtools import IN_VM, LoopDevice, VolumeGroup, ZPool, parse_size, run, umount_under
+from tests.vm import harness
+from tests.vm.vmtools import IN_VM, LoopDevice, VolumeGroup, ZPool, parse_size, run, umount_under
 
 _names = itertools.count(1)
 

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from vmtools import VolumeGroup, pipe, run
+from tests.helpers.cli import ROOT, snapagent, write_config
+from tests.vm.vmtools import VolumeGroup, pipe, run
 
 pytestmark = pytest.mark.vm
 
-ROOT = Path(__file__).resolve().parents[2]
 WRITER = ROOT / "tests" / "helpers" / "writer.py"
 
 # A tar that copies slowly (64 KiB per 0.1 s): makes "during the export" last long enough to write
@@ -49,12 +49,8 @@ def sh(argv: list[str], **kw) -> subprocess.CompletedProcess:
 
 
 def cli(config: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run the real CLI (verbose) and return the completed process (text); print what it said and how long it took."""
-    t = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "snapagent", "-v", "-c", str(config), *args],
-                       capture_output=True, text=True, timeout=timeout)
-    print(f"[{time.monotonic() - t:6.1f}s] snapagent {' '.join(args)} -> {r.returncode}\n{r.stderr.rstrip()}", flush=True)
-    return r
+    """Run the real CLI (verbose) as a process; print what it said and how long it took."""
+    return snapagent("-v", *args, config=config, timeout=timeout, show=True)
 
 
 def ok(r: subprocess.CompletedProcess) -> str:
@@ -62,19 +58,14 @@ def ok(r: subprocess.CompletedProcess) -> str:
     return r.stdout
 
 
-def write_config(tmp: Path, driver: str, volumes: list[str], options: dict, quiesce: str = "",
-                 tools: dict | None = None) -> Path:
+def write_job(tmp: Path, driver: str, volumes: list[str], options: dict, quiesce: str = "",
+              tools: dict | None = None) -> Path:
     """Write a config with one job ``j`` (state and directory target under ``tmp``)."""
-    (tmp / "state").mkdir(exist_ok=True)
     opts = "".join(f"{k} = {json.dumps(str(v) if isinstance(v, Path) else v)}\n" for k, v in options.items())
     tools_toml = "".join(f"tools.{k} = {json.dumps(v)}\n" for k, v in (tools or {}).items())
-    cfg = tmp / "snapagent.toml"
-    cfg.write_text(
-        f"[agent]\nstate_dir = {json.dumps(str(tmp / 'state'))}\n{tools_toml}\n"
-        f"[targets.local]\ntype = \"directory\"\npath = {json.dumps(str(tmp / 'backups'))}\n\n"
-        f"[jobs.j]\ndriver = {json.dumps(driver)}\nvolumes = {json.dumps(volumes)}\ntarget = \"local\"\n"
-        f"max_freeze = \"20s\"\n\n[jobs.j.options]\n{opts}\n{quiesce}")
-    return cfg
+    job = (f"[jobs.j]\ndriver = {json.dumps(driver)}\nvolumes = {json.dumps(volumes)}\ntarget = \"local\"\n"
+           f"max_freeze = \"20s\"\n\n[jobs.j.options]\n{opts}\n{quiesce}")
+    return write_config(tmp, job, agent=tools_toml)
 
 
 def make_lv(vg: VolumeGroup, name: str, size: str, fstype: str, where: Path) -> Path:
@@ -95,7 +86,7 @@ def lv_names(vg: VolumeGroup) -> list[str]:
 
 
 def mounts_under(base: Path) -> list[str]:
-    from snapagent_plugins.lvm import mountinfo
+    from snapagent.util import mountinfo
 
     return [e.mount_point for e in mountinfo.read() if e.mount_point.startswith(str(base) + "/")]
 
@@ -144,7 +135,7 @@ def hot_backup_restore(tmp: Path, driver: str, volume: str, origin: Path, vg: Vo
     db, ack = origin / "app db.sqlite", tmp / "acks.txt"
     writer = start_writer(db, ack)
     try:
-        cfg = write_config(tmp, driver, [volume], options,
+        cfg = write_job(tmp, driver, [volume], options,
                            f"[[jobs.j.quiesce]]\ntype = \"sqlite\"\npath = {json.dumps(str(db))}\n")
         manifest = json.loads(ok(cli(cfg, "--json", "backup", "j")))
         backup_id = manifest["id"]
@@ -242,7 +233,7 @@ def test_classic_xfs_origin_mounts_with_nouuid(make_vg, tmp_path: Path) -> None:
     (origin / "hello.txt").write_text("xfs snapshot\n")
     base = tmp_path / "mnt"
     base.mkdir()
-    cfg = write_config(tmp_path, "lvm", [vg.lv_ref("x")], {"mount_base": base, "snapshot_size": "32M"})
+    cfg = write_job(tmp_path, "lvm", [vg.lv_ref("x")], {"mount_base": base, "snapshot_size": "32M"})
     m = json.loads(ok(cli(cfg, "--json", "backup", "j")))
     assert m["volumes"][0]["fstype"] == "xfs"
     art = tmp_path / "backups" / "j" / m["id"] / m["artifacts"][0]["name"]
@@ -257,7 +248,7 @@ def test_cow_overflow_fails_the_backup_naming_snap_percent(lvm_vg: VolumeGroup, 
     os.sync()
     base = tmp_path / "mount base"
     base.mkdir()
-    cfg = write_config(tmp_path, "lvm", [lvm_vg.lv_ref("data")],
+    cfg = write_job(tmp_path, "lvm", [lvm_vg.lv_ref("data")],
                        {"mount_base": base, "snapshot_size": "4M", "poll_interval": "0.2s"},
                        tools={"tar": slow_tar(tmp_path)})
     loops = loop_devices()
@@ -282,7 +273,7 @@ def test_cow_overflow_fails_the_backup_naming_snap_percent(lvm_vg: VolumeGroup, 
 def test_vg_without_room_is_refused_in_preflight(lvm_vg: VolumeGroup, tmp_path: Path) -> None:
     make_lv(lvm_vg, "big", "200M", "ext4", tmp_path / "big")
     free = lvm_vg.free_bytes()
-    cfg = write_config(tmp_path, "lvm", [lvm_vg.lv_ref("big")], {"snapshot_size": "50%"})
+    cfg = write_job(tmp_path, "lvm", [lvm_vg.lv_ref("big")], {"snapshot_size": "50%"})
     r = cli(cfg, "backup", "j")
     assert r.returncode == 1, r.stderr
     assert f"has {free / 2**20:.1f} MiB ({free} bytes) free" in r.stderr, r.stderr
@@ -297,7 +288,7 @@ def test_sigkill_mid_export_then_cleanup_leaves_nothing(lvm_vg: VolumeGroup, tmp
         f.write(os.urandom(4 << 20))
     base = tmp_path / "mount base"
     base.mkdir()
-    cfg = write_config(tmp_path, "lvm", [lvm_vg.lv_ref("data")], {"mount_base": base},
+    cfg = write_job(tmp_path, "lvm", [lvm_vg.lv_ref("data")], {"mount_base": base},
                        tools={"tar": slow_tar(tmp_path)})
     loops = loop_devices()
     agent = subprocess.Popen([sys.executable, "-m", "snapagent", "-c", str(cfg), "backup", "j"],

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from vmtools import VolumeGroup, ZPool, pipe, run
+from tests.vm.vmtools import VolumeGroup, ZPool, pipe, run
 
 pytestmark = pytest.mark.vm
 

@@ -10,8 +10,8 @@ import os
 
 import pytest
 
-import harness
-from vmtools import IN_VM
+from tests.vm import harness
+from tests.vm.vmtools import IN_VM
 
 pytestmark = pytest.mark.skipif(IN_VM, reason="the host's launcher of the VM tier; not run inside the VM")
 

@@ -20,42 +20,17 @@ from pathlib import Path
 
 import pytest
 
-from vmtools import ZPool, pipe, run
+from tests.helpers import cli
+from tests.helpers.cli import ROOT, toml_str, write_config
+from tests.vm.vmtools import ZPool, pipe, run
 
 
-def _load_root_conftest():
-    """tests/conftest.py (snapagent CLI runner, config writer): tests/vm/conftest.py shadows the name."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("snapagent_root_conftest", Path(__file__).parents[1] / "conftest.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def snapagent(*args: str, config: Path, check: bool = False):
+    """The CLI in this process (TCG makes each Python start cost many seconds); the SIGKILL test
+    runs the agent as a real process."""
+    return cli.snapagent(*args, config=config, check=check, in_process=True)
 
 
-_root = _load_root_conftest()
-ROOT, toml_str, write_config = _root.ROOT, _root.toml_str, _root.write_config
-
-
-def snapagent(*args: str, config: Path, check: bool = False) -> subprocess.CompletedProcess:
-    """Run the CLI's ``main()`` in this process (TCG makes each Python start cost many seconds);
-    the SIGKILL test runs the agent as a real process. Returns a CompletedProcess (text)."""
-    import contextlib
-    import io
-
-    from snapagent.cli.main import main
-
-    out, err = io.StringIO(), io.StringIO()
-    argv = ["-c", str(config), *args]
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = main(argv)
-        except SystemExit as e:
-            rc = e.code
-    r = subprocess.CompletedProcess(["snapagent", *argv], rc, out.getvalue(), err.getvalue())
-    if check and rc != 0:
-        raise AssertionError(f"snapagent {' '.join(args)} -> {rc}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}")
-    return r
 pytestmark = pytest.mark.vm
 
 WRITER = ROOT / "tests" / "helpers" / "writer.py"
@@ -260,7 +235,7 @@ def test_sigkill_mid_export_then_cleanup_leaves_no_snapshot(zpool, workdir):
     agent.wait()
     left = snapagent_snapshots(zpool)
     assert left, "the killed run left no snapshot: the kill came too late to test cleanup"
-    r = _root.snapagent("cleanup", config=cfg, check=True)  # a real process, like an operator's
+    r = cli.snapagent("cleanup", config=cfg, check=True)  # a real process, like an operator's
     assert any("destroyed" in line for line in r.stdout.splitlines()), r.stdout
     assert snapagent_snapshots(zpool) == []
     assert not any(p.name.startswith(".partial-") for p in partial_root.iterdir())

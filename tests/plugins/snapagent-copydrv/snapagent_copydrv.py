@@ -7,8 +7,8 @@ import contextlib
 import shutil
 from pathlib import Path
 
-from snapagent import tario
-from snapagent.drivers.base import Driver, Snapshot
+from snapagent.util import tar
+from snapagent.plugin.driver import Driver, Snapshot
 from snapagent.errors import PreflightFailed
 
 OWNER = {"kind": "driver", "name": "copy"}
@@ -38,7 +38,7 @@ class CopyDriver(Driver):
 
     @contextlib.contextmanager
     def export(self, snap, fmt, parent=None):
-        proc = self.runner.stream(tario.create_argv(Path(snap.handle)), mutating=False)
+        proc = self.runner.stream(tar.create_argv(Path(snap.handle)), mutating=False)
         try:
             yield proc.stdout
             proc.wait()
@@ -52,7 +52,7 @@ class CopyDriver(Driver):
 
     def restore(self, stream, fmt, dest, item, allow_special=False):
         dest.mkdir(mode=0o700)
-        tario.extract(self.runner, stream, dest, item["_scan"], allow_special)
+        tar.extract(self.runner, stream, dest, item["_scan"], allow_special)
         return dest
 
     @classmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass, field
 
-from snapagent.runner import Result, Runner, Stream, _check_argv, format_argv
+from snapagent.util.runner import Result, Runner, Stream, _check_argv, format_argv
 
 
 class _FakeProc:

@@ -6,7 +6,7 @@ are atomic: they need no fsfreeze. The image is *filesystem*-consistent (journal
 recovery needed), the databases in it are crash-consistent: ``consistency = "crash"``.
 
 A freeze outlives the process that made it, so the agent never freezes by itself: a watchdog
-process (``fsfreeze_watchdog``: own session, ignores SIGTERM/SIGINT/SIGHUP) freezes on request and
+process (``watchdog``: own session, ignores SIGTERM/SIGINT/SIGHUP) freezes on request and
 thaws on release, at the deadline (what is left of ``max_freeze``), or as soon as its stdin pipe
 from the agent closes (agent death). Each freeze is journaled before it is made; ``undo`` thaws
 with ``fsfreeze -u``, so ``snapagent cleanup`` thaws whatever a dead run's journal says is frozen.
@@ -29,16 +29,16 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from ..config import Strict
-from ..errors import CommandFailed, OperationFailed, PreflightFailed, QuiesceFailed
-from ..runner import Runner, Stream
-from .base import Quiescer
-from .lines import LineReader, send_line
-from .mounts import Mount, mount_of, mounts
+from snapagent.config import Strict
+from snapagent.errors import CommandFailed, OperationFailed, PreflightFailed, QuiesceFailed
+from snapagent.util.runner import Runner, Stream
+from snapagent.plugin.quiescer import Quiescer
+from snapagent.util.lines import LineReader, send_line
+from snapagent.util.mountinfo import MountEntry, mount_of, read as read_mounts
 
 log = logging.getLogger("snapagent.quiesce.fsfreeze")
 OWNER = {"kind": "quiescer", "name": "fsfreeze"}
-WATCHDOG = "snapagent.quiesce.fsfreeze_watchdog"
+WATCHDOG = "snapagent.quiesce.fsfreeze.watchdog"
 REPLY_TIMEOUT = 10.0  # seconds to wait for the watchdog's answers outside the freeze
 
 
@@ -94,16 +94,16 @@ class FsfreezeQuiescer(Quiescer):
             raise PreflightFailed("fsfreeze needs root (CAP_SYS_ADMIN)")
         self._start_watchdog()  # before the freeze window: its start-up is not part of it
 
-    def check_mountpoints(self) -> list[Mount]:
+    def check_mountpoints(self) -> list[MountEntry]:
         """Return the mounts to freeze; raise PreflightFailed naming a mount point that is not a
         mount point, or a filesystem that must never be frozen (and what it holds)."""
-        table = mounts()
+        table = read_mounts()
         found = []
         for given, mp in zip(self.cfg.mountpoints, self.mps):
             if not os.path.isdir(mp):
                 raise PreflightFailed(f"fsfreeze: mount point {str(given)!r} does not exist")
             m = mount_of(mp, table)
-            if m.mountpoint != mp:
+            if m.mount_point != mp:
                 raise PreflightFailed(f"fsfreeze: {str(given)!r} is not a mount point; it lies on the filesystem "
                                       f"mounted at {m.describe()} — name that mount point")
             guarded = dict(protected_paths(self.ctx))
@@ -231,7 +231,7 @@ class FsfreezeQuiescer(Quiescer):
         if record.get("kind") != "freeze":
             raise OperationFailed(f"fsfreeze: unknown journal record {record.get('kind')!r}")
         mp = record["key"]
-        if not os.path.isdir(mp) or mount_of(mp).mountpoint != os.path.realpath(mp):
+        if not os.path.isdir(mp) or mount_of(mp).mount_point != os.path.realpath(mp):
             return f"{mp} is not mounted any more; nothing to thaw"
         try:
             res = runner.run(["fsfreeze", "-u", mp], mutating=True, timeout=30)

@@ -30,10 +30,10 @@ from typing import Any, Callable, Literal
 
 from pydantic import field_validator, model_validator
 
-from ..config import Duration, Strict
-from ..errors import PreflightFailed, QuiesceFailed
-from . import mysql_conn as mc
-from .base import ProbeResult, Quiescer
+from snapagent.config import Duration, Strict
+from snapagent.errors import PreflightFailed, QuiesceFailed
+from . import connection as mc
+from snapagent.plugin.quiescer import ProbeResult, Quiescer
 
 log = logging.getLogger("snapagent.quiesce.mysql")
 
@@ -400,12 +400,12 @@ class MysqlQuiescer(Quiescer):
     # -- restore side ---------------------------------------------------------------------------
     @classmethod
     def prepare_restore(cls, record: dict[str, Any], locate: Callable[[str], Path], config: Any) -> dict[str, Any] | None:
-        from .mysql_restore import prepare_restore
+        from .restore import prepare_restore
 
         return prepare_restore(record, locate)
 
     @classmethod
     def drill(cls, record: dict[str, Any], locate: Callable[[str], Path]) -> list[ProbeResult]:
-        from .mysql_restore import drill
+        from .restore import drill
 
         return drill(record, locate)

@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import CommandFailed
-from ..runner import Runner
-from .base import ProbeResult
-from .pg_restore import blocked_dirs, grant_traverse, revoke_traverse
+from snapagent.errors import CommandFailed
+from snapagent.util.runner import Runner
+from snapagent.plugin.quiescer import ProbeResult
+from .restore import blocked_dirs, grant_traverse, revoke_traverse
 
 START_TIMEOUT = 600.0
 MAX_TABLES = 100

@@ -22,8 +22,8 @@ import stat
 from pathlib import Path, PurePath
 from typing import Any, Callable
 
-from ..errors import OperationFailed
-from ..runner import Runner
+from snapagent.errors import OperationFailed
+from snapagent.util.runner import Runner
 
 MARK = "# added by snapagent restore"
 

@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import CommandFailed, NotFound
-from ..runner import Runner, format_argv
-from . import mysql_conn as mc
-from .base import ProbeResult
+from snapagent.errors import CommandFailed, NotFound
+from snapagent.util.runner import Runner, format_argv
+from . import connection as mc
+from snapagent.plugin.quiescer import ProbeResult
 
 START_TIMEOUT = 300.0
 SKIP_SCHEMAS = ("information_schema", "performance_schema")

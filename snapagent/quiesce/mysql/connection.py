@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, PreflightFailed
+from snapagent.errors import ConfigError, PreflightFailed
 
 GROUPS = ("client", "client-server", "client-mariadb")
 KEYS = ("user", "password", "socket", "host", "port")

@@ -14,9 +14,9 @@ from typing import IO, Any, ClassVar, Iterator
 
 from pydantic import BaseModel
 
-from ..errors import CommandFailed, ExportFailed
-from ..journal import Journal
-from ..runner import Runner
+from snapagent.errors import CommandFailed, ExportFailed
+from snapagent.journal import Journal
+from snapagent.util.runner import Runner
 
 
 @dataclass
@@ -151,7 +151,7 @@ class Driver:
         ``prepare_destination`` named the destination; a directory Path otherwise, which does not exist yet
         for a full stream; for an incremental one — ``item["parent"]`` set — it holds the restored
         parent chain); return the directory holding the restored files. ``item`` is the manifest's
-        volume record (for tar, ``item["_scan"]`` is the tario.ScanReport of the verified stream).
+        volume record (for tar, ``item["_scan"]`` is the tar.ScanReport of the verified stream).
         Raises RestoreRefused / OperationFailed."""
         raise NotImplementedError
 

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import IO, Iterator
 
-from ..errors import OperationFailed
-from ..runner import Runner
+from snapagent.errors import OperationFailed
+from snapagent.util.runner import Runner
 
 SEGMENT_RE = re.compile(r"^[0-9A-F]{24}$")
 

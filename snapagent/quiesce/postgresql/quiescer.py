@@ -32,11 +32,11 @@ from typing import Any, Callable, Literal
 
 from pydantic import field_validator, model_validator
 
-from ..config import Duration, Strict
-from ..errors import PreflightFailed, QuiesceFailed
-from ..fsutil import is_within
-from . import pg_wal
-from .base import ExtraArtifact, ProbeResult, Quiescer
+from snapagent.config import Duration, Strict
+from snapagent.errors import PreflightFailed, QuiesceFailed
+from snapagent.util.fs import is_within
+from . import wal as pg_wal
+from snapagent.plugin.quiescer import ExtraArtifact, ProbeResult, Quiescer
 
 log = logging.getLogger("snapagent.quiesce.postgresql")
 
@@ -368,7 +368,7 @@ class PostgresQuiescer(Quiescer):
     def artifacts(self) -> list[ExtraArtifact]:
         if self.mode != "backup-api":
             return []
-        from ..errors import OperationFailed
+        from snapagent.errors import OperationFailed
 
         if "error" in self.rec or "wal_files" not in self.rec:
             raise OperationFailed(f"postgresql: the backup did not stop cleanly: {self.rec.get('error', 'no WAL range')}")
@@ -384,12 +384,12 @@ class PostgresQuiescer(Quiescer):
     # -- restore side ---------------------------------------------------------------------------
     @classmethod
     def prepare_restore(cls, record: dict[str, Any], locate: Callable[[str], Path], config: Any) -> dict[str, Any] | None:
-        from . import pg_restore
+        from . import restore as pg_restore
 
         return pg_restore.prepare(record, locate)
 
     @classmethod
     def drill(cls, record: dict[str, Any], locate: Callable[[str], Path]) -> list[ProbeResult]:
-        from . import pg_drill
+        from . import drill as pg_drill
 
         return pg_drill.drill(record, locate)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from .errors import RestoreRefused
+from snapagent.errors import RestoreRefused
 from .runner import Runner
 
 CHUNK = 1 << 20

@@ -20,7 +20,7 @@ from typing import IO, Callable, Iterable, Mapping, Sequence
 
 import sh
 
-from .errors import CommandFailed, CommandNotFound, UsageError
+from snapagent.errors import CommandFailed, CommandNotFound, UsageError
 
 log = logging.getLogger("snapagent.runner")
 

@@ -13,7 +13,7 @@ from typing import IO, Any, Callable, ClassVar, ContextManager
 
 from pydantic import BaseModel
 
-from ..runner import Runner
+from snapagent.util.runner import Runner
 
 
 @dataclass

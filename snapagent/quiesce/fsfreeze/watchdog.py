@@ -1,7 +1,7 @@
 """The fsfreeze watchdog: the process that freezes and — whatever happens to the agent — thaws.
 
 FIFREEZE is not released when the process that froze dies, so the agent never freezes itself.
-It starts this watchdog (``python -m snapagent.quiesce.fsfreeze_watchdog MOUNTPOINT...``), which
+It starts this watchdog (``python -m snapagent.quiesce.fsfreeze.watchdog MOUNTPOINT...``), which
 moves to its own session, ignores SIGTERM/SIGINT/SIGHUP, opens the mount points, prints ``READY``
 and then obeys one line at a time on stdin:
 
@@ -25,8 +25,8 @@ import signal
 import sys
 import time
 
-from .lines import LineReader, send_line
-from .mounts import mount_of
+from snapagent.util.lines import LineReader, send_line
+from snapagent.util.mountinfo import mount_of
 
 FIFREEZE = 0xC0045877  # _IOWR('X', 119, int)
 FITHAW = 0xC0045878  # _IOWR('X', 120, int)

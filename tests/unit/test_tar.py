@@ -6,7 +6,7 @@ import tarfile
 
 import pytest
 
-from snapagent import tario
+from snapagent.util import tar
 from snapagent.errors import RestoreRefused
 
 
@@ -26,41 +26,41 @@ def make_tar(*members):
 
 
 def test_plain_archive_passes():
-    rep = tario.scan(make_tar({"name": "./a.db", "data": b"x" * 10}, {"name": "./d", "type": tarfile.DIRTYPE}))
+    rep = tar.scan(make_tar({"name": "./a.db", "data": b"x" * 10}, {"name": "./d", "type": tarfile.DIRTYPE}))
     assert rep.members == 2 and rep.bytes == 10 and rep.setid == [] and rep.special == []
 
 
 @pytest.mark.parametrize("name", ["/etc/passwd", "../escape", "./a/../../escape"])
 def test_escaping_names_refused(name):
     with pytest.raises(RestoreRefused, match="outside"):
-        tario.scan(make_tar({"name": name, "data": b"x"}))
+        tar.scan(make_tar({"name": name, "data": b"x"}))
 
 
 def test_member_below_archive_symlink_refused():
     t = make_tar({"name": "./link", "type": tarfile.SYMTYPE, "linkname": "/etc"},
                  {"name": "./link/passwd", "data": b"x"})
     with pytest.raises(RestoreRefused, match="below a symlink"):
-        tario.scan(t)
+        tar.scan(t)
 
 
 def test_hardlink_outside_refused():
     with pytest.raises(RestoreRefused, match="hard link"):
-        tario.scan(make_tar({"name": "./h", "type": tarfile.LNKTYPE, "linkname": "../../etc/shadow"}))
+        tar.scan(make_tar({"name": "./h", "type": tarfile.LNKTYPE, "linkname": "../../etc/shadow"}))
 
 
 def test_devices_need_allow_special():
     t = lambda: make_tar({"name": "./null", "type": tarfile.CHRTYPE})  # noqa: E731
     with pytest.raises(RestoreRefused, match="--allow-special"):
-        tario.scan(t())
-    assert tario.scan(t(), allow_special=True).special == ["./null"]
+        tar.scan(t())
+    assert tar.scan(t(), allow_special=True).special == ["./null"]
 
 
 def test_setuid_noted():
-    rep = tario.scan(make_tar({"name": "./bin/su", "data": b"x", "mode": 0o4755}))
+    rep = tar.scan(make_tar({"name": "./bin/su", "data": b"x", "mode": 0o4755}))
     assert rep.setid == ["bin/su"]
     assert stat.S_ISUID & 0o4755
 
 
 def test_garbage_refused():
     with pytest.raises(RestoreRefused, match="not a valid tar"):
-        tario.scan(io.BytesIO(b"\x01" * 2048))
+        tar.scan(io.BytesIO(b"\x01" * 2048))

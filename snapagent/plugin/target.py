@@ -11,7 +11,7 @@ from typing import IO, Any, ClassVar, Iterator
 
 from pydantic import BaseModel
 
-from ..runner import Runner
+from snapagent.util.runner import Runner
 
 
 @dataclass
