@@ -72,6 +72,60 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+@dataclass(frozen=True)
+class Command:
+    """One command about to run: ``argv`` as the caller wrote it (``argv[0]`` a tool name),
+    ``path`` the binary that runs, and how. Built by the Runner, handed to its Executor."""
+
+    argv: list[str]
+    path: str
+    mutating: bool
+    env: Mapping[str, str]
+    timeout: float | None = None
+    input: bytes | str | None = None
+    #: Start it in a session of its own (a process that must outlive the agent's terminal).
+    new_session: bool = False
+
+
+class CommandTimedOut(Exception):
+    """Raised by an Executor when a command ran past its timeout (it was killed)."""
+
+
+class Executor:
+    """What actually starts processes; the Runner decides everything else (dry run, resolution,
+    errors, logging). Tests put a fake one under a real Runner.
+
+    Every child starts in its own process group: the terminal's Ctrl-C reaches the agent only,
+    which then stops its children in order instead of having them die mid-step.
+    """
+
+    def which(self, name: str) -> str | None:
+        """Return the path of executable ``name`` (or of the path ``name``), or None."""
+        return shutil.which(name, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
+
+    def run(self, cmd: Command) -> tuple[int, str, str]:
+        """Run ``cmd`` to completion; return (exit code, stdout, stderr). Raise CommandTimedOut."""
+        try:
+            proc = sh.Command(cmd.path)(
+                *cmd.argv[1:], _tty_out=False, _tty_in=False, _in=cmd.input, _env=dict(cmd.env),
+                _timeout=cmd.timeout, _ok_code=list(range(256)), _return_cmd=True, _decode_errors="replace",
+                _new_group=True, _bg=True, _bg_exc=False)
+            _wait_or_kill(proc)
+            rc, out, err = proc.exit_code, proc.stdout, proc.stderr
+        except sh.ErrorReturnCode as e:  # killed by a signal
+            rc, out, err = e.exit_code, e.stdout, e.stderr
+        except sh.TimeoutException:
+            raise CommandTimedOut() from None
+        return (rc, out.decode(errors="replace") if isinstance(out, bytes) else (out or ""),
+                err.decode(errors="replace") if isinstance(err, bytes) else (err or ""))
+
+    def popen(self, cmd: Command, stdin, stdout, stderr, cwd: str | None) -> subprocess.Popen:
+        """Start ``cmd`` with the given stdio; return the process."""
+        return subprocess.Popen([cmd.path, *cmd.argv[1:]], stdin=stdin, stdout=stdout, stderr=stderr, cwd=cwd,
+                                env=dict(cmd.env), start_new_session=cmd.new_session,
+                                process_group=None if cmd.new_session else 0)
+
+
 def _wait_or_kill(proc) -> None:
     """Wait for a started ``sh`` command. When the wait is interrupted (a signal handler raised
     Interrupted), kill the command and reap it before re-raising, so no child — and no pending
@@ -98,16 +152,17 @@ class Runner:
 
     ``tools`` maps a tool name (argv[0]) to the path to run instead (every binary is configurable).
     ``dry_run`` makes mutating calls print instead of run; ``echo`` receives those lines.
+    ``executor`` starts the processes (a fake one in unit tests).
     """
 
     dry_run: bool = False
     tools: Mapping[str, str] = field(default_factory=dict)
     echo: Callable[[str], None] = lambda line: log.info(line)
+    executor: Executor = field(default_factory=Executor)
 
     def which(self, tool: str) -> str | None:
         """Return the path the runner would execute for ``tool``, or None when it is not installed."""
-        configured = self.tools.get(tool, tool)
-        return shutil.which(configured, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
+        return self.executor.which(self.tools.get(tool, tool))
 
     def require(self, tool: str, package: str | None = None) -> str:
         """Return the path of ``tool``; raise CommandNotFound naming the package when it is missing."""
@@ -116,10 +171,6 @@ class Runner:
             hint = f" (install {package})" if package else ""
             raise CommandNotFound([tool], 127, "", f"required tool not found: {self.tools.get(tool, tool)}{hint}")
         return path
-
-    def _resolve(self, argv: list[str]) -> list[str]:
-        path = self.require(argv[0])
-        return [path, *argv[1:]]
 
     def run(
         self,
@@ -143,37 +194,18 @@ class Runner:
         if mutating and self.dry_run:
             self.echo(f"would run: {shown}")
             return Result(argv, 0, dry_run=True)
-        full = self._resolve(argv)
+        cmd = Command(argv, self.require(argv[0]), mutating, child_env(env), timeout, input)
         start = time.monotonic()
         try:
-            proc = sh.Command(full[0])(
-                *full[1:],
-                _tty_out=False,
-                _tty_in=False,
-                _in=input,
-                _env=child_env(env),
-                _timeout=timeout,
-                _ok_code=list(ok_codes),
-                _return_cmd=True,
-                _decode_errors="replace",
-                _bg=True,
-                _bg_exc=False,
-            )
-            _wait_or_kill(proc)
-            rc, out, err = proc.exit_code, proc.stdout, proc.stderr
-        except sh.ErrorReturnCode as e:
-            rc, out, err = e.exit_code, e.stdout, e.stderr
-        except sh.TimeoutException:
-            dur = time.monotonic() - start
-            log.warning("run: %s -> timed out after %.3fs", shown, dur)
-            raise CommandFailed(argv, None, f"timed out after {timeout}s")
+            rc, out, err = self.executor.run(cmd)
+        except CommandTimedOut:
+            log.warning("run: %s -> timed out after %.3fs", shown, time.monotonic() - start)
+            raise CommandFailed(argv, None, f"timed out after {timeout}s") from None
         dur = time.monotonic() - start
-        out_s = out.decode(errors="replace") if isinstance(out, bytes) else (out or "")
-        err_s = err.decode(errors="replace") if isinstance(err, bytes) else (err or "")
         log.debug("run: %s -> rc=%s in %.3fs", shown, rc, dur)
         if rc not in ok_codes:
-            raise CommandFailed(argv, rc, err_s)
-        return Result(argv, rc, out_s, err_s, dur)
+            raise CommandFailed(argv, rc, err)
+        return Result(argv, rc, out, err, dur)
 
     def stream(
         self,
@@ -184,20 +216,22 @@ class Runner:
         stdout: int | IO[bytes] | None = subprocess.PIPE,
         cwd: str | None = None,
         env: Mapping[str, str] | None = None,
+        new_session: bool = False,
     ) -> "Stream":
         """Start a data-path command (tar, send, receive) and return its Stream.
 
         The caller reads ``stream.stdout`` / writes ``stream.stdin`` and must call ``stream.wait()``.
         In dry-run mode a mutating stream is echoed and a Stream with no process is returned.
+        ``new_session`` starts it in a session of its own (else in a process group of its own).
         """
         argv = _check_argv(argv)
         if mutating and self.dry_run:
             self.echo(f"would run: {format_argv(argv)}")
             return Stream(argv, None, None)
-        full = self._resolve(argv)
+        cmd = Command(argv, self.require(argv[0]), mutating, child_env(env), new_session=new_session)
         errfile = tempfile.TemporaryFile()
         log.debug("stream: %s", format_argv(argv))
-        proc = subprocess.Popen(full, stdin=stdin, stdout=stdout, stderr=errfile, cwd=cwd, env=child_env(env))
+        proc = self.executor.popen(cmd, stdin, stdout, errfile, cwd)
         return Stream(argv, proc, errfile)
 
 

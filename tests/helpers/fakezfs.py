@@ -1,16 +1,15 @@
-"""A fake ``zfs`` behind a fake Runner for unit tests: records every argv and answers like zfs
-(same stdout format for ``list -H -p``, same stderr wording on failure), so the driver's parsing and
-its exact command lines can be asserted without a kernel module."""
+"""A fake ``zfs`` under the FakeRunner for unit tests: answers like zfs (same stdout format for
+``list -H -p``, same stderr wording on failure), so the driver's parsing and its exact command
+lines can be asserted without a kernel module."""
 
 from __future__ import annotations
 
-import io
 import itertools
-import subprocess
 from dataclasses import dataclass, field
+from typing import Callable
 
 from snapagent.errors import CommandFailed
-from snapagent.util.runner import Result, Runner, Stream, _check_argv
+from tests.helpers.fakerunner import FakeRunner
 
 
 @dataclass
@@ -19,6 +18,7 @@ class FakeZfs:
     snapshots: dict[str, dict] = field(default_factory=dict)
     txg: itertools.count = field(default_factory=lambda: itertools.count(100))
     fail_next: dict[str, str] = field(default_factory=dict)  # subcommand -> stderr to fail with once
+    on_receive: Callable[[list[str]], object] | None = None
 
     def add(self, name: str, mountpoint: str | None = None, available: int = 1 << 30, type_: str = "filesystem",
             mounted: str = "yes") -> None:
@@ -103,61 +103,24 @@ class FakeZfs:
         raise AssertionError(f"fake zfs does not know {argv}")
 
 
-class FakeStream:
-    """Stands in for snapagent.runner.Stream: records what is fed to stdin."""
+def zfs_runner(zfs: FakeZfs | None = None, dry_run: bool = False) -> FakeRunner:
+    """Return the FakeRunner whose ``zfs`` is ``zfs`` (a new FakeZfs by default, also at
+    ``runner.fake``): control commands answer from it, ``tar --version`` answers GNU tar, streams
+    print ``STREAM <argv>``; a ``zfs receive`` calls ``zfs.on_receive(argv)`` when set."""
+    fake = zfs or FakeZfs()
 
-    feed = Stream.feed
-
-    def __init__(self, argv, data: bytes = b""):
-        self.argv = argv
-        self.proc = self
-        self.stdout = io.BytesIO(data)
-        self.stdin = io.BytesIO()
-        self.received = b""
-
-    def wait(self, timeout=None, ok_codes=(0,)):
-        if not self.stdin.closed:
-            self.received = self.stdin.getvalue()
-        return 0
-
-    def kill(self):
-        pass
-
-
-class FakeRunner(Runner):
-    """Runner whose ``zfs`` is a FakeZfs; records every argv (``calls``) and every stream."""
-
-    def __init__(self, zfs: FakeZfs | None = None, dry_run: bool = False):
-        super().__init__(dry_run=dry_run, echo=lambda line: self.echoed.append(line))
-        self.fake = zfs or FakeZfs()
-        self.calls: list[list[str]] = []
-        self.streams: list[FakeStream] = []
-        self.echoed: list[str] = []
-        self.on_receive = None
-
-    def which(self, tool: str) -> str | None:
-        return f"/usr/sbin/{tool}"
-
-    def run(self, argv, *, mutating, timeout=None, input=None, ok_codes=(0,), env=None, redact=()):
-        argv = _check_argv(argv)
-        if mutating and self.dry_run:
-            self.echoed.append(f"would run: {argv}")
-            return Result(argv, 0, dry_run=True)
-        self.calls.append(argv)
+    def answer(argv):
         if argv[0] == "zfs":
-            return Result(argv, 0, self.fake(argv))
+            return fake(argv)
         if argv[0] == "tar":
-            return Result(argv, 0, "tar (GNU tar) 1.34\n")
+            return "tar (GNU tar) 1.34\n"
         raise AssertionError(f"unexpected command {argv}")
 
-    def stream(self, argv, *, mutating, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, cwd=None, env=None):
-        argv = _check_argv(argv)
-        self.calls.append(argv)
-        s = FakeStream(argv, b"STREAM " + " ".join(argv).encode())
-        if argv[:2] == ["zfs", "receive"] and self.on_receive:
-            self.on_receive(argv)
-        self.streams.append(s)
-        return s
+    def stream(argv):
+        if argv[:2] == ["zfs", "receive"] and fake.on_receive:
+            fake.on_receive(argv)
+        return b"STREAM " + " ".join(argv).encode()
 
-    def zfs_calls(self, sub: str | None = None) -> list[list[str]]:
-        return [c for c in self.calls if c[0] == "zfs" and (sub is None or c[1] == sub)]
+    runner = FakeRunner(answer, dry_run=dry_run, stream=stream)
+    runner.fake = fake
+    return runner

@@ -3,8 +3,9 @@
 import time
 from pathlib import Path
 
-from tests.helpers.fakes import FakeRunner
 from plugins.btrfs import BtrfsDriver, BtrfsOptions
+from snapagent.plugin.driver import Snapshot
+from tests.helpers.fakerunner import FakeRunner
 
 HOSTILE = "/srv/-x; $(touch pwned) `id` a b"
 
@@ -38,10 +39,8 @@ def test_absolute_snapshot_dir_suffixes_index(tmp_path):
 
 
 def test_tar_export_argv_excludes_snapshot_dir():
-    r = FakeRunner(replies={("tar",): b"TARDATA"})
+    r = FakeRunner(lambda argv: b"TARDATA" if argv[0] == "tar" else "")
     d = BtrfsDriver(r)
-    from snapagent.plugin.driver import Snapshot
-
     with d.export(Snapshot(HOSTILE, "/s/-snap", "n"), "tar") as s:
         assert s.read() == b"TARDATA"
     assert r.argvs() == [[
@@ -53,8 +52,6 @@ def test_tar_export_argv_excludes_snapshot_dir():
 
 def test_send_export_argv_uses_double_dash():
     r = FakeRunner()
-    from snapagent.plugin.driver import Snapshot
-
     with BtrfsDriver(r).export(Snapshot("v", "-snap", "n"), "send") as s:
         s.read()
     assert r.argvs() == [["btrfs", "send", "--", "-snap"]]
@@ -64,8 +61,6 @@ def test_release_argv(tmp_path):
     r = FakeRunner()
     snap = tmp_path / "-s"
     snap.mkdir()
-    from snapagent.plugin.driver import Snapshot
-
     BtrfsDriver(r).release(Snapshot("v", str(snap), "n"))
     assert r.argvs() == [["btrfs", "subvolume", "delete", "--commit-after", str(snap)]]
 

@@ -12,28 +12,19 @@ from snapagent import config as configmod
 from snapagent.errors import CommandFailed, ConfigError, QuiesceFailed
 from snapagent.plugin.quiescer import QuiesceContext
 from snapagent.quiesce.command import CommandConfig, CommandQuiescer, parse_values
-from snapagent.util.runner import Result, Runner
+from tests.helpers.fakerunner import FakeRunner, Reply
 
 NASTY = ["--weird name", "a;b", "$(rm -rf /)", "two words", "-"]
 
 
-class FakeRunner(Runner):
-    """Records every run (argv, env, timeout); ``fail`` maps argv[0] to an exit code."""
+def fake(fail=None, stdout=""):
+    """A FakeRunner whose commands print ``stdout``; ``fail`` maps argv[0] to an exit code."""
+    fail = fail or {}
+    return FakeRunner(lambda argv: Reply(fail[argv[0]], "", "boom\n") if argv[0] in fail else stdout)
 
-    def __init__(self, fail=None, stdout=""):
-        super().__init__()
-        self.calls = []
-        self.fail = fail or {}
-        self.stdout = stdout
 
-    def which(self, tool):
-        return "/bin/" + tool
-
-    def run(self, argv, *, mutating, timeout=None, env=None, **kw):
-        self.calls.append({"argv": list(argv), "env": dict(env or {}), "timeout": timeout, "mutating": mutating})
-        if argv[0] in self.fail:
-            raise CommandFailed(list(argv), self.fail[argv[0]], "boom\n")
-        return Result(list(argv), 0, self.stdout, "", 0.01)
+def env_of(call):
+    return {k: v for k, v in call.env.items() if k.startswith("SNAPAGENT_")}
 
 
 def make(runner, volumes=("/srv/a b", "/srv/c;d"), **cfg):
@@ -42,16 +33,16 @@ def make(runner, volumes=("/srv/a b", "/srv/c;d"), **cfg):
 
 
 def test_pre_and_post_exact_argv_and_env():
-    r = FakeRunner(stdout="compacted\nwal_offset=4096\nnot a value line\n")
+    r = fake(stdout="compacted\nwal_offset=4096\nnot a value line\n")
     q = make(r, pre=["pre-tool", *NASTY], post=["post-tool", *NASTY], timeout="7s")
     q.quiesce(time.monotonic() + 100)
     rec = q.release()
-    assert [c["argv"] for c in r.calls] == [["pre-tool", *NASTY], ["post-tool", *NASTY]]
-    assert all(c["mutating"] for c in r.calls)
-    assert r.calls[0]["env"] == {"SNAPAGENT_JOB": "job one", "SNAPAGENT_PHASE": "pre", "SNAPAGENT_DRY_RUN": "0",
+    assert [c.argv for c in r.calls] == [["pre-tool", *NASTY], ["post-tool", *NASTY]]
+    assert all(c.mutating for c in r.calls)
+    assert env_of(r.calls[0]) == {"SNAPAGENT_JOB": "job one", "SNAPAGENT_PHASE": "pre", "SNAPAGENT_DRY_RUN": "0",
                                  "SNAPAGENT_VOLUMES": "/srv/a b\n/srv/c;d"}
-    assert r.calls[1]["env"]["SNAPAGENT_PHASE"] == "post"
-    assert r.calls[0]["timeout"] == 7.0 and r.calls[1]["timeout"] == 7.0
+    assert env_of(r.calls[1])["SNAPAGENT_PHASE"] == "post"
+    assert r.calls[0].timeout == 7.0 and r.calls[1].timeout == 7.0
     assert rec["pre"]["values"] == {"wal_offset": "4096"}
     assert rec["pre"]["stdout"].startswith("compacted")
     assert rec["name"] == "pre-tool" and rec["consistency"] == "application"
@@ -59,14 +50,14 @@ def test_pre_and_post_exact_argv_and_env():
 
 
 def test_pre_timeout_is_bounded_by_the_deadline():
-    r = FakeRunner()
+    r = fake()
     q = make(r, pre=["pre-tool"], timeout="60s")
     q.quiesce(time.monotonic() + 2)
-    assert 1.5 < r.calls[0]["timeout"] <= 2
+    assert 1.5 < r.calls[0].timeout <= 2
 
 
 def test_no_time_left_fails_without_running():
-    r = FakeRunner()
+    r = fake()
     q = make(r, pre=["pre-tool"], post=["post-tool"])
     with pytest.raises(QuiesceFailed, match="no time left in max_freeze"):
         q.quiesce(time.monotonic() - 1)
@@ -75,16 +66,16 @@ def test_no_time_left_fails_without_running():
 
 
 def test_failed_pre_skips_post():
-    r = FakeRunner(fail={"pre-tool": 3})
+    r = fake(fail={"pre-tool": 3})
     q = make(r, pre=["pre-tool"], post=["post-tool"])
     with pytest.raises(QuiesceFailed, match="pre failed"):
         q.quiesce(time.monotonic() + 10)
     q.release()
-    assert [c["argv"][0] for c in r.calls] == ["pre-tool"]
+    assert [c.argv[0] for c in r.calls] == ["pre-tool"]
 
 
 def test_failed_post_is_recorded_never_raised():
-    r = FakeRunner(fail={"post-tool": 1})
+    r = fake(fail={"post-tool": 1})
     q = make(r, pre=["pre-tool"], post=["post-tool"])
     q.quiesce(time.monotonic() + 10)
     rec = q.release()
@@ -92,15 +83,15 @@ def test_failed_post_is_recorded_never_raised():
 
 
 def test_record_output_off():
-    r = FakeRunner(stdout="secret-ish=1\n")
+    r = fake(stdout="secret-ish=1\n")
     q = make(r, pre=["pre-tool"], record_output=False)
     q.quiesce(time.monotonic() + 10)
     assert "stdout" not in q.release()["pre"]
 
 
 def test_releases_on_death_only_without_pre():
-    assert make(FakeRunner(), hold=["h"]).releases_on_death is True
-    assert make(FakeRunner(), pre=["p"], post=["q"]).releases_on_death is False
+    assert make(fake(), hold=["h"]).releases_on_death is True
+    assert make(fake(), pre=["p"], post=["q"]).releases_on_death is False
 
 
 def test_parse_values():

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.fakes import FakeRunner
 from snapagent.config import Config, Job, JobConfig, RawConfig, TargetEntry
 from snapagent.plugin.driver import Driver, Snapshot
 from snapagent.engine import BackupRun
 from snapagent.errors import FreezeOverrun, QuiesceFailed, SnapshotFailed
 from snapagent.plugin.quiescer import Quiescer
 from snapagent.targets.directory import DirectoryConfig, DirectoryTarget
+from tests.helpers.fakerunner import FakeRunner
 
 EVENTS: list = []
 

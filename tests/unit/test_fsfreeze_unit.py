@@ -9,45 +9,35 @@ import pytest
 from snapagent import config as configmod
 from snapagent.errors import CommandFailed, ConfigError, OperationFailed
 from snapagent.quiesce.fsfreeze.quiescer import FsfreezeQuiescer
-from snapagent.util.runner import Result, Runner
+from tests.helpers.fakerunner import FakeRunner, Reply
 
 
-class FakeRunner(Runner):
-    def __init__(self, rc=0, stderr="", dry_run=False):
-        super().__init__(dry_run=dry_run)
-        self.calls, self.rc, self.stderr = [], rc, stderr
-
-    def run(self, argv, *, mutating, timeout=None, **kw):
-        self.calls.append((list(argv), mutating))
-        if self.dry_run and mutating:
-            return Result(list(argv), 0, dry_run=True)
-        if self.rc:
-            raise CommandFailed(list(argv), self.rc, self.stderr)
-        return Result(list(argv), 0)
+def fake(rc=0, stderr="", dry_run=False):
+    return FakeRunner(lambda argv: Reply(rc, "", stderr), dry_run=dry_run)
 
 
 def test_undo_thaws_with_fsfreeze_u():
-    r = FakeRunner()
+    r = fake()
     assert FsfreezeQuiescer.undo({"kind": "freeze", "key": "/"}, r) == "thawed /"
-    assert r.calls == [(["fsfreeze", "-u", "/"], True)]
+    assert r.argvs(mutating=True) == [["fsfreeze", "-u", "/"]] and r.argvs() == [["fsfreeze", "-u", "/"]]
 
 
 def test_undo_not_frozen_is_success():
-    r = FakeRunner(rc=1, stderr="fsfreeze: /: unfreeze failed: Invalid argument\n")
+    r = fake(rc=1, stderr="fsfreeze: /: unfreeze failed: Invalid argument\n")
     assert FsfreezeQuiescer.undo({"kind": "freeze", "key": "/"}, r) == "/ was not frozen"
 
 
 def test_undo_other_failure_raises():
     with pytest.raises(CommandFailed):
-        FsfreezeQuiescer.undo({"kind": "freeze", "key": "/"}, FakeRunner(rc=1, stderr="Operation not permitted"))
+        FsfreezeQuiescer.undo({"kind": "freeze", "key": "/"}, fake(rc=1, stderr="Operation not permitted"))
 
 
 def test_undo_dry_run_and_gone_mounts(tmp_path):
-    assert FsfreezeQuiescer.undo({"kind": "freeze", "key": "/"}, FakeRunner(dry_run=True)) == "would thaw /"
-    r = FakeRunner()
+    assert FsfreezeQuiescer.undo({"kind": "freeze", "key": "/"}, fake(dry_run=True)) == "would thaw /"
+    r = fake()
     assert "not mounted any more" in FsfreezeQuiescer.undo({"kind": "freeze", "key": str(tmp_path / "gone")}, r)
     assert "not mounted any more" in FsfreezeQuiescer.undo({"kind": "freeze", "key": str(tmp_path)}, r)
-    assert r.calls == []
+    assert r.argvs() == []
     with pytest.raises(OperationFailed, match="unknown journal record"):
         FsfreezeQuiescer.undo({"kind": "snapshot", "key": "/"}, r)
 

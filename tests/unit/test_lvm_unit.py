@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.lvm_fakes import MIB, FakeRunner, lv_line, lvs_info_argv, not_found
+from tests.helpers.fakerunner import FakeRunner
+from tests.helpers.lvm_fakes import MIB, lv_line, lvm_runner, lvs_info_argv, not_found
 from snapagent.errors import ConfigError, PreflightFailed, SnapshotFailed
 from snapagent.journal import Journal, read_open
-from snapagent.util.runner import Runner
 from plugins.lvm import LvmDriver, LvmThinDriver
 from snapagent.util import mountinfo
 from plugins.lvm.monitor import SnapWatch
@@ -156,7 +156,7 @@ def test_mountinfo_of_this_process_parses():
 
 # -- driver: preflight -----------------------------------------------------------------------------
 def classic(answers=None, **opts) -> tuple[LvmDriver, FakeRunner]:
-    r = FakeRunner(answers)
+    r = lvm_runner(answers)
     return LvmDriver(r, LvmOptions(**opts)), r
 
 
@@ -177,7 +177,7 @@ def test_preflight_refuses_bad_names_before_any_command(mounts):
 
 
 def test_preflight_refuses_missing_tool(mounts):
-    r = FakeRunner(missing=("lvcreate",))
+    r = lvm_runner(missing=("lvcreate",))
     with pytest.raises(PreflightFailed, match="lvcreate.*lvm2"):
         LvmDriver(r, LvmOptions()).preflight(["vg0/data"])
 
@@ -227,7 +227,7 @@ def test_classic_snapshot_argv_and_journal(mounts, tmp_path):
     d, r = classic(answers)
     d.journal = j = Journal.start(tmp_path, "job", "run1")
     d.preflight(["vg0/data", "vg0/x"])
-    r.calls.clear()
+    del r.calls[:]
     snaps = d.snapshot(["vg0/data", "vg0/x"], "snapagent-job-1", time.monotonic() + 10)
     assert r.argvs() == [["lvcreate", "-s", "-n", "snapagent-job-1.0", "-L", f"{20 * MIB}b", "vg0/data"],
                          ["lvcreate", "-s", "-n", "snapagent-job-1.1", "-L", f"{4 * MIB}b", "vg0/x"]]
@@ -251,7 +251,7 @@ def test_snapshot_failure_is_typed(mounts):
 
 
 def test_dry_run_prints_lvcreate_and_runs_nothing_mutating(mounts):
-    r = FakeRunner({lvs_info_argv("vg0/data"): lv_line()}, dry_run=True)
+    r = lvm_runner({lvs_info_argv("vg0/data"): lv_line()}, dry_run=True)
     d = LvmDriver(r, LvmOptions())
     d.preflight(["vg0/data"])
     d.snapshot(["vg0/data"], "snapagent-j-1", time.monotonic() + 10)
@@ -282,10 +282,10 @@ def test_release_refuses_to_remove_a_stranger(mounts):
 
 def test_undo_snapshot_and_mount(mounts, tmp_path):
     ref = "vg0/snapagent-j-1"
-    r = FakeRunner({lvs_info_argv(ref): lv_line(lv="snapagent-j-1", attr="swi-a-s---", origin="data")})
+    r = lvm_runner({lvs_info_argv(ref): lv_line(lv="snapagent-j-1", attr="swi-a-s---", origin="data")})
     msg = LvmDriver.undo({"kind": "snapshot", "key": ref, "origin": "data"}, r)
     assert msg == f"removed LVM snapshot {ref}" and r.argvs(mutating=True) == [["lvremove", "-f", ref]]
-    gone = FakeRunner({("lvs", "--noheadings", "-o", "lv_name", ref): not_found})
+    gone = lvm_runner({("lvs", "--noheadings", "-o", "lv_name", ref): not_found})
     assert LvmThinDriver.undo({"kind": "snapshot", "key": ref, "origin": "data"}, gone) == f"LVM snapshot {ref} already gone"
     assert gone.argvs(mutating=True) == []
     # a mount with a space in its path: umount, then the private directories are removed
@@ -299,11 +299,11 @@ def test_undo_snapshot_and_mount(mounts, tmp_path):
         mounts.clear()
         return ""
 
-    r = FakeRunner({("umount", str(mnt)): umount})
+    r = lvm_runner({("umount", str(mnt)): umount})
     assert LvmDriver.undo({"kind": "mount", "key": str(mnt)}, r) == f"unmounted {mnt}"
     assert calls == [["umount", str(mnt)]]
     assert not mnt.parent.exists() and (tmp_path / "mount base").is_dir()
-    assert LvmDriver.undo({"kind": "mount", "key": str(mnt)}, FakeRunner()) == f"mount {mnt} already gone"
+    assert LvmDriver.undo({"kind": "mount", "key": str(mnt)}, lvm_runner()) == f"mount {mnt} already gone"
 
 
 # -- thin ------------------------------------------------------------------------------------------
@@ -313,10 +313,10 @@ def thin_answers(data="10.00", meta="5.00"):
 
 
 def test_thin_snapshot_argv(mounts):
-    r = FakeRunner(thin_answers())
+    r = lvm_runner(thin_answers())
     d = LvmThinDriver(r, LvmThinOptions())
     d.preflight(["vg0/data"])
-    r.calls.clear()
+    del r.calls[:]
     [snap] = d.snapshot(["vg0/data"], "snapagent-j-1", time.monotonic() + 10)
     assert r.argvs() == [["lvcreate", "-s", "-kn", "-n", "snapagent-j-1", "vg0/data"]]
     assert snap.info["snapshot_type"] == "thin" and snap.info["pool"] == "pool0"
@@ -328,14 +328,14 @@ def test_thin_snapshot_argv(mounts):
     ("", "", "usage unknown"),
 ])
 def test_thin_pool_usage_refused_with_numbers(mounts, data, meta, fragment):
-    d = LvmThinDriver(FakeRunner(thin_answers(data, meta)), LvmThinOptions())
+    d = LvmThinDriver(lvm_runner(thin_answers(data, meta)), LvmThinOptions())
     with pytest.raises(PreflightFailed, match="vg0/pool0") as e:
         d.preflight(["vg0/data"])
     assert fragment in str(e.value)
 
 
 def test_thin_refuses_thick_lv(mounts):
-    d = LvmThinDriver(FakeRunner({lvs_info_argv("vg0/data"): lv_line()}), LvmThinOptions())
+    d = LvmThinDriver(lvm_runner({lvs_info_argv("vg0/data"): lv_line()}), LvmThinOptions())
     with pytest.raises(PreflightFailed, match='not a thin volume.*use driver "lvm"'):
         d.preflight(["vg0/data"])
 
@@ -371,7 +371,7 @@ def test_export_fails_naming_snap_percent_when_snapshot_fills(mounts, tmp_path):
 
     from snapagent.plugin.driver import Snapshot
 
-    r = TarRunner(answers)
+    r = lvm_runner(answers, stream=lambda argv: ["sleep", "30"])  # a tar that would take 30 s
     d = LvmDriver(r, LvmOptions(mount_base=base, poll_interval=0.05))
     snap = Snapshot("vg0/data", ref, "snapagent-j-1", {"fstype": "ext4", "cow_bytes": 4 * MIB})
     t0 = time.monotonic()
@@ -397,7 +397,7 @@ def test_export_ok_records_max_snap_percent_and_xfs_nouuid(mounts, tmp_path):
 
     from snapagent.plugin.driver import Snapshot
 
-    r = TarRunner(answers)
+    r = lvm_runner(answers, stream=lambda argv: argv)  # the real tar
     d = LvmDriver(r, LvmOptions(mount_base=tmp_path, mount_options=["norecovery"]))
     snap = Snapshot("vg0/x", ref, "s", {"fstype": "xfs"})
     with d.export(snap, "tar") as stream:

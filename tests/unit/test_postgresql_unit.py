@@ -15,24 +15,9 @@ from snapagent.errors import ConfigError, OperationFailed
 from snapagent.quiesce.postgresql import drill as pg_drill
 from snapagent.quiesce.postgresql import restore as pg_restore
 from snapagent.quiesce.postgresql import wal as pg_wal
-from snapagent.util.runner import Result
+from tests.helpers.fakerunner import FakeRunner
 
 NASTY = "-a b;c $(touch pwned) 'q' %d"
-
-
-class FakeRunner:
-    dry_run = False
-
-    def __init__(self):
-        self.calls: list[list[str]] = []
-
-    def run(self, argv, **kw):
-        self.calls.append(list(argv))
-        return Result(list(argv), 0)
-
-    def stream(self, argv, **kw):
-        self.calls.append(list(argv))
-        raise RuntimeError("not started in unit tests")
 
 
 def parse(q: dict):
@@ -102,11 +87,10 @@ def test_wait_for_archive_names_missing_and_incomplete(tmp_path):
 
 
 def test_tar_stream_argv_and_refused_names(tmp_path):
-    r = FakeRunner()
-    with pytest.raises(RuntimeError):
-        with pg_wal.tar_stream(r, tmp_path / NASTY, ["000000010000000000000002"]):
-            pass
-    assert r.calls == [["tar", "--create", "--file=-", "--format=posix", "--directory", str(tmp_path / NASTY),
+    r = FakeRunner(stream=lambda argv: b"TAR")
+    with pg_wal.tar_stream(r, tmp_path / NASTY, ["000000010000000000000002"]) as s:
+        assert s.read() == b"TAR"
+    assert r.argvs() == [["tar", "--create", "--file=-", "--format=posix", "--directory", str(tmp_path / NASTY),
                         "--no-wildcards", "--", "000000010000000000000002"]]
     with pytest.raises(OperationFailed):
         with pg_wal.tar_stream(r, tmp_path, ["--checkpoint-action=exec=sh"]):
@@ -214,7 +198,7 @@ def test_acl_argv():
     r = FakeRunner()
     pg_restore.grant_traverse(r, [Path("/x") / NASTY], 101)
     pg_restore.revoke_traverse(r, [Path("/x") / NASTY], 101)
-    assert r.calls == [["setfacl", "-m", "u:101:x", "--", f"/x/{NASTY}"], ["setfacl", "-x", "u:101", "--", f"/x/{NASTY}"]]
+    assert r.argvs() == [["setfacl", "-m", "u:101:x", "--", f"/x/{NASTY}"], ["setfacl", "-x", "u:101", "--", f"/x/{NASTY}"]]
 
 
 def test_drill_postmaster_argv(tmp_path):

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.fakezfs import FakeRunner, FakeZfs
+from tests.helpers.fakerunner import FakeRunner
+from tests.helpers.fakezfs import FakeZfs, zfs_runner
 from snapagent.config import parse
 from snapagent.plugin.driver import Snapshot
 from snapagent.errors import ConfigError, ExportFailed, OperationFailed, PreflightFailed, RestoreRefused, SnapshotFailed
@@ -28,7 +29,7 @@ def make(*datasets: str, opts: dict | None = None, journal=None, **kw) -> tuple[
     fake = FakeZfs()
     for d in datasets:
         fake.add(d)
-    runner = FakeRunner(fake, **kw)
+    runner = zfs_runner(fake, **kw)
     return ZfsDriver(runner, ZfsOptions(**(opts or {})), journal), runner
 
 
@@ -54,16 +55,16 @@ def test_illegal_names_are_refused_before_any_command(name, why):
     with pytest.raises(ConfigError) as e:
         drv.preflight(["tank/ok", name])
     assert "volumes:" in str(e.value) and "not a valid ZFS dataset name" in str(e.value)
-    assert runner.calls == []
+    assert runner.argvs() == []
 
 
 # -- preflight ------------------------------------------------------------------------------------
 def test_preflight_one_list_call_with_exact_argv():
     drv, runner = make(SPACE, LEAD)
     drv.preflight([SPACE, LEAD])
-    assert runner.calls == [["zfs", "list", "-H", "-p", "-o", LIST_PROPS, "-t", "filesystem,volume", "--", SPACE, LEAD]]
+    assert runner.argvs() == [["zfs", "list", "-H", "-p", "-o", LIST_PROPS, "-t", "filesystem,volume", "--", SPACE, LEAD]]
     assert drv.volume_root(SPACE) == Path("/mnt/tank/app db")
-    assert len(runner.calls) == 1  # mountpoint cached from preflight
+    assert len(runner.argvs()) == 1  # mountpoint cached from preflight
 
 
 def test_preflight_names_the_missing_dataset():
@@ -83,7 +84,7 @@ def test_preflight_refuses_two_pools_unless_cross_pool():
     drv, runner = make("tank/a", "other/b")
     with pytest.raises(PreflightFailed, match=r"span pools 'tank', 'other'.*cross_pool"):
         drv.preflight(["tank/a", "other/b"])
-    assert runner.calls == []
+    assert runner.argvs() == []
     drv, _ = make("tank/a", "other/b", opts={"cross_pool": True})
     drv.preflight(["tank/a", "other/b"])
 
@@ -112,17 +113,17 @@ class SpyJournal:
         self.events, self.runner = [], runner
 
     def open(self, kind, key, owner, **data):
-        self.events.append(("open", key, len(self.runner.calls), data))
+        self.events.append(("open", key, len(self.runner.argvs()), data))
 
     def close(self, kind, key):
-        self.events.append(("close", key, len(self.runner.calls), {}))
+        self.events.append(("close", key, len(self.runner.argvs()), {}))
 
 
 def test_snapshot_is_one_call_journaled_first():
     drv, runner = make(SPACE, LEAD)
     drv.journal = j = SpyJournal(runner)
     snaps = drv.snapshot([SPACE, LEAD], "snapagent-job-1", far())
-    assert runner.calls == [["zfs", "snapshot", "--", f"{SPACE}@snapagent-job-1", f"{LEAD}@snapagent-job-1"]]
+    assert runner.argvs() == [["zfs", "snapshot", "--", f"{SPACE}@snapagent-job-1", f"{LEAD}@snapagent-job-1"]]
     assert [(e[0], e[1], e[2]) for e in j.events] == [("open", f"{SPACE}@snapagent-job-1", 0), ("open", f"{LEAD}@snapagent-job-1", 0)]
     assert [s.handle for s in snaps] == [f"{SPACE}@snapagent-job-1", f"{LEAD}@snapagent-job-1"]
     assert {s.info["atomic_group"] for s in snaps} == {0}
@@ -132,7 +133,7 @@ def test_snapshot_is_one_call_journaled_first():
 def test_snapshot_recursive_and_cross_pool_groups():
     drv, runner = make("tank/a", "other/b", "tank/c", opts={"recursive": True, "cross_pool": True})
     snaps = drv.snapshot(["tank/a", "other/b", "tank/c"], "s", far())
-    assert runner.calls == [["zfs", "snapshot", "-r", "--", "tank/a@s", "tank/c@s"],
+    assert runner.argvs() == [["zfs", "snapshot", "-r", "--", "tank/a@s", "tank/c@s"],
                             ["zfs", "snapshot", "-r", "--", "other/b@s"]]
     assert [s.info["atomic_group"] for s in snaps] == [0, 1, 0]
     assert all(s.info["recursive"] for s in snaps)
@@ -148,7 +149,7 @@ def test_snapshot_failure_is_parsed():
 def test_snapshot_dry_run_runs_nothing():
     drv, runner = make(SPACE, dry_run=True)
     drv.snapshot([SPACE], "s", far())
-    assert runner.calls == [] and runner.fake.snapshots == {}
+    assert runner.argvs() == [] and runner.fake.snapshots == {}
     assert runner.echoed and "snapshot" in runner.echoed[0]
 
 
@@ -157,7 +158,7 @@ def test_release_destroys_deferred_and_is_idempotent():
     drv.journal = j = SpyJournal(runner)
     (snap,) = drv.snapshot([SPACE], "s", far())
     drv.release(snap)
-    assert ["zfs", "destroy", "-d", "--", f"{SPACE}@s"] in runner.calls
+    assert ["zfs", "destroy", "-d", "--", f"{SPACE}@s"] in runner.argvs()
     assert runner.fake.snapshots == {}
     drv.release(snap)  # already gone: no error
     assert j.events[-1][0] == "close"
@@ -172,7 +173,7 @@ def test_real_journal_undo_after_a_killed_run(tmp_path):
     assert [r["key"] for r in open_recs] == [f"{SPACE}@s", f"{LEAD}@s"]
     msgs = [ZfsDriver.undo(r, runner) for r in reversed(open_recs)]
     assert msgs[0].startswith(f"zfs snapshot {LEAD}@s: destroyed") and msgs[1].startswith(f"zfs snapshot {SPACE}@s: destroyed")
-    assert ["zfs", "release", "--", "snapagent", f"{LEAD}@s"] in runner.calls
+    assert ["zfs", "release", "--", "snapagent", f"{LEAD}@s"] in runner.argvs()
     assert runner.fake.snapshots == {}
     assert ZfsDriver.undo(open_recs[0], runner) == f"zfs snapshot {SPACE}@s: already gone"
 
@@ -182,7 +183,7 @@ def test_undo_respects_someone_elses_hold():
     drv.snapshot([SPACE], "s", far())
     runner.fake.snapshots[f"{SPACE}@s"]["holds"].add("admin")
     ZfsDriver.undo({"kind": "snapshot", "key": f"{SPACE}@s"}, runner)
-    assert ["zfs", "destroy", "-d", "--", f"{SPACE}@s"] in runner.calls
+    assert ["zfs", "destroy", "-d", "--", f"{SPACE}@s"] in runner.argvs()
     assert runner.fake.snapshots[f"{SPACE}@s"]["defer"] is True
 
 
@@ -197,18 +198,18 @@ def test_send_full_then_incremental_from_held_base():
     assert drv.keeps_base("send") and not drv.keeps_base("tar")
     (s1,) = drv.snapshot([SPACE], "snapagent-b1", far())
     read_export(drv, s1, "send")
-    assert runner.streams[-1].argv == ["zfs", "send", "-w", "-c", "-L", "--", f"{SPACE}@snapagent-b1"]
+    assert runner.procs[-1].argv == ["zfs", "send", "-w", "-c", "-L", "--", f"{SPACE}@snapagent-b1"]
     assert s1.info["createtxg"] == 100 and "parent_snapshot" not in s1.info
     drv.keep(s1)
-    assert ["zfs", "hold", "--", "snapagent", f"{SPACE}@snapagent-b1"] in runner.calls
+    assert ["zfs", "hold", "--", "snapagent", f"{SPACE}@snapagent-b1"] in runner.argvs()
     item = {"volume": SPACE, "snapshot": s1.handle, "kept": True, "backup_id": "b1", **s1.info}
     (s2,) = drv.snapshot([SPACE], "snapagent-b2", far())
     read_export(drv, s2, "send", item)
-    assert runner.streams[-1].argv == ["zfs", "send", "-w", "-c", "-L", "-i", f"{SPACE}@snapagent-b1", "--", f"{SPACE}@snapagent-b2"]
+    assert runner.procs[-1].argv == ["zfs", "send", "-w", "-c", "-L", "-i", f"{SPACE}@snapagent-b1", "--", f"{SPACE}@snapagent-b2"]
     assert s2.info["parent_snapshot"] == f"{SPACE}@snapagent-b1"
     drv.keep(s2)
     drv.release_base(item)
-    assert ["zfs", "release", "--", "snapagent", f"{SPACE}@snapagent-b1"] in runner.calls
+    assert ["zfs", "release", "--", "snapagent", f"{SPACE}@snapagent-b1"] in runner.argvs()
     assert list(runner.fake.snapshots) == [f"{SPACE}@snapagent-b2"]
     drv.release_base(item)  # idempotent
 
@@ -225,7 +226,7 @@ def test_unusable_base_falls_back_to_full_send(spoil, why, caplog):
     spoil(runner.fake, s1.handle)
     (s2,) = drv.snapshot([SPACE], "b2", far())
     read_export(drv, s2, "send", item)
-    assert "-i" not in runner.streams[-1].argv and "parent_snapshot" not in s2.info
+    assert "-i" not in runner.procs[-1].argv and "parent_snapshot" not in s2.info
 
 
 def test_release_base_leaves_a_same_named_other_snapshot():
@@ -242,7 +243,7 @@ def test_tar_export_reads_the_snapshot_directory(tmp_path):
     drv.preflight([SPACE])
     (snap,) = drv.snapshot([SPACE], "s", far())
     read_export(drv, snap, "tar")
-    argv = runner.streams[-1].argv
+    argv = runner.procs[-1].argv
     assert argv[0] == "tar" and argv[argv.index("--directory") + 1] == str(tmp_path / "app db/.zfs/snapshot/s")
 
 
@@ -268,7 +269,7 @@ MANIFEST = {"id": "job-1", "export_format": "send", "volumes": [{"volume": SPACE
 def test_prepare_destination_for_send_creates_a_new_dataset():
     drv, runner = make("tank")
     assert drv.prepare_destination("tank/restored x", MANIFEST, force=False) == ("tank/restored x", None, Path("/mnt/tank/restored x"))
-    assert runner.calls[-2] == ["zfs", "create", "-p", "--", "tank/restored x"]
+    assert runner.argvs()[-2] == ["zfs", "create", "-p", "--", "tank/restored x"]
 
 
 def test_prepare_destination_refusals():
@@ -279,7 +280,7 @@ def test_prepare_destination_refusals():
         drv.prepare_destination("nopool/x", MANIFEST, force=False)
     with pytest.raises(RestoreRefused, match="already exists.*--force"):
         drv.prepare_destination("tank/exists", MANIFEST, force=False)
-    assert not [c for c in runner.calls if c[1] in ("create", "rename")]
+    assert not [c for c in runner.argvs() if c[1] in ("create", "rename")]
     name, moved, _ = drv.prepare_destination("tank/exists", MANIFEST, force=True)
     assert moved.startswith("tank/exists.pre-restore-") and moved in runner.fake.datasets
     assert drv.prepare_destination("/srv/restore", {**MANIFEST, "export_format": "tar"}, False) is None
@@ -287,24 +288,24 @@ def test_prepare_destination_refusals():
 
 def test_receive_chain_argv():
     drv, runner = make("tank")
-    runner.on_receive = lambda argv: runner.fake.add(argv[-1], mounted="no")
+    runner.fake.on_receive = lambda argv: runner.fake.add(argv[-1], mounted="no")
     full = drv.restore(__import__("io").BytesIO(b"full"), "send", "tank/r/app_db", {"snapshot": "x"})
-    assert runner.streams[-1].argv == ["zfs", "receive", "-x", "mountpoint", "--", "tank/r/app_db"]
-    assert runner.streams[-1].received == b"full"
-    assert ["zfs", "mount", "--", "tank/r/app_db"] in runner.calls and full == Path("/mnt/tank/r/app_db")
-    runner.on_receive = None
+    assert runner.procs[-1].argv == ["zfs", "receive", "-x", "mountpoint", "--", "tank/r/app_db"]
+    assert runner.procs[-1].received == b"full"
+    assert ["zfs", "mount", "--", "tank/r/app_db"] in runner.argvs() and full == Path("/mnt/tank/r/app_db")
+    runner.fake.on_receive = None
     drv.restore(__import__("io").BytesIO(b"incr"), "send", "tank/r/app_db", {"parent": "job-0"})
-    assert runner.streams[-1].argv == ["zfs", "receive", "-x", "mountpoint", "-F", "--", "tank/r/app_db"]
+    assert runner.procs[-1].argv == ["zfs", "receive", "-x", "mountpoint", "-F", "--", "tank/r/app_db"]
 
 
 def test_drill_destination_and_discard():
     drv, runner = make("tank")
     name = drv.drill_destination(MANIFEST, "job-1.42")
     assert name == "tank/snapagent-drill/job-1.42"
-    assert ["zfs", "create", "-p", "--", "tank/snapagent-drill"] in runner.calls
+    assert ["zfs", "create", "-p", "--", "tank/snapagent-drill"] in runner.argvs()
     runner.fake.add(name)
     drv.discard(name)
-    assert ["zfs", "destroy", "-r", "--", name] in runner.calls and name not in runner.fake.datasets
+    assert ["zfs", "destroy", "-r", "--", name] in runner.argvs() and name not in runner.fake.datasets
     drv2, _ = make("tank", opts={"drill_parent": "tank/scratch space"})
     assert drv2.drill_destination(MANIFEST, "u") == "tank/scratch space/u"
     assert drv.drill_destination({**MANIFEST, "export_format": "tar"}, "u") is None

@@ -8,7 +8,8 @@ import json
 import time
 import tomllib
 
-from tests.helpers.fakezfs import FakeRunner, FakeZfs
+from tests.helpers.fakerunner import FakeRunner
+from tests.helpers.fakezfs import FakeZfs, zfs_runner
 from snapagent.config import parse
 from snapagent.engine import BackupRun
 from snapagent.restore import restore
@@ -29,7 +30,7 @@ def test_full_incremental_chain_and_dataset_restore(tmp_path):
     fake = FakeZfs()
     fake.add("tank")
     fake.add(DS, mountpoint=str(tmp_path / "live"))
-    runner = FakeRunner(fake)
+    runner = zfs_runner(fake)
     m1 = BackupRun(cfg, cfg.job("db"), runner).run()
     v1 = m1["volumes"][0]
     assert v1["kept"] and "parent" not in v1 and fake.snapshots[v1["snapshot"]]["holds"] == {"snapagent"}
@@ -41,12 +42,12 @@ def test_full_incremental_chain_and_dataset_restore(tmp_path):
     assert not list((tmp_path / "state" / "journal" / "db").glob("*.jsonl"))  # nothing left open
 
     received = []
-    runner.on_receive = lambda argv: (received.append(argv), argv[-1] in fake.datasets or fake.add(argv[-1]))
+    runner.fake.on_receive = lambda argv: (received.append(argv), argv[-1] in fake.datasets or fake.add(argv[-1]))
     summary = restore(cfg, runner, m2["id"], "tank/restored")
     assert summary["dest"] == "tank/restored"
     assert received == [["zfs", "receive", "-x", "mountpoint", "--", "tank/restored/app_db"],
                         ["zfs", "receive", "-x", "mountpoint", "-F", "--", "tank/restored/app_db"]]
-    assert [s.received for s in runner.streams if s.argv[1] == "receive"] == [
+    assert [s.received for s in runner.procs if s.argv[1] == "receive"] == [
         f"STREAM zfs send -- {v1['snapshot']}".encode(),
         f"STREAM zfs send -i {v1['snapshot']} -- {v2['snapshot']}".encode()]
     assert summary["volumes"] == [{"volume": DS, "path": "/mnt/tank/restored/app_db", "restored_as": "tank/restored/app_db"}]
@@ -57,6 +58,6 @@ def test_tar_backup_restores_into_a_directory(tmp_path):
     fake = FakeZfs()
     fake.add(DS, mountpoint=str(tmp_path / "live"))
     (tmp_path / "live" / ".zfs" / "snapshot").mkdir(parents=True)
-    runner = FakeRunner(fake)
+    runner = zfs_runner(fake)
     job = cfg.job("db")
     assert not job.driver_cls(runner, job.options).prepare_destination(str(tmp_path / "out"), {"export_format": "tar"}, False)

@@ -125,7 +125,8 @@ class FsfreezeQuiescer(Quiescer):
             return
         argv = [sys.executable, "-m", WATCHDOG, *self.mps]
         try:
-            wd = self.ctx.runner.stream(argv, mutating=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            wd = self.ctx.runner.stream(argv, mutating=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        new_session=True)
         except CommandFailed as e:
             raise PreflightFailed(f"fsfreeze: cannot start the watchdog: {e}") from None
         if wd.proc is None:  # dry run
