@@ -1,4 +1,5 @@
-"""Undo what killed runs left behind, from their step journals."""
+"""Undo what runs left behind, from their step journals: the one code path for a run's own exit
+(normal, error, signal) and for ``snapagent cleanup`` after a kill."""
 
 from __future__ import annotations
 
@@ -6,25 +7,31 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from snapagent import registry
+from . import held, registry
 from .errors import OperationFailed
-from .joblock import JobLock
-from .journal import journals, read_open
-from snapagent.util.runner import Runner
+from .journal import holder, journals, read_open
+from .util.runner import Runner
 
 log = logging.getLogger("snapagent.cleanup")
 
 
+def _undoer(owner: dict[str, str]):
+    """Return the plugin class (or core module) that undoes records of ``owner``."""
+    if owner.get("kind") == "core":
+        if owner.get("name") != held.OWNER["name"]:
+            raise OperationFailed(f"unknown core owner {owner.get('name')!r}")
+        return held
+    return registry.discover(owner["kind"])[owner["name"]].load()
+
+
 def undo_records(records: list[dict[str, Any]], runner: Runner) -> tuple[list[str], list[str]]:
-    """Undo open journal ``records`` in reverse order; return (done, failed) messages. Never raises."""
+    """Undo open journal ``records`` in reverse order; return (done, failed) messages. Never raises
+    an Exception (an undo that fails leaves its record for the next try)."""
     done, failed = [], []
     for rec in reversed(records):
-        owner = rec.get("owner", {})
         what = f"{rec.get('kind')} {rec.get('key')!r}"
         try:
-            plugins = registry.discover(owner["kind"])
-            cls = plugins[owner["name"]].load()
-            msg = cls.undo(rec, runner)
+            msg = _undoer(rec.get("owner") or {}).undo(rec, runner)
             done.append(msg)
             log.info("cleanup: %s", msg)
         except Exception as e:  # noqa: BLE001 - keep undoing the rest; the journal stays
@@ -33,33 +40,22 @@ def undo_records(records: list[dict[str, Any]], runner: Runner) -> tuple[list[st
     return done, failed
 
 
-def sweep(state_dir: Path, runner: Runner, job: str | None = None, holding: str | None = None) -> list[str]:
-    """Undo the leftovers of every dead run (of ``job``); return what was done.
-
-    Journals of a job whose lock is held by another live process are skipped. ``holding`` names a
-    job whose lock the caller already holds. Raises OperationFailed when something could not be
-    undone (its journal is kept for the next try).
-    """
+def sweep(state_dir: Path, runner: Runner, group: str | None = None) -> list[str]:
+    """Undo the leftovers of every dead run (of ``group``: a job, ``_restore``, ``_drill``); return
+    what was done. Journals held by a live snapagent are skipped. Raise OperationFailed when
+    something could not be undone (its journal is kept for the next try)."""
     done: list[str] = []
     failures: list[str] = []
-    for path in list(journals(state_dir, job)):
-        jname = path.parent.name
-        lock = None
-        if jname != holding:
-            lock = JobLock(state_dir, jname)
-            if not lock.try_acquire():
-                done.append(f"skipped {path.name}: job {jname!r} is running (pid {lock.holder()})")
-                continue
-        try:
-            records = read_open(path)
-            ok, bad = undo_records(records, runner)
-            done.extend(ok)
-            failures.extend(bad)
-            if not bad and not runner.dry_run:
-                path.unlink(missing_ok=True)
-        finally:
-            if lock:
-                lock.release()
+    for path in list(journals(state_dir, group)):
+        pid = holder(path)
+        if pid is not None:
+            done.append(f"skipped {path.parent.name}/{path.name}: its run is still going (pid {pid})")
+            continue
+        ok, bad = undo_records(read_open(path), runner)
+        done.extend(ok)
+        failures.extend(bad)
+        if not bad and not runner.dry_run:
+            path.unlink(missing_ok=True)
     if failures:
         raise OperationFailed("cleanup incomplete:\n  " + "\n  ".join(failures))
     return done

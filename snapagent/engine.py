@@ -1,9 +1,12 @@
-"""The engine: runs one job as a consistency group.
+"""The backup lifecycle: runs one job as a consistency group.
 
 preflight all → lock job → sweep leftovers → journal → quiesce all (fixed order) → snapshot all →
 verify all → release all (reverse order; only those that quiesced) → export → target commit
-(artifacts, then manifest) → release snapshots. Everything taken is journaled before it is taken
-and undone from the journal on every exit path, including exceptions and SIGTERM/SIGINT.
+(artifacts, then manifest) → release snapshots (or keep incremental bases). Everything taken is
+journaled before it is taken and undone from the journal on every exit path: exceptions and
+signals (``snapagent.signals``) included. Once the manifest is committed the backup exists: what
+fails afterwards (releasing a snapshot) is a warning that ``snapagent cleanup`` retries, and the
+run succeeds.
 """
 
 from __future__ import annotations
@@ -11,22 +14,28 @@ from __future__ import annotations
 import logging
 import os
 import re
-import signal
 import socket
+import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
 
-from snapagent import __version__, cleanup
+from pydantic import ValidationError
+
+from . import __version__, cleanup, signals
 from .config import Config, Job
-from snapagent.plugin.driver import Driver, Snapshot
-from .errors import FreezeOverrun, Interrupted, PreflightFailed, SnapshotFailed
-from snapagent.util.fs import is_within
+from .errors import FreezeOverrun, OperationFailed, PreflightFailed, SnapshotFailed
 from .joblock import JobLock
 from .journal import Journal, read_open
-from snapagent.plugin.quiescer import QuiesceContext, Quiescer
-from snapagent.util.runner import Runner
+from .manifest import ExtraRecord, Manifest, QuiescerRecord, Volume
+from .plugin.driver import Driver, IncrementalBase, Snapshot
+from .plugin.quiescer import QuiesceContext, Quiescer
+from .plugin.target import Stored, Writer
+from .util.fs import is_within
+from .util.names import check_abspath
+from .util.runner import Runner
 
 log = logging.getLogger("snapagent.engine")
 
@@ -35,32 +44,14 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def iso(dt: datetime) -> str:
-    return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def label_for(volume: str, taken: set[str]) -> str:
     """Return a filesystem-safe, unique label for ``volume`` (its last path component)."""
     base = re.sub(r"[^A-Za-z0-9._-]", "_", volume.rstrip("/").rsplit("/", 1)[-1] or "root").lstrip(".-") or "vol"
-    label, n = base, 2
+    label, n = base[:200], 2
     while label in taken:
-        label, n = f"{base}-{n}", n + 1
+        label, n = f"{base[:200]}-{n}", n + 1
     taken.add(label)
     return label
-
-
-@contextmanager
-def signals_raise() -> Iterator[None]:
-    """Within the block, SIGTERM/SIGINT/SIGHUP raise Interrupted so every ``finally`` releases."""
-    def handler(signum, frame):
-        raise Interrupted(f"interrupted by {signal.Signals(signum).name}; everything taken was released")
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 class Phases:
@@ -78,8 +69,16 @@ class Phases:
             self.ms[name] = round((time.monotonic() - t) * 1000, 1)
 
 
+@dataclass
+class BackupResult:
+    """A committed backup, and what went wrong after the commit (``snapagent cleanup`` retries it)."""
+
+    manifest: Manifest
+    warnings: list[str] = field(default_factory=list)
+
+
 class BackupRun:
-    """One run of one job. ``run()`` returns the manifest (or the plan, in dry-run mode)."""
+    """One run of one job: ``run()`` takes the backup, ``plan()`` is the dry run."""
 
     def __init__(self, config: Config, job: Job, runner: Runner, say: Callable[[str], None] = lambda s: None):
         self.config = config
@@ -101,13 +100,18 @@ class BackupRun:
     # -- preflight ------------------------------------------------------------------------------
     def preflight(self) -> None:
         """Check everything and take nothing; raise PreflightFailed naming what is wrong."""
-        vols = self.job.cfg.volumes
-        self.driver.preflight(vols)
-        roots = [self.driver.volume_root(v) for v in vols]
+        vols = list(self.job.cfg.volumes)
+        roots = self.driver.preflight(vols)
+        if len(roots) != len(vols):
+            raise PreflightFailed(f"driver {self.driver.name!r} named {len(roots)} volume roots for {len(vols)} volumes")
         self.ctx.volume_roots = list(roots)
         self.ctx.atomic = bool(self.driver.atomic)
         for q in self.quiescers:
             for f in q.files():
+                try:
+                    check_abspath(str(f))
+                except ValueError as e:
+                    raise PreflightFailed(f"{q.describe()}: {e}") from None
                 for i, root in enumerate(roots):
                     if is_within(f, root):
                         self.locations[str(f)] = (i, os.path.relpath(os.path.realpath(f), os.path.realpath(root)))
@@ -122,22 +126,26 @@ class BackupRun:
         if self.state_dir.exists() and not os.access(self.state_dir, os.W_OK):
             raise PreflightFailed(f"state_dir {self.state_dir} is not writable")
 
-    # -- the run --------------------------------------------------------------------------------
-    def run(self) -> dict[str, Any]:
-        created = utcnow()
-        backup_id = f"{self.job.name}-{created:%Y%m%dT%H%M%SZ}"
+    def _preflight_or_close(self) -> None:
         try:
             with self.phases("preflight"):
                 self.preflight()
         except BaseException:
             self._close_quiescers()
             raise
-        if self.runner.dry_run:
-            return self._dry_run(backup_id)
+
+    # -- the run --------------------------------------------------------------------------------
+    def run(self) -> BackupResult:
+        """Take the backup; return it once committed. Raise OperationFailed (nothing stored,
+        everything released) or Interrupted."""
+        assert not self.runner.dry_run, "use plan() for a dry run"
+        self._preflight_or_close()
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with signals_raise(), JobLock(self.state_dir, self.job.name):
-            for msg in cleanup.sweep(self.state_dir, self.runner, self.job.name, holding=self.job.name):
+        with signals.raising(), JobLock(self.state_dir, self.job.name):
+            for msg in cleanup.sweep(self.state_dir, self.runner, self.job.name):
                 self.say(f"cleaned up after an earlier run: {msg}")
+            created = utcnow()
+            backup_id = f"{self.job.name}-{created:%Y%m%dT%H%M%SZ}"
             while self.target.get(backup_id) is not None:  # two runs within one second
                 time.sleep(1)
                 created = utcnow()
@@ -145,18 +153,24 @@ class BackupRun:
             journal = Journal.start(self.state_dir, self.job.name, backup_id)
             self.driver.journal = journal
             self.ctx.journal = journal
-            ok = False
+            result: BackupResult | None = None
             try:
-                manifest = self._run(backup_id, created, journal)
-                ok = True
-                return manifest
+                result = self._backup(backup_id, created, journal)
+                return result
             finally:
-                self._close_quiescers()
-                _, failed = cleanup.undo_records(read_open(journal.path), self.runner)
-                if not failed:
-                    journal.finish()
-                elif ok:
-                    log.error("some leftovers could not be released; `snapagent cleanup` will retry: %s", failed)
+                with signals.shielded(raise_after=False):
+                    self._close_quiescers()
+                    _, failed = cleanup.undo_records(read_open(journal.path), self.runner)
+                    if failed:
+                        journal.close_file()
+                        if result is not None:
+                            result.warnings += failed
+                        log.log(logging.WARNING if result is not None else logging.ERROR,
+                                "left for `snapagent cleanup` to release: %s", "; ".join(failed))
+                    else:
+                        journal.finish()
+                    if result is not None and signals.caught():
+                        result.warnings.append(f"{signals.caught()} received after the backup was complete; it is kept")
 
     def _close_quiescers(self) -> None:
         for q in reversed(self.quiescers):
@@ -165,71 +179,97 @@ class BackupRun:
             except Exception:  # noqa: BLE001 - release never raises by contract; be defensive
                 log.exception("releasing %s", q.describe())
 
-    def _run(self, backup_id: str, created: datetime, journal: Journal) -> dict[str, Any]:
+    def _backup(self, backup_id: str, created: datetime, journal: Journal) -> BackupResult:
         snap_name = f"snapagent-{backup_id}"
         snaps, qrecords, window = self._freeze_and_snapshot(snap_name)
         self.say(f"snapshot {snap_name}: {len(snaps)} volume(s), freeze window {window * 1000:.0f} ms")
         fmt = self.job.export
-        keeps = self.driver.keeps_base(fmt)
-        prev = self.target.list(self.job.name)[-1:] if keeps else []
-        prev_items = {v["volume"]: {**v, "backup_id": prev[0]["id"]} for v in prev[0]["volumes"]} if prev else {}
+        driver = self.driver
+        keeps = isinstance(driver, IncrementalBase) and driver.keeps_base(fmt)
+        prev = self._previous() if keeps else None
         writer = self.target.begin(self.job.name, backup_id, journal)
-        volumes, artifacts, taken = [], [], set()
+        taken: set[str] = set()
         labels = [label_for(snap.volume, taken) for snap in snaps]
         with self.phases("extra"):
-            artifacts += self._export_extras(writer, qrecords, taken)
+            artifacts, extras = self._export_extras(writer, qrecords, taken)
+        volumes = []
         with self.phases("export"):
             for i, snap in enumerate(snaps):
-                label = labels[i]
-                art_name = f"{i:02d}-{label}.{fmt}"
-                parent = prev_items.get(snap.volume)
-                with self.driver.export(snap, fmt, parent if parent and parent.get("kept") else None) as stream:
-                    info = writer.add_artifact(art_name, stream)
-                self.driver.check([snap])
-                artifacts.append(info.as_dict())
-                item = {"volume": snap.volume, "label": label, "snapshot": snap.handle,
-                        "artifact": info.name, "format": fmt, "kept": keeps, **snap.info}
-                if snap.info.get("parent_snapshot"):
-                    item["parent"] = parent["backup_id"]
-                volumes.append(item)
-                self.say(f"exported {snap.volume} -> {info.name} ({info.raw_size} bytes, stored {info.size})")
-        for rec in qrecords:
-            rec["locations"] = {f: {"volume": self.locations[f][0], "relpath": self.locations[f][1]}
-                                for f in map(str, rec.get("files", [rec.get("path")])) if f in self.locations}
-        manifest = {
-            "format": 1, "id": backup_id, "job": self.job.name, "host": socket.gethostname(),
-            "created": iso(created), "driver": self.driver.name, "export_format": fmt,
-            "snapshot_name": snap_name, "volumes": volumes, "quiescers": qrecords,
-            "freeze_window_ms": round(window * 1000, 3), "max_freeze_ms": round(self.job.cfg.max_freeze * 1000),
-            "phases_ms": self.phases.ms, "artifacts": artifacts,
-            "versions": {"snapagent": __version__, **self.driver.tool_versions()},
-        }
-        with self.phases("commit"):
-            manifest["completed"] = iso(utcnow())
-            manifest["phases_ms"] = dict(self.phases.ms)
+                base = prev.manifest.volume(snap.volume) if prev else None
+                with driver.export(snap, fmt, base if base is not None and base.kept else None) as stream:
+                    art = writer.add_artifact(f"{i:02d}-{labels[i]}.{fmt}", stream)
+                artifacts.append(art)
+                volumes.append(dict(volume=snap.volume, label=labels[i], snapshot=snap.handle, artifact=art.name,
+                                    format=fmt, kept=keeps, info=snap.info,
+                                    parent=prev.id if prev and snap.info.get("parent_snapshot") else None))
+                self.say(f"exported {snap.volume} -> {art.name} ({art.raw_size} bytes, stored {art.size})")
+        manifest = self._manifest(backup_id, created, snap_name, window, volumes, qrecords, extras, artifacts, fmt)
+        with self.phases("commit"), signals.shielded(raise_after=False):
             writer.commit(manifest)
-        with self.phases("release"):
-            for snap in snaps:
-                (self.driver.keep if keeps else self.driver.release)(snap)
-            for item in prev_items.values():
-                if item.get("kept"):
-                    self.driver.release_base(item)
-        return manifest
+        return BackupResult(manifest, self._after_commit(snaps, keeps, prev))
 
-    def _export_extras(self, writer, qrecords: list[dict], taken: set[str]) -> list[dict]:
-        """Store each quiescer's extra artifacts (tar); note them in its record; return artifact infos."""
-        out = []
+    def _manifest(self, backup_id: str, created: datetime, snap_name: str, window: float, volumes: list[dict],
+                  qrecords: list[dict], extras: list[list[ExtraRecord]], artifacts: list, fmt: str) -> Manifest:
+        quiescers = []
+        for rec, ex in zip(qrecords, extras):
+            files = [str(f) for f in rec.get("files", [rec.get("path")]) if f is not None]
+            locs = {f: {"volume": self.locations[f][0], "relpath": self.locations[f][1]}
+                    for f in files if f in self.locations}
+            quiescers.append({**rec, "locations": locs, "artifacts": ex})
+        try:
+            return Manifest(
+                id=backup_id, job=self.job.name, host=socket.gethostname(), created=created, completed=utcnow(),
+                driver=self.driver.name, export_format=fmt, snapshot_name=snap_name,
+                volumes=[Volume.model_validate(v) for v in volumes],
+                quiescers=[QuiescerRecord.model_validate(q) for q in quiescers],
+                freeze_window_ms=round(window * 1000, 3), max_freeze_ms=round(self.job.cfg.max_freeze * 1000),
+                phases_ms=dict(self.phases.ms), artifacts=artifacts,
+                versions={"snapagent": __version__, **self.driver.tool_versions()})
+        except ValidationError as e:  # a plugin recorded something the manifest cannot hold
+            raise OperationFailed(f"the manifest of {backup_id} would be invalid, nothing was stored: {e}") from None
+
+    def _previous(self) -> Stored | None:
+        """Return the newest good backup of this job in its target (the incremental base), if any."""
+        good = [b for b in self.target.list(self.job.name) if isinstance(b, Stored)]
+        return good[-1] if good else None
+
+    def _after_commit(self, snaps: list[Snapshot], keeps: bool, prev: Stored | None) -> list[str]:
+        """Release (or keep) the snapshots and the previous bases; return warnings, never raise.
+        What fails stays open in the journal for ``snapagent cleanup``."""
+        warnings = []
+        with self.phases("release"), signals.shielded(raise_after=False):
+            steps: list[tuple[str, Callable[[], None]]] = []
+            driver = self.driver
+            for snap in snaps:
+                steps.append((f"{'keep' if keeps else 'release'} snapshot {snap.handle}",
+                              (lambda s=snap: driver.keep(s)) if keeps else (lambda s=snap: driver.release(s))))
+            if prev is not None and isinstance(driver, IncrementalBase):
+                for v in prev.manifest.volumes:
+                    if v.kept:
+                        steps.append((f"release the base of {prev.id} ({v.snapshot})",
+                                      lambda v=v: driver.release_base(v)))
+            for what, step in steps:
+                try:
+                    step()
+                except Exception as e:  # noqa: BLE001 - the backup is committed; this is a warning
+                    warnings.append(f"could not {what}: {e}; `snapagent cleanup` will retry")
+                    log.warning("could not %s: %s", what, e)
+        return warnings
+
+    def _export_extras(self, writer: Writer, qrecords: list[dict], taken: set[str]) -> tuple[list, list[list[ExtraRecord]]]:
+        """Store each quiescer's extra artifacts (tar); return (artifacts, per-quiescer records)."""
+        arts, extras = [], []
         for qi, (q, rec) in enumerate(zip(self.quiescers, qrecords)):
+            mine = []
             for extra in q.artifacts():
-                name = f"q{qi:02d}-{q.type}-{extra.name}.tar"
                 with extra.open() as stream:
-                    info = writer.add_artifact(name, stream)
-                out.append(info.as_dict())
-                rec.setdefault("artifacts", []).append({
-                    "name": extra.name, "artifact": info.name, "format": "tar",
-                    "restore_dir": label_for(f"{q.type}-{extra.name}", taken)})
-                self.say(f"stored {q.describe()} {extra.name} -> {info.name} ({info.raw_size} bytes)")
-        return out
+                    art = writer.add_artifact(f"q{qi:02d}-{q.type}-{extra.name}.tar", stream)
+                arts.append(art)
+                mine.append(ExtraRecord(name=extra.name, artifact=art.name, format="tar",
+                                        restore_dir=label_for(f"{q.type}-{extra.name}", taken)))
+                self.say(f"stored {q.describe()} {extra.name} -> {art.name} ({art.raw_size} bytes)")
+            extras.append(mine)
+        return arts, extras
 
     def _freeze_and_snapshot(self, snap_name: str) -> tuple[list[Snapshot], list[dict], float]:
         """Quiesce all, snapshot all, verify all, release all; return (snaps, records, window s).
@@ -255,11 +295,18 @@ class BackupRun:
             for q in held:
                 q.verify()
         finally:
+            stopped = None
             with self.phases("thaw"):
                 for q in reversed(held):
-                    records.append(q.release())
+                    try:
+                        records.append(q.release())
+                    except BaseException as e:  # a signal cut this release short: release the others first
+                        stopped = stopped or e
+                        records.append({"type": q.type})
                 records.reverse()
             window = time.monotonic() - t0
+            if stopped is not None and sys.exception() is None:
+                raise stopped
         if window > max_freeze:
             raise FreezeOverrun(f"freeze window {window * 1000:.0f} ms exceeded max_freeze {max_freeze * 1000:.0f} ms; "
                                 "the snapshot was abandoned and everything released")
@@ -267,12 +314,19 @@ class BackupRun:
             raise SnapshotFailed(f"driver returned {len(snaps)} snapshots for {len(self.job.cfg.volumes)} volumes")
         return snaps, records, window
 
-    def _dry_run(self, backup_id: str) -> dict[str, Any]:
-        """Print what a real run would do, running only read-only commands; touch nothing."""
+    # -- dry run --------------------------------------------------------------------------------
+    def plan(self) -> dict[str, Any]:
+        """Dry run: run preflight and read-only commands, print what a real run would do (the
+        mutating commands as pasteable lines); touch nothing. Return the plan."""
+        assert self.runner.dry_run, "plan() needs a dry-run runner"
+        backup_id = f"{self.job.name}-{utcnow():%Y%m%dT%H%M%SZ}"
+        self._preflight_or_close()
         echo = self.runner.echo
         self._close_quiescers()
         for q in self.quiescers:
-            echo(f"would quiesce: {q.describe()} (max_freeze {self.job.cfg.max_freeze:g}s)")
+            death = ("released at once if the agent dies" if q.releases_on_death
+                     else "outlives the agent's death: released by its watchdog/post or `snapagent cleanup`")
+            echo(f"would quiesce: {q.describe()} (max_freeze {self.job.cfg.max_freeze:g}s; {death})")
         self.driver.snapshot(list(self.job.cfg.volumes), f"snapagent-{backup_id}", time.monotonic() + 3600)
         for q in reversed(self.quiescers):
             echo(f"would release: {q.describe()}")

@@ -1,7 +1,7 @@
 """The one error hierarchy of snapagent.
 
 Every error carries its exit code; ``cli.main`` is the only place that turns them into exit codes.
-The class docstring is the default message.
+The class docstring is the default message. ``Interrupted`` (a signal) is a BaseException on purpose.
 """
 
 from __future__ import annotations
@@ -74,8 +74,20 @@ class RestoreRefused(OperationFailed):
     """The restore was refused; nothing was written."""
 
 
-class Interrupted(OperationFailed):
-    """Interrupted by a signal; everything taken was released."""
+class BackupDamaged(OperationFailed):
+    """The backup's manifest cannot be trusted; other backups are not affected."""
+
+
+class Interrupted(BaseException):
+    """Interrupted by a signal; everything taken was released.
+
+    A BaseException, like KeyboardInterrupt: a catch-all ``except Exception`` never swallows it.
+    """
+
+    exit_code = EXIT_FAILED
+
+    def __init__(self, message: str | None = None):
+        super().__init__(message or (self.__doc__ or "").strip().splitlines()[0])
 
 
 class CommandFailed(OperationFailed):

@@ -2,23 +2,29 @@
 
 Snapshots live in ``<subvolume>/<snapshot_dir>/<name>`` (default ``.snapagent-snapshots``, excluded
 from tar exports). btrfs cannot snapshot several subvolumes atomically; the engine holds every
-quiescer across all of them.
+quiescer across all of them. A ``send`` backup restores with ``btrfs receive`` onto btrfs only
+(``check_restore_directory``); restored subvolumes are removed with ``discard``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
 from typing import IO, Iterator
 
-from snapagent.util import tar
 from snapagent.config import Strict
-from snapagent.plugin.driver import Driver, Snapshot
 from snapagent.errors import CommandFailed, ExportFailed, OperationFailed, PreflightFailed, RestoreRefused, SnapshotFailed
+from snapagent.manifest import Volume
+from snapagent.plugin.driver import DirectoryDest, Driver, Snapshot, VolumeDest
+from snapagent.plugin.helpers import first_lines, stream_of
+from snapagent.util import tar
+from snapagent.util.names import check_component
 from snapagent.util.runner import Runner
+from snapagent.util.tar import ScanReport
 
 BTRFS_SUPER_MAGIC = 0x9123683E
 OWNER = {"kind": "driver", "name": "btrfs"}
@@ -54,7 +60,9 @@ class BtrfsDriver(Driver):
     Options = BtrfsOptions
 
     # -- preflight ------------------------------------------------------------------------------
-    def preflight(self, volumes: list[str]) -> None:
+    def preflight(self, volumes: list[str]) -> list[Path]:
+        """Check tools, that each volume is a btrfs subvolume (and its snapshot_dir on btrfs);
+        return the volumes as directories. Raise PreflightFailed naming the volume."""
         try:
             self.runner.require("btrfs", "btrfs-progs")
             self.runner.require("tar", "tar")
@@ -73,9 +81,7 @@ class BtrfsDriver(Driver):
             sdir = self.options.dir_for(p)
             if sdir.exists() and _fs_magic(sdir) != BTRFS_SUPER_MAGIC:
                 raise PreflightFailed(f"volume {vol!r}: snapshot_dir {sdir} is not on btrfs")
-
-    def volume_root(self, volume: str) -> Path:
-        return Path(volume)
+        return [Path(v) for v in volumes]
 
     # -- snapshots ------------------------------------------------------------------------------
     def _snap_path(self, volume: str, name: str, index: int) -> Path:
@@ -113,33 +119,33 @@ class BtrfsDriver(Driver):
 
     @classmethod
     def undo(cls, record: dict, runner: Runner) -> str:
+        """Delete the snapshot (``snapshot``) or the received subvolume (``received``) of a record."""
         path = Path(record["key"])
-        if record.get("kind") != "snapshot":
-            raise OperationFailed(f"btrfs: unknown journal record {record.get('kind')!r}")
+        kind = record.get("kind")
+        if kind not in ("snapshot", "received"):
+            raise OperationFailed(f"btrfs: unknown journal record {kind!r}")
+        what = "snapshot" if kind == "snapshot" else "received subvolume"
         if cls._delete(runner, path):
-            return f"deleted btrfs snapshot {path}"
-        return f"btrfs snapshot {path} already gone"
+            return f"deleted btrfs {what} {path}"
+        return f"btrfs {what} {path} already gone"
 
     # -- export ---------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def export(self, snap: Snapshot, fmt: str, parent: dict | None = None) -> Iterator[IO[bytes]]:
+    def export(self, snap: Snapshot, fmt: str, base: Volume | None = None) -> Iterator[IO[bytes]]:
         if fmt == "tar":
             excludes = []
             if not Path(self.options.snapshot_dir).is_absolute():
                 excludes.append(self.options.snapshot_dir)
             argv = tar.create_argv(Path(snap.handle), excludes)
         elif fmt == "send":
-            argv = ["btrfs", "send"]
-            if parent and parent.get("path") and Path(parent["path"]).exists():
-                argv += ["-p", parent["path"]]
-            argv += ["--", snap.handle]
+            argv = ["btrfs", "send", "--", snap.handle]
         else:
             raise ExportFailed(f"btrfs cannot export {fmt!r}")
-        with self.stream_export(argv, snap) as stream:
+        with stream_of(self.runner, argv, snap.volume) as stream:
             yield stream
 
     # -- restore --------------------------------------------------------------------------------
-    def check_restore_dest(self, dest: Path, fmt: str) -> None:
+    def check_restore_directory(self, dest: Path, fmt: str) -> None:
         if fmt != "send":
             return
         probe = dest
@@ -149,34 +155,65 @@ class BtrfsDriver(Driver):
             raise RestoreRefused(f"a btrfs send stream can only be received on btrfs; {probe} is not "
                                  "(restore to a directory on btrfs, or use export = \"tar\")")
 
-    def restore(self, stream: IO[bytes], fmt: str, dest: Path, item: dict, allow_special: bool = False) -> Path:
+    def restore(self, stream: IO[bytes], fmt: str, dest: VolumeDest, record: Volume, scan: ScanReport | None,
+                allow_special: bool = False) -> Path:
+        if not isinstance(dest, DirectoryDest):
+            raise RestoreRefused("btrfs restores into a directory")
+        path = dest.path
         if fmt == "tar":
-            dest.mkdir(mode=0o700)
-            tar.extract(self.runner, stream, dest, item["_scan"], allow_special)
-            return dest
+            path.mkdir(mode=0o700)
+            tar.extract(self.runner, stream, path, scan, allow_special)
+            return path
         if fmt != "send":
             raise RestoreRefused(f"btrfs cannot restore format {fmt!r}")
-        parent = dest.parent
-        self.check_restore_dest(parent, fmt)
-        recv = self.runner.stream(["btrfs", "receive", "-e", "--", str(parent)], mutating=True, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+        try:
+            name = check_component(Path(record.snapshot).name)
+        except ValueError as e:
+            raise RestoreRefused(f"the backup names its snapshot unsafely: {e}") from None
+        parent = path.parent
+        self.check_restore_directory(parent, fmt)
+        received = parent / name
+        if self.journal:
+            self.journal.open("received", str(received), OWNER)
+        recv = self.runner.stream(["btrfs", "receive", "-e", "--", str(parent)], mutating=True, stdin=subprocess.PIPE,
+                                  stdout=subprocess.DEVNULL)
         try:
             recv.feed(stream)
             recv.wait()
         finally:
             recv.kill()
-        received = parent / Path(item["snapshot"]).name
         # the received subvolume is read-only; make a writable one under the requested name
-        self.runner.run(["btrfs", "subvolume", "snapshot", str(received), str(dest)], mutating=True)
-        self.runner.run(["btrfs", "subvolume", "delete", str(received)], mutating=True)
-        return dest
+        self.runner.run(["btrfs", "subvolume", "snapshot", str(received), str(path)], mutating=True)
+        self._delete(self.runner, received)
+        if self.journal:
+            self.journal.close("received", str(received))
+        return path
 
-    def discard(self, path: Path) -> None:
-        if path.is_dir() and not path.is_symlink() and os.stat(path).st_ino == 256:
-            self.runner.run(["btrfs", "subvolume", "delete", str(path)], mutating=True)
-        else:
-            super().discard(path)
+    @classmethod
+    def discard(cls, path: Path, runner: Runner) -> None:
+        """Remove a restored tree holding subvolumes (``btrfs receive`` makes them): delete every
+        subvolume below ``path``, deepest first (read-only ones included), then the rest."""
+        subvols = []
+        for d, dirs, _ in os.walk(path):
+            for name in dirs:
+                p = Path(d) / name
+                if not p.is_symlink() and _is_subvolume(p):
+                    subvols.append(p)
+        if _is_subvolume(path):
+            subvols.append(path)
+        for sv in sorted(subvols, key=lambda p: len(p.parts), reverse=True):
+            runner.run(["btrfs", "subvolume", "delete", str(sv)], mutating=True, timeout=120)
+        if path.exists() and not runner.dry_run:
+            shutil.rmtree(path)
 
     def tool_versions(self) -> dict[str, str]:
-        return self.first_lines({"btrfs": ["btrfs", "--version"], "tar": ["tar", "--version"]}, timeout=10)
+        return first_lines(self.runner, {"btrfs": ["btrfs", "--version"], "tar": ["tar", "--version"]}, timeout=10)
 
 
+def _is_subvolume(p: Path) -> bool:
+    """True when directory ``p`` is the root of a btrfs subvolume (inode 256, its own device)."""
+    try:
+        st, parent = os.lstat(p), os.lstat(p.parent)
+    except OSError:
+        return False
+    return st.st_ino == 256 and st.st_dev != parent.st_dev and _fs_magic(p) == BTRFS_SUPER_MAGIC

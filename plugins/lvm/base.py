@@ -11,10 +11,13 @@ import time
 from pathlib import Path
 from typing import IO, Any, ClassVar, Iterator
 
-from snapagent.util import tar
-from snapagent.plugin.driver import Driver, Snapshot
 from snapagent.errors import CommandFailed, ExportFailed, OperationFailed, PreflightFailed, RestoreRefused, SnapshotFailed
+from snapagent.manifest import Volume
+from snapagent.plugin.driver import DirectoryDest, Driver, Snapshot, VolumeDest
+from snapagent.plugin.helpers import first_lines
+from snapagent.util import tar
 from snapagent.util.runner import Runner
+from snapagent.util.tar import ScanReport
 
 from snapagent.util import mountinfo
 from . import mounts
@@ -32,8 +35,8 @@ class LvmDriverBase(Driver):
     export_formats = ("tar",)
     TOOLS: ClassVar[tuple[str, ...]] = ("lvs", "lvcreate", "lvremove", "mount", "umount", "tar")
 
-    def __init__(self, runner: Runner, options: Any = None, journal=None):
-        super().__init__(runner, options, journal)
+    def __init__(self, runner: Runner, options: Any = None):
+        super().__init__(runner, options)
         self._infos: dict[str, LvInfo] = {}
         self._mounts: dict[str, mountinfo.MountEntry] = {}
 
@@ -42,9 +45,10 @@ class LvmDriverBase(Driver):
         return {"kind": "driver", "name": cls.name}
 
     # -- preflight ------------------------------------------------------------------------------
-    def preflight(self, volumes: list[str]) -> None:
+    def preflight(self, volumes: list[str]) -> list[Path]:
         """Check names (ConfigError), tools, that each LV exists, is of this driver's kind and is
-        mounted, and the driver's space policy (PreflightFailed with the numbers)."""
+        mounted, and the driver's space policy (PreflightFailed with the numbers); return where
+        each LV is mounted."""
         refs = [parse_volume(v) for v in volumes]
         for tool in self.TOOLS:
             try:
@@ -65,6 +69,7 @@ class LvmDriverBase(Driver):
                                       "is not mounted; snapagent backs up the files of a mounted LV")
             self._infos[vol], self._mounts[vol] = info, entry
         self.check_space(volumes)
+        return [self.volume_root(v) for v in volumes]
 
     def check_kind(self, volume: str, info: LvInfo) -> None:
         """Raise PreflightFailed when ``info`` is not an LV this driver can snapshot."""
@@ -158,8 +163,15 @@ class LvmDriverBase(Driver):
     def raise_if_failed(self, snap: Snapshot, watch: SnapWatch | None) -> None:
         """Raise SnapshotFailed when ``watch`` saw (or a last poll sees) the snapshot fail."""
 
+    def check_after_export(self, snap: Snapshot) -> None:
+        """Raise SnapshotFailed when the snapshot is not (or cannot be shown to be) intact after
+        its export completed."""
+
     @contextlib.contextmanager
-    def export(self, snap: Snapshot, fmt: str, parent: dict | None = None) -> Iterator[IO[bytes]]:
+    def export(self, snap: Snapshot, fmt: str, base: Volume | None = None) -> Iterator[IO[bytes]]:
+        """Mount ``snap`` read-only at a private place, stream it as tar, unmount. A classic
+        snapshot's fill is watched meanwhile; one that fills up or becomes invalid raises
+        SnapshotFailed (its content cannot be trusted)."""
         if fmt != "tar":
             raise ExportFailed(f"{self.name} cannot export {fmt!r} (only tar)")
         mnt = self._mount_point(snap)
@@ -178,6 +190,7 @@ class LvmDriverBase(Driver):
                 self.raise_if_failed(snap, watch)
                 raise ExportFailed(f"export of {snap.volume!r} (snapshot {snap.handle}) failed: {e}") from None
             self.raise_if_failed(snap, watch)
+            self.check_after_export(snap)
         finally:
             if watch is not None:
                 watch.stop()
@@ -218,12 +231,13 @@ class LvmDriverBase(Driver):
             self.journal.close("mount", str(mnt))
 
     # -- restore --------------------------------------------------------------------------------
-    def restore(self, stream: IO[bytes], fmt: str, dest: Path, item: dict, allow_special: bool = False) -> Path:
-        if fmt != "tar":
-            raise RestoreRefused(f"{self.name} cannot restore format {fmt!r}")
-        dest.mkdir(mode=0o700)
-        tar.extract(self.runner, stream, dest, item["_scan"], allow_special)
-        return dest
+    def restore(self, stream: IO[bytes], fmt: str, dest: VolumeDest, record: Volume, scan: ScanReport | None,
+                allow_special: bool = False) -> Path:
+        if fmt != "tar" or not isinstance(dest, DirectoryDest):
+            raise RestoreRefused(f"{self.name} restores format tar into a directory, not {fmt!r}")
+        dest.path.mkdir(mode=0o700)
+        tar.extract(self.runner, stream, dest.path, scan, allow_special)
+        return dest.path
 
     def tool_versions(self) -> dict[str, str]:
-        return self.first_lines({"lvm": ["lvs", "--version"], "tar": ["tar", "--version"]})
+        return first_lines(self.runner, {"lvm": ["lvs", "--version"], "tar": ["tar", "--version"]})

@@ -65,14 +65,14 @@ class LvmDriver(LvmDriverBase):
         if watch.failure is not None:
             raise SnapshotFailed(self._overflow_message(snap, watch.failure.describe()))
 
-    def check(self, snaps: list[Snapshot]) -> None:
-        for snap in snaps:
-            try:
-                st = snap_status(self.runner, snap.handle)
-            except (CommandFailed, ValueError) as e:
-                raise SnapshotFailed(f"snapshot {snap.handle} of {snap.volume!r} cannot be checked (Snap% unknown): {e}") from None
-            if st.failed:
-                raise SnapshotFailed(self._overflow_message(snap, st.describe()))
+    def check_after_export(self, snap: Snapshot) -> None:
+        """The export is complete only if the snapshot is still valid now (Snap% read definitively)."""
+        try:
+            st = snap_status(self.runner, snap.handle)
+        except (CommandFailed, ValueError) as e:
+            raise SnapshotFailed(f"snapshot {snap.handle} of {snap.volume!r} cannot be checked (Snap% unknown): {e}") from None
+        if st.failed:
+            raise SnapshotFailed(self._overflow_message(snap, st.describe()))
 
     def _overflow_message(self, snap: Snapshot, status: str) -> str:
         return (f"snapshot {snap.handle} of {snap.volume!r} overflowed or became invalid during export: {status}; "

@@ -15,14 +15,16 @@ import time
 from pathlib import Path
 from typing import IO, Iterator
 
-from snapagent.util import tar
-from snapagent.plugin.driver import Driver, Snapshot
 from snapagent.errors import CommandFailed, CommandNotFound, ExportFailed, OperationFailed, PreflightFailed, SnapshotFailed
+from snapagent.manifest import Volume
+from snapagent.plugin.driver import Driver, Snapshot
+from snapagent.plugin.helpers import first_lines, stream_of
+from snapagent.util import tar
 from snapagent.util.runner import Runner
 
 from .names import dataset_of, dataset_problem, is_below, pool_of, snapshot_of
 from .options import ZfsOptions
-from .restore import ZfsRestoreMixin
+from .restore import ZfsRestoreMixin, undo_dataset
 from .zfscmd import HOLD_TAG, Zfs, ZfsCommandFailed
 
 log = logging.getLogger("snapagent.zfs")
@@ -50,16 +52,16 @@ class ZfsDriver(ZfsRestoreMixin, Driver):
     export_formats = ("send", "tar")
     Options = ZfsOptions
 
-    def __init__(self, runner: Runner, options: ZfsOptions | None = None, journal=None):
-        super().__init__(runner, options, journal)
+    def __init__(self, runner: Runner, options: ZfsOptions | None = None):
+        super().__init__(runner, options)
         self.zfs = Zfs(runner)
         self._mountpoints: dict[str, str] = {}
 
     # -- preflight ------------------------------------------------------------------------------
-    def preflight(self, volumes: list[str]) -> None:
-        """Check tools, names, pools, existence, type, mounts and free space; take nothing.
-
-        Raises PreflightFailed (ConfigError for a name ZFS can never accept) naming the dataset."""
+    def preflight(self, volumes: list[str]) -> list[Path]:
+        """Check tools, names, pools, existence, type, mounts and free space; take nothing; return
+        each dataset's mountpoint. Raises PreflightFailed (ConfigError for a name ZFS can never
+        accept) naming the dataset."""
         from snapagent.errors import ConfigError
 
         try:
@@ -98,8 +100,9 @@ class ZfsDriver(ZfsRestoreMixin, Driver):
                 raise PreflightFailed(f"dataset {vol!r} has {int(r['available']) >> 20} MiB available, less than "
                                       f"options.min_free ({self.options.min_free >> 20} MiB)")
             self._mountpoints[vol] = r["mountpoint"]
+        return [Path(self._mountpoints[v]) for v in volumes]
 
-    def volume_root(self, volume: str) -> Path:
+    def _mountpoint(self, volume: str) -> Path:
         if volume not in self._mountpoints:
             try:
                 self._mountpoints[volume] = self.zfs.list([volume], ["mountpoint"])[0]["mountpoint"]
@@ -149,6 +152,7 @@ class ZfsDriver(ZfsRestoreMixin, Driver):
             raise OperationFailed(f"cannot destroy snapshot {snap!r}: {_explain(e)}") from None
         return "destroyed (deferred while someone else holds or clones it)"
 
+    # -- IncrementalBase ------------------------------------------------------------------------
     def keeps_base(self, fmt: str) -> bool:
         return fmt == "send" and self.options.incremental
 
@@ -158,26 +162,32 @@ class ZfsDriver(ZfsRestoreMixin, Driver):
             self.zfs.hold(snap.handle, bool(snap.info.get("recursive")))
         except ZfsCommandFailed as e:
             raise OperationFailed(f"cannot hold snapshot {snap.handle!r}: {_explain(e)}") from None
-        super().keep(snap)
+        if self.journal:
+            self.journal.close("snapshot", snap.handle)
 
-    def release_base(self, item: dict) -> None:
-        """Release the hold on a previous backup's base and destroy it (only if its guid matches)."""
-        snap = item.get("snapshot")
-        if not snap:
+    def release_base(self, record: Volume) -> None:
+        """Release the hold on a previous backup's base and destroy it — only snapagent's own
+        snapshot of that very volume, with the guid the record names."""
+        snap, guid = record.snapshot, record.info.get("guid")
+        if dataset_of(snap) != record.volume or not snap.split("@", 1)[-1].startswith("snapagent-") or not guid:
+            log.warning("zfs: not releasing %r: the record does not name a snapshot of snapagent's", snap)
             return
         found = self.zfs.exists(snap, snapshot=True)
-        if found is None or (item.get("guid") and found["guid"] != item["guid"]):
+        if found is None or found["guid"] != str(guid):
             return
-        self._destroy(self.zfs, snap, bool(item.get("recursive")), release_hold=True)
+        self._destroy(self.zfs, snap, bool(record.info.get("recursive")), release_hold=True)
 
     @classmethod
     def undo(cls, record: dict, runner: Runner) -> str:
-        """Destroy a snapshot a killed run journaled (releasing snapagent's hold first)."""
-        if record.get("kind") != "snapshot":
-            raise OperationFailed(f"zfs: unknown journal record {record.get('kind')!r}")
-        snap = record["key"]
-        what = cls._destroy(Zfs(runner), snap, bool(record.get("recursive")), release_hold=True)
-        return f"zfs snapshot {snap}: {what}"
+        """Undo a record of a killed run: destroy a ``snapshot`` (releasing snapagent's hold
+        first), destroy a ``dataset`` a restore or drill created, rename a ``renamed`` dataset back."""
+        kind, key = record.get("kind"), record["key"]
+        if kind == "snapshot":
+            what = cls._destroy(Zfs(runner), key, bool(record.get("recursive")), release_hold=True)
+            return f"zfs snapshot {key}: {what}"
+        if kind in ("dataset", "renamed"):
+            return undo_dataset(Zfs(runner), kind, key, record)
+        raise OperationFailed(f"zfs: unknown journal record {kind!r}")
 
     # -- export ---------------------------------------------------------------------------------
     def _describe(self, snap: Snapshot) -> None:
@@ -188,21 +198,21 @@ class ZfsDriver(ZfsRestoreMixin, Driver):
             raise ExportFailed(f"snapshot {snap.handle!r} is gone: {e}") from None
         snap.info.update(guid=row["guid"], createtxg=int(row["createtxg"]))
 
-    def _base(self, snap: Snapshot, parent: dict | None) -> str | None:
+    def _base(self, snap: Snapshot, parent: Volume | None) -> str | None:
         """Return the previous backup's snapshot to send incrementally from, or None (full send)."""
-        if not parent or not parent.get("snapshot"):
+        if parent is None:
             return None
-        base = parent["snapshot"]
+        base = parent.snapshot
         why = None
         if dataset_of(base) != snap.volume:
             why = "it is of another dataset"
-        elif bool(parent.get("recursive")) != bool(snap.info.get("recursive")):
+        elif bool(parent.info.get("recursive")) != bool(snap.info.get("recursive")):
             why = "options.recursive changed"
         else:
             found = self.zfs.exists(base, snapshot=True)
             if found is None:
                 why = "it no longer exists"
-            elif parent.get("guid") and found["guid"] != parent["guid"]:
+            elif not parent.info.get("guid") or found["guid"] != str(parent.info["guid"]):
                 why = "its guid changed (a different snapshot of the same name)"
         if why:
             log.warning("zfs: full send of %s: the previous base %s cannot be used: %s", snap.volume, base, why)
@@ -210,23 +220,23 @@ class ZfsDriver(ZfsRestoreMixin, Driver):
         return base
 
     @contextlib.contextmanager
-    def export(self, snap: Snapshot, fmt: str, parent: dict | None = None) -> Iterator[IO[bytes]]:
+    def export(self, snap: Snapshot, fmt: str, base: Volume | None = None) -> Iterator[IO[bytes]]:
         self._describe(snap)
         if fmt == "send":
-            base = self._base(snap, parent)
+            base = self._base(snap, base)
             if base:
                 snap.info["parent_snapshot"] = base
             argv = Zfs.send_argv(snap.handle, base, bool(snap.info.get("recursive")), self.options.send_flags())
         elif fmt == "tar":
             if snap.info.get("recursive"):
                 raise ExportFailed("a recursive zfs snapshot can only be exported as `send` (tar shows no child datasets)")
-            path = self.volume_root(snap.volume) / ".zfs" / "snapshot" / snap.name
+            path = self._mountpoint(snap.volume) / ".zfs" / "snapshot" / snap.name
             if not path.is_dir():  # the lookup mounts the snapshot (automount)
                 raise ExportFailed(f"snapshot directory {path} is not accessible")
             argv = tar.create_argv(path)
         else:
             raise ExportFailed(f"zfs cannot export {fmt!r} (choose: {', '.join(self.export_formats)})")
-        with self.stream_export(argv, snap) as stream:
+        with stream_of(self.runner, argv, snap.volume) as stream:
             yield stream
 
     def tool_versions(self) -> dict[str, str]:
@@ -235,7 +245,7 @@ class ZfsDriver(ZfsRestoreMixin, Driver):
             out["zfs"] = self.zfs.version()
         except (CommandFailed, IndexError):
             out["zfs"] = "?"
-        return {**out, **self.first_lines({"tar": ["tar", "--version"]}, timeout=10)}
+        return {**out, **first_lines(self.runner, {"tar": ["tar", "--version"]}, timeout=10)}
 
 
 __all__ = ["ZfsDriver", "ZfsOptions", "HOLD_TAG"]

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from snapagent import cleanup, config as configmod, registry
-from snapagent.util.durations import format_duration
+from snapagent import catalog, cleanup, config as configmod, registry, verify
+from snapagent.drill import drill
 from snapagent.engine import BackupRun
 from snapagent.errors import EXIT_FAILED, EXIT_OK
-from snapagent.restore import drill, find_backup, restore, verify
+from snapagent.manifest import iso
+from snapagent.plugin.target import Damaged, Stored
+from snapagent.restore import restore
+from snapagent.util.durations import format_duration
 from snapagent.util.runner import Runner
 
 
@@ -29,24 +31,27 @@ def _size(n: int) -> str:
     return str(n)
 
 
-def _public(m: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in m.items() if not k.startswith("_")}
-
-
 def do_backup(args, out) -> int:
     cfg = _config(args)
     job = cfg.job(args.job)
-    runner = _runner(cfg, out, args.dry_run)
-    result = BackupRun(cfg, job, runner, say=out.say).run()
+    run = BackupRun(cfg, job, _runner(cfg, out, args.dry_run), say=out.say)
+    if args.dry_run:
+        plan = run.plan()
+        if out.json:
+            out.emit(plan)
+        else:
+            out.line(f"dry run of job {job.name!r}: preflight ok, nothing was changed")
+        return EXIT_OK
+    result = run.run()
+    m = result.manifest
+    for w in result.warnings:
+        out.warn(w)
     if out.json:
-        out.emit(result)
-    elif result.get("dry_run"):
-        out.line(f"dry run of job {job.name!r}: preflight ok, nothing was changed")
+        out.emit(m.model_dump(mode="json"))
     else:
-        total = sum(a["size"] for a in result["artifacts"])
-        out.say(f"backup {result['id']} stored: {len(result['artifacts'])} artifact(s), {_size(total)}, "
-                f"freeze window {result['freeze_window_ms']:.0f} ms")
-        out.line(result["id"])
+        out.say(f"backup {m.id} stored: {len(m.artifacts)} artifact(s), {_size(m.size)}, "
+                f"freeze window {m.freeze_window_ms:.0f} ms")
+        out.line(m.id)
     return EXIT_OK
 
 
@@ -54,59 +59,71 @@ def do_list(args, out) -> int:
     cfg = _config(args)
     if args.job:
         cfg.job(args.job)
-    rows = []
-    for t in cfg.all_targets():
-        rows.extend(t.list(args.job))
-    rows.sort(key=lambda m: (m["created"], m["id"]))
+    rows = catalog.listing(cfg, args.job)
+    damaged = [b for b in rows if isinstance(b, Damaged)]
     if out.json:
-        out.emit([_public(m) for m in rows])
-        return EXIT_OK
-    if not rows:
+        out.emit([b.manifest.model_dump(mode="json") if isinstance(b, Stored) else
+                  {"id": b.id, "job": b.job, "target": b.target.name, "location": b.location, "damaged": b.reason}
+                  for b in rows])
+    elif not rows:
         out.say("no backups")
-        return EXIT_OK
-    out.line(f"{'ID':<36} {'JOB':<12} {'CREATED':<24} {'SIZE':>10} {'FREEZE':>8} TARGET")
-    for m in rows:
-        size = sum(a["size"] for a in m["artifacts"])
-        out.line(f"{m['id']:<36} {m['job']:<12} {m['created']:<24} {_size(size):>10} "
-                 f"{format_duration(m['freeze_window_ms'] / 1000):>8} {m['_target']}")
+    else:
+        out.line(f"{'ID':<36} {'JOB':<12} {'CREATED':<24} {'SIZE':>10} {'FREEZE':>8} TARGET")
+        for b in rows:
+            if isinstance(b, Stored):
+                m = b.manifest
+                out.line(f"{m.id:<36} {m.job:<12} {iso(m.created):<24} {_size(m.size):>10} "
+                         f"{format_duration(m.freeze_window_ms / 1000):>8} {b.target.name}")
+            else:
+                out.line(f"{_printable(b.id):<36} {_printable(b.job):<12} DAMAGED: {b.reason} "
+                         f"({_printable(b.location)}) {b.target.name}")
+    if damaged:
+        out.warn(f"{len(damaged)} backup(s) damaged: their manifests cannot be trusted; the others are usable")
     return EXIT_OK
+
+
+def _printable(s: str) -> str:
+    """Return ``s`` as one printable line (a damaged backup's name may be anything)."""
+    return s if s.isprintable() else repr(s)
 
 
 def do_show(args, out) -> int:
     cfg = _config(args)
-    target, m = find_backup(cfg, args.id)
+    b = catalog.find(cfg, args.id)
+    m = b.manifest
     if out.json:
-        out.emit(_public(m))
+        out.emit(m.model_dump(mode="json"))
         return EXIT_OK
-    out.line(f"id:            {m['id']}")
-    out.line(f"job:           {m['job']} on {m['host']}")
-    out.line(f"created:       {m['created']} (completed {m.get('completed', '?')})")
-    out.line(f"stored in:     {m['_location']} (target {target.name})")
-    out.line(f"driver:        {m['driver']}, export {m['export_format']}, snapshot {m['snapshot_name']}")
-    out.line(f"freeze window: {m['freeze_window_ms']:.1f} ms (max {m['max_freeze_ms']} ms)")
-    out.line("phases:        " + ", ".join(f"{k} {v:.0f} ms" for k, v in m["phases_ms"].items()))
-    for v in m["volumes"]:
-        out.line(f"volume:        {v['volume']} -> {v['artifact']} (restores to DEST/{v['label']})")
-    for a in m["artifacts"]:
-        out.line(f"artifact:      {a['name']} {_size(a['size'])} ({a['compression']}, raw {_size(a['raw_size'])}) sha256 {a['sha256']}")
-    for q in m["quiescers"]:
-        extra = {k: v for k, v in q.items() if k not in ("type", "locations")}
-        out.line(f"quiescer:      {q['type']} {extra}")
-    out.line("versions:      " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()))
+    out.line(f"id:            {m.id}")
+    out.line(f"job:           {m.job} on {m.host}")
+    out.line(f"created:       {iso(m.created)} (completed {iso(m.completed)})")
+    out.line(f"stored in:     {b.location} (target {b.target.name})")
+    out.line(f"driver:        {m.driver}, export {m.export_format}, snapshot {m.snapshot_name}")
+    out.line(f"freeze window: {m.freeze_window_ms:.1f} ms (max {m.max_freeze_ms:.0f} ms)")
+    out.line("phases:        " + ", ".join(f"{k} {v:.0f} ms" for k, v in m.phases_ms.items()))
+    for v in m.volumes:
+        out.line(f"volume:        {v.volume} -> {v.artifact} (restores to DEST/{v.label})"
+                 + (f", incremental on {v.parent}" if v.parent else ""))
+    for a in m.artifacts:
+        out.line(f"artifact:      {a.name} {_size(a.size)} ({a.compression}, raw {_size(a.raw_size)}) sha256 {a.sha256}")
+    for q in m.quiescers:
+        extra = {k: v for k, v in q.facts().items() if k not in ("type", "locations", "artifacts")}
+        out.line(f"quiescer:      {q.type} {extra}")
+    out.line("versions:      " + ", ".join(f"{k} {v}" for k, v in m.versions.items()))
     return EXIT_OK
 
 
 def do_verify(args, out) -> int:
     cfg = _config(args)
-    target, m = find_backup(cfg, args.id)
-    results = verify(target, m)
-    ok = all(r["ok"] for r in results)
+    b = catalog.find(cfg, args.id)
+    results = verify.check(b)
+    ok = all(r.ok for r in results)
     if out.json:
-        out.emit({"id": m["id"], "ok": ok, "artifacts": results})
+        out.emit({"id": b.id, "ok": ok, "artifacts": [r.as_dict() for r in results]})
     else:
         for r in results:
-            out.line(f"{'OK  ' if r['ok'] else 'FAIL'} {r['name']} ({_size(r['size'])}) {'' if r['ok'] else r['message']}".rstrip())
-        out.line(f"backup {m['id']}: {'verified' if ok else 'VERIFICATION FAILED'}")
+            out.line(f"{'OK  ' if r.ok else 'FAIL'} {r.name} ({_size(r.size)}) {'' if r.ok else r.message}".rstrip())
+        out.line(f"backup {b.id}: {'verified' if ok else 'VERIFICATION FAILED'}")
     return EXIT_OK if ok else EXIT_FAILED
 
 

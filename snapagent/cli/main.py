@@ -13,7 +13,7 @@ import sys
 from typing import Any, Sequence
 
 from snapagent import __version__
-from snapagent.errors import EXIT_FAILED, EXIT_USAGE, SnapagentError
+from snapagent.errors import EXIT_FAILED, EXIT_USAGE, Interrupted, SnapagentError
 from . import commands
 
 
@@ -27,6 +27,9 @@ class Output:
     def say(self, line: str) -> None:
         if not self.quiet:
             print(line, file=sys.stderr, flush=True)
+
+    def warn(self, line: str) -> None:
+        print(f"snapagent: warning: {line}", file=sys.stderr, flush=True)
 
     def line(self, text: str = "") -> None:
         print(text, flush=True)
@@ -109,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Output(args.json, args.quiet)
     try:
         return args.func(args, out) or 0
-    except SnapagentError as e:
+    except (SnapagentError, Interrupted) as e:
         print(f"snapagent: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:

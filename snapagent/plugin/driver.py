@@ -1,27 +1,42 @@
-"""The driver interface: one plugin per filesystem / volume manager.
+"""The driver interface: one plugin per filesystem or volume manager.
 
-A driver creates snapshots of its volumes (atomically where the backend can), exports them as
-streams, restores streams, releases snapshots, and undoes what a killed run left behind (from the
-step journal). Register a driver under the ``snapagent.drivers`` entry-point group.
+Every driver implements the core (``Driver``): preflight, snapshot, export, restore, release,
+undo and tool versions. What only some backends can do is an optional capability — a separate
+protocol below that a driver class implements and the engine detects with ``isinstance``:
+
+- ``IncrementalBase``: keep a snapshot after a backup as the base of the next incremental export
+  (``zfs send -i``);
+- ``DatasetRestore``: restore a backup into a new dataset instead of a directory (``zfs receive``);
+- ``RestoreDirectoryCheck``: refuse a restore directory before anything is written (a ``btrfs
+  send`` stream needs a btrfs directory);
+- ``CustomDiscard``: remove a restored copy in a way ``rm -r`` cannot (btrfs subvolumes).
+
+Register a driver under the ``snapagent.drivers`` entry point group. Run every command through
+``self.runner`` (argv lists; reads and mutations marked, so ``--dry-run`` works without code of
+yours) and journal everything you take with ``self.journal.open(kind, key, owner)`` *before*
+taking it, so ``undo`` can release it after a kill.
 """
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, ClassVar, Iterator
+from typing import IO, TYPE_CHECKING, Any, ClassVar, ContextManager, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
-from snapagent.errors import CommandFailed, ExportFailed
-from snapagent.journal import Journal
-from snapagent.util.runner import Runner
+from ..util.runner import Runner
+
+if TYPE_CHECKING:
+    from ..journal import Journal
+    from ..manifest import Manifest, Volume
+    from ..util.tar import ScanReport
 
 
 @dataclass
 class Snapshot:
-    """One snapshot of one volume: ``handle`` is what the driver needs to find it again."""
+    """One snapshot of one volume: ``handle`` is what the driver needs to find it again; ``info``
+    holds the driver's facts, recorded in the manifest's volume record (``info``)."""
 
     volume: str
     handle: str
@@ -29,137 +44,141 @@ class Snapshot:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class DirectoryDest:
+    """Restore one volume into directory ``path``: it does not exist yet for a full export; for an
+    incremental one it holds the restored chain so far."""
+
+    path: Path
+
+
+@dataclass(frozen=True)
+class DatasetDest:
+    """Restore one volume into dataset ``name`` (a DatasetRestore driver)."""
+
+    name: str
+
+
+VolumeDest = DirectoryDest | DatasetDest
+
+
+@dataclass(frozen=True)
+class PreparedDataset:
+    """What ``DatasetRestore.prepare_dataset`` made: the new dataset ``name`` (volumes restore into
+    ``name/<label>``), the directory where its files appear, and the name an existing dataset was
+    moved aside to (or None)."""
+
+    name: str
+    files: Path
+    moved_aside: str | None = None
+
+
 class Driver:
-    """Base class of snapshot drivers. Subclasses set the class attributes and implement the methods."""
+    """Base class of snapshot drivers: set the class attributes, implement the methods."""
 
     name: ClassVar[str] = "?"
-    #: True when several volumes are snapshotted at one instant (one call); the engine always holds
-    #: the quiescers across all snapshots either way.
+    #: True when several volumes are snapshotted at one instant (one call); the engine holds the
+    #: quiescers across all snapshots either way.
     atomic: ClassVar[bool] = False
     #: Export formats, the default first.
     export_formats: ClassVar[tuple[str, ...]] = ("tar",)
     #: pydantic model of ``[jobs.X.options]`` (None: the driver takes no options).
     Options: ClassVar[type[BaseModel] | None] = None
 
-    def __init__(self, runner: Runner, options: Any = None, journal: Journal | None = None):
+    def __init__(self, runner: Runner, options: Any = None):
         self.runner = runner
         self.options = options if options is not None else (self.Options() if self.Options else None)
-        self.journal = journal
+        #: The run's step journal, set by the engine before ``snapshot``/``restore`` (None in dry run).
+        self.journal: Journal | None = None
 
-    def preflight(self, volumes: list[str]) -> None:
+    def preflight(self, volumes: list[str]) -> list[Path]:
         """Check tools, that each volume exists and is of this driver's kind; take nothing.
 
-        Raises PreflightFailed naming the volume and what is wrong.
+        Return, per volume, the directory where its live files are visible (database files are
+        placed on volumes by these). Raise PreflightFailed naming the volume and what is wrong.
         """
-        raise NotImplementedError
-
-    def volume_root(self, volume: str) -> Path:
-        """Return the directory where ``volume``'s live files are visible (to place database files)."""
         raise NotImplementedError
 
     def snapshot(self, volumes: list[str], name: str, deadline: float) -> list[Snapshot]:
-        """Snapshot every volume (journaling each before it is made) and return the snapshots.
+        """Snapshot every volume (journaling each before it is made); return them in order.
 
-        ``deadline`` is a ``time.monotonic()`` value no command may run past. Raises SnapshotFailed.
+        ``deadline`` is a ``time.monotonic()`` value no command may run past. Raise SnapshotFailed.
         """
         raise NotImplementedError
 
-    def check(self, snaps: list[Snapshot]) -> None:
-        """Raise SnapshotFailed when a snapshot became invalid (e.g. a full LVM COW snapshot)."""
+    def export(self, snap: Snapshot, fmt: str, base: "Volume | None" = None) -> ContextManager[IO[bytes]]:
+        """Return a context manager yielding a readable byte stream of ``snap`` in ``fmt``; on exit
+        it waits for the stream, releases what export took (mounts), and raises ExportFailed — or
+        SnapshotFailed when the snapshot became invalid meanwhile (a full LVM COW snapshot).
 
-    @contextlib.contextmanager
-    def export(self, snap: Snapshot, fmt: str, parent: dict | None = None) -> Iterator[IO[bytes]]:
-        """Yield a readable byte stream of ``snap`` in ``fmt``; on exit wait for it and release
-        what export took (mounts). Raises ExportFailed.
-
-        ``parent`` (only when ``keeps_base``) is the previous backup's manifest volume record of
-        the same volume, plus ``backup_id``; a driver that exports incrementally from it sets
-        ``snap.info["parent_snapshot"]`` so the engine records the chain."""
+        ``base`` (IncrementalBase drivers only) is the previous backup's record of the same volume;
+        a driver that exports incrementally from it sets ``snap.info["parent_snapshot"]``."""
         raise NotImplementedError
-        yield  # pragma: no cover
-
-    @contextlib.contextmanager
-    def stream_export(self, argv: list[str], snap: Snapshot) -> Iterator[IO[bytes]]:
-        """Run the read-only export command ``argv`` and yield its stdout; on exit wait for it
-        (CommandFailed becomes ExportFailed naming the volume) and never leave it running."""
-        proc = self.runner.stream(argv, mutating=False)
-        try:
-            yield proc.stdout
-            proc.wait()
-        except CommandFailed as e:
-            raise ExportFailed(f"export of {snap.volume!r} failed: {e}") from None
-        finally:
-            proc.kill()
-
-    def first_lines(self, commands: dict[str, list[str]], timeout: float = 30) -> dict[str, str]:
-        """Return {tool: first line of ``argv``'s output} ("?" when it fails) for ``tool_versions``."""
-        out = {}
-        for tool, argv in commands.items():
-            try:
-                out[tool] = self.runner.run(argv, mutating=False, timeout=timeout).stdout.splitlines()[0].strip()
-            except (CommandFailed, IndexError):
-                out[tool] = "?"
-        return out
 
     def release(self, snap: Snapshot) -> None:
         """Destroy ``snap`` and close its journal entry. Idempotent."""
         raise NotImplementedError
 
-    def keeps_base(self, fmt: str) -> bool:
-        """Return True when each snapshot is kept after the backup as the base of the next
-        incremental export in ``fmt`` (the engine then calls ``keep`` instead of ``release``)."""
-        return False
-
-    def keep(self, snap: Snapshot) -> None:
-        """Keep ``snap`` as an incremental base (e.g. ``zfs hold``) and close its journal entry."""
-        if self.journal:
-            self.journal.close("snapshot", snap.handle)
-
-    def release_base(self, item: dict) -> None:
-        """Release the base an earlier backup kept (its manifest volume item). Idempotent."""
-
-    def check_restore_dest(self, dest: Path, fmt: str) -> None:
-        """Raise RestoreRefused when ``dest`` (which may not exist yet) cannot receive ``fmt``;
-        called before anything is written."""
-
-    def prepare_destination(self, dest: str, manifest: dict, force: bool) -> tuple[str, str | None, Path] | None:
-        """Say what ``restore --to DEST`` means for a backup this driver made (``manifest``).
-
-        Return None (the default) when DEST is a directory: the core prepares it and each volume
-        restores into ``DEST/<label>``. A driver whose backups restore into something else (a new
-        ZFS dataset) checks DEST, moves an existing one aside when ``force``, creates it and returns
-        ``(name, moved_aside_or_None, directory)``; each volume then restores into
-        ``"<name>/<label>"`` and quiescers' extra artifacts go below ``directory`` (where DEST's
-        files appear). Called after verification; raises RestoreRefused (nothing written)."""
-        return None
-
-    def drill_destination(self, manifest: dict, unique: str) -> str | None:
-        """Return where a drill of ``manifest`` restores when that is not a scratch directory (e.g.
-        a scratch dataset named with ``unique``), or None (the default: a scratch directory). The
-        drill removes it afterwards with ``discard(name)``."""
-        return None
-
-    def discard(self, path: Path | str) -> None:
-        """Remove a restored copy at ``path`` (drill scratch space; a str is a name returned by
-        ``drill_destination``)."""
-        import shutil
-
-        shutil.rmtree(path, ignore_errors=True)
-
-    def restore(self, stream: IO[bytes], fmt: str, dest: Path | str, item: dict, allow_special: bool = False) -> Path:
-        """Restore one exported volume from ``stream`` into ``dest`` (a str when
-        ``prepare_destination`` named the destination; a directory Path otherwise, which does not exist yet
-        for a full stream; for an incremental one — ``item["parent"]`` set — it holds the restored
-        parent chain); return the directory holding the restored files. ``item`` is the manifest's
-        volume record (for tar, ``item["_scan"]`` is the tar.ScanReport of the verified stream).
-        Raises RestoreRefused / OperationFailed."""
+    def restore(self, stream: IO[bytes], fmt: str, dest: VolumeDest, record: "Volume",
+                scan: "ScanReport | None", allow_special: bool = False) -> Path:
+        """Restore one exported volume (one link of its chain) from ``stream`` into ``dest``;
+        return the directory holding the restored files. ``record`` is the manifest's volume
+        record; ``scan`` is the checked member list of a tar stream (extract with
+        ``snapagent.util.tar.extract``, which checks it again as it writes). Raise
+        RestoreRefused / OperationFailed."""
         raise NotImplementedError
 
     @classmethod
-    def undo(cls, record: dict, runner: Runner) -> str:
+    def undo(cls, record: dict[str, Any], runner: Runner) -> str:
         """Undo one open journal record of a killed run (a snapshot, a mount); return what was done."""
         raise NotImplementedError
 
     def tool_versions(self) -> dict[str, str]:
         """Return {tool: version} for the manifest."""
         return {}
+
+
+@runtime_checkable
+class IncrementalBase(Protocol):
+    """Keeps each snapshot after a backup as the base of the next incremental export."""
+
+    def keeps_base(self, fmt: str) -> bool:
+        """Return True when snapshots exported in ``fmt`` are kept (``keep``) instead of released."""
+
+    def keep(self, snap: Snapshot) -> None:
+        """Keep ``snap`` as the next base (e.g. ``zfs hold``) and close its journal entry."""
+
+    def release_base(self, record: "Volume") -> None:
+        """Release the base an earlier backup kept (its manifest volume record). Idempotent;
+        never touches a snapshot that is not the one the record names."""
+
+
+@runtime_checkable
+class DatasetRestore(Protocol):
+    """Restores (some of) its backups into a new dataset instead of a directory."""
+
+    def prepare_dataset(self, dest: str, manifest: "Manifest", force: bool) -> PreparedDataset | None:
+        """Return None when ``manifest``'s backup restores into a directory. Otherwise check that
+        ``dest`` names a new dataset, move an existing one aside when ``force``, create it
+        (journaled) and return it. Raise RestoreRefused (nothing written)."""
+
+    def drill_dataset(self, manifest: "Manifest", unique: str) -> str | None:
+        """Return the name of a scratch dataset for a drill of ``manifest`` (None: a scratch
+        directory will do). The drill creates it with ``prepare_dataset`` and journals it."""
+
+
+@runtime_checkable
+class RestoreDirectoryCheck(Protocol):
+    """Can refuse a restore directory before anything is written."""
+
+    def check_restore_directory(self, dest: Path, fmt: str) -> None:
+        """Raise RestoreRefused when ``dest`` (which may not exist yet) cannot receive ``fmt``."""
+
+
+@runtime_checkable
+class CustomDiscard(Protocol):
+    """Removes restored copies (drill scratch space) that ``rm -r`` cannot."""
+
+    @classmethod
+    def discard(cls, path: Path, runner: Runner) -> None:
+        """Remove the restored tree at ``path``."""

@@ -1,19 +1,31 @@
 """The quiescer interface: one plugin per database or freeze method.
 
-Lifecycle per run: ``preflight()`` (takes no locks) → ``quiesce(deadline)`` (takes the lock on a
-connection it keeps) → snapshot → ``verify()`` (still the same session?) → ``release()`` (idempotent,
-bounded, never raises; returns what goes into the manifest). Register under ``snapagent.quiescers``.
+Backup, per run: ``preflight()`` (takes no locks) → ``quiesce(deadline)`` (takes the lock on a
+connection it keeps) → snapshot → ``verify()`` (still the same session?) → ``release()``
+(idempotent, bounded, never raises; returns what goes into the manifest) → ``artifacts()`` (extra
+data the backup needs). Restore: ``prepare_restore(record, locate, ctx)`` makes the restored
+database start as it is; drill: ``drill(record, locate, ctx)`` checks a restored copy. ``undo``
+releases what a killed run journaled. Register under ``snapagent.quiescers``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, ClassVar, ContextManager
+from typing import IO, TYPE_CHECKING, Any, Callable, ClassVar, ContextManager
 
 from pydantic import BaseModel
 
-from snapagent.util.runner import Runner
+from ..util.runner import Runner
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..held import Held
+
+#: Maps a live path a quiescer recorded to where it is in the restore (inside DEST, symlinks
+#: resolved); raises NotFound for a path the backup does not hold, RestoreRefused for one that
+#: would lead outside.
+Locate = Callable[[str], Path]
 
 
 @dataclass
@@ -52,6 +64,18 @@ class ExtraArtifact:
 
 
 @dataclass
+class RestoreContext:
+    """What a quiescer's restore and drill hooks get: the runner (``agent.tools``, dry run), the
+    configuration, ``held`` — take scratch directories, mounts, ACL entries and server processes
+    only through it, so they are journaled and given back — and ``say`` for progress lines."""
+
+    runner: Runner
+    config: "Config"
+    held: "Held"
+    say: Callable[[str], None] = lambda line: None
+
+
+@dataclass
 class ProbeResult:
     """Outcome of one drill probe: ``ok`` plus figures (row counts, check output) for the report."""
 
@@ -66,7 +90,9 @@ class Quiescer:
 
     type: ClassVar[str] = "?"
     Config: ClassVar[type[BaseModel] | None] = None
-    #: True when the agent's death releases the lock by itself (session-held database locks).
+    #: True when the agent's death releases the lock by itself (session-held database locks);
+    #: shown in ``backup --dry-run`` and ``config check``. A quiescer whose lock outlives the
+    #: agent journals it (``ctx.journal``) and implements ``undo``.
     releases_on_death: ClassVar[bool] = True
     #: "application" (the database made its files consistent) or "crash" (a crash-consistent image).
     consistency: ClassVar[str] = "application"
@@ -102,24 +128,21 @@ class Quiescer:
         self-contained (stored as tar artifacts). Raise OperationFailed when it cannot be had."""
         return []
 
-    def abort(self) -> None:
-        """Drop everything without recording (used on errors before quiesce)."""
-        self.release()
-
     @classmethod
     def undo(cls, record: dict[str, Any], runner: Runner) -> str:
         """Undo a journal record this quiescer wrote (e.g. thaw a freeze) left by a killed run."""
         raise NotImplementedError(f"quiescer {cls.type} journals nothing to undo")
 
     @classmethod
-    def prepare_restore(cls, record: dict[str, Any], locate: Callable[[str], Path], config: Any) -> dict[str, Any] | None:
+    def prepare_restore(cls, record: dict[str, Any], locate: Locate, ctx: RestoreContext) -> dict[str, Any] | None:
         """After files are restored: make the restored database startable as it is (e.g. write
         PostgreSQL's backup_label, recovery settings); return notes for the user, or None.
-        Each entry of ``record["artifacts"]`` then also holds ``restored``: where it was extracted."""
+        ``record`` is this quiescer's manifest record; each entry of ``record["artifacts"]`` then
+        also holds ``restored``: where it was extracted."""
         return None
 
     @classmethod
-    def drill(cls, record: dict[str, Any], locate: Callable[[str], Path]) -> list[ProbeResult]:
-        """Check the restored database described by ``record``; ``locate`` maps a live path to its
-        restored path. Return the probe results (empty when this quiescer has no probe)."""
+    def drill(cls, record: dict[str, Any], locate: Locate, ctx: RestoreContext) -> list[ProbeResult]:
+        """Check the restored (and prepared) database described by ``record``; return the probe
+        results (empty when this quiescer has no probe). Failed checks are results, not errors."""
         return []

@@ -1,48 +1,97 @@
 """The target interface: where backups are stored, atomically, with a manifest and checksums.
 
-Register under ``snapagent.targets``. A backup exists iff its manifest exists.
+Register a target under the ``snapagent.targets`` entry point group. A backup exists iff its
+manifest exists. A target stores and returns bytes; the manifest is written and read only through
+``snapagent.manifest`` (``dumps``/``loads``), and a manifest that cannot be trusted makes that one
+backup ``Damaged`` — never the whole listing.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, ClassVar, Iterator
+from typing import IO, Any, ClassVar
 
 from pydantic import BaseModel
 
-from snapagent.util.runner import Runner
+from ..manifest import Artifact, Manifest
+from ..util.runner import Runner
 
 
-@dataclass
-class ArtifactInfo:
-    """One stored artifact as recorded in the manifest."""
+@dataclass(frozen=True)
+class Stored:
+    """A complete backup as found in a target: its manifest, the target, and where it lies there
+    (runtime facts beside the manifest, never in it)."""
 
-    name: str
-    size: int
-    sha256: str
-    compression: str
-    raw_size: int
+    manifest: Manifest
+    target: "Target"
+    location: str
 
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+    @property
+    def id(self) -> str:
+        return self.manifest.id
+
+
+@dataclass(frozen=True)
+class Damaged:
+    """A backup whose manifest cannot be trusted: named by where it is stored, with the reason."""
+
+    id: str
+    job: str
+    target: "Target"
+    location: str
+    reason: str
+
+
+def listing_order(b: Stored | Damaged) -> tuple[str, str]:
+    """Sort key of listings: creation time (for a damaged backup, the time in its id), then id."""
+    if isinstance(b, Stored):
+        return b.manifest.created.strftime("%Y%m%dT%H%M%S.%f"), b.id
+    return b.id[-16:-1], b.id
+
+
+class ArtifactReader:
+    """Reads one artifact's bytes (decompressed); ``finish()`` reads what is left and raises
+    VerifyFailed when the stored size or sha256 differ from the manifest."""
+
+    def read(self, n: int = -1) -> bytes:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def readable(self) -> bool:
+        return True
+
+    def finish(self) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def close(self) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def __enter__(self) -> "ArtifactReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 class Writer:
-    """An in-progress backup in a target; nothing is visible until ``commit``."""
+    """A backup being written; nothing of it is visible until ``commit``."""
 
-    def add_artifact(self, name: str, stream: IO[bytes]) -> ArtifactInfo:
+    def add_artifact(self, name: str, stream: IO[bytes]) -> Artifact:
+        """Store ``stream`` as artifact ``name`` (checksummed, durable); return its record."""
         raise NotImplementedError
 
-    def commit(self, manifest: dict[str, Any]) -> None:
+    def commit(self, manifest: Manifest) -> None:
+        """Write the manifest last and make the backup visible atomically."""
         raise NotImplementedError
 
     def abort(self) -> None:
+        """Remove what was written (idempotent)."""
         raise NotImplementedError
 
 
 class Target:
-    """Base class of targets."""
+    """Base class of targets. Subclasses set ``type`` and ``Config`` (a pydantic model of the
+    ``[targets.NAME]`` table) and implement the methods."""
 
     type: ClassVar[str] = "?"
     Config: ClassVar[type[BaseModel] | None] = None
@@ -62,35 +111,27 @@ class Target:
         """Check the target is writable for ``job``; raise PreflightFailed."""
 
     def begin(self, job: str, backup_id: str, journal) -> Writer:
-        """Start writing backup ``backup_id`` (its temp place journaled); return its Writer."""
+        """Start writing backup ``backup_id`` (its temp place journaled first); return its Writer."""
         raise NotImplementedError
 
-    def list(self, job: str | None = None) -> list[dict[str, Any]]:
-        """Return the manifests of the committed backups (of ``job``), oldest first."""
+    def list(self, job: str | None = None) -> list[Stored | Damaged]:
+        """Return the committed backups (of ``job``), good or damaged, oldest first by id."""
         raise NotImplementedError
 
-    def get(self, backup_id: str) -> dict[str, Any] | None:
-        """Return the manifest of ``backup_id`` or None."""
+    def get(self, backup_id: str) -> Stored | Damaged | None:
+        """Return backup ``backup_id``, or None when this target does not hold it."""
         raise NotImplementedError
 
-    def open_artifact(self, backup_id: str, art: dict[str, Any]) -> "ArtifactReader":
-        """Return a reader of the artifact's decompressed bytes that checks size and sha256 at EOF."""
+    def open_artifact(self, backup_id: str, art: Artifact) -> ArtifactReader:
+        """Return a reader of the artifact's decompressed bytes that checks size and sha256 at
+        ``finish()``. Raise NotFound / VerifyFailed when it is missing or not a regular file."""
         raise NotImplementedError
 
     def delete(self, backup_id: str) -> None:
+        """Remove a backup: it disappears from listings atomically first."""
         raise NotImplementedError
 
     @classmethod
     def undo(cls, record: dict, runner: Runner) -> str:
         """Remove a temp place a killed run left behind; return what was done."""
-        raise NotImplementedError
-
-
-class ArtifactReader:
-    """Protocol-ish: ``read(n)``, ``close()``, and ``check()`` raising VerifyFailed after EOF."""
-
-    def read(self, n: int = -1) -> bytes:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def drain(self) -> Iterator[bytes]:  # pragma: no cover - interface
         raise NotImplementedError

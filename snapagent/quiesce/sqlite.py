@@ -9,17 +9,18 @@ never opens the database file any other way (closing a second descriptor drops P
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import field_validator
 
 from snapagent.config import Duration, Strict
 from snapagent.errors import PreflightFailed, QuiesceFailed
-from snapagent.plugin.quiescer import ProbeResult, Quiescer
+from snapagent.plugin.quiescer import Locate, ProbeResult, Quiescer, RestoreContext
 
 
 class SqliteConfig(Strict):
@@ -32,7 +33,7 @@ class SqliteConfig(Strict):
     def _abs(cls, v: Path) -> Path:
         if not v.is_absolute():
             raise ValueError("must be an absolute path")
-        return v
+        return Path(os.path.normpath(v))
 
 
 def _utc(ts: float) -> str:
@@ -121,7 +122,8 @@ class SqliteQuiescer(Quiescer):
             self.conn = None
 
     @classmethod
-    def drill(cls, record: dict[str, Any], locate: Callable[[str], Path]) -> list[ProbeResult]:
+    def drill(cls, record: dict[str, Any], locate: Locate, ctx: RestoreContext) -> list[ProbeResult]:
+        """``PRAGMA integrity_check`` and exact row counts of the restored database."""
         path = locate(record["path"])
         name = f"sqlite {record['path']}"
         if not path.is_file():

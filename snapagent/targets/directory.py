@@ -10,20 +10,23 @@ are computed while streaming. Files are 0600, directories 0700.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
+import stat
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Literal
 
 import zstandard
 from pydantic import Field
 
+from snapagent import manifest as manifestmod
 from snapagent.config import Strict
 from snapagent.errors import NotFound, PreflightFailed, VerifyFailed
+from snapagent.manifest import Artifact, Manifest, ManifestDamaged
+from snapagent.plugin.target import ArtifactReader, Damaged, Stored, Target, Writer, listing_order
 from snapagent.util.fs import fsync_dir, write_atomic
+from snapagent.util.names import BACKUP_ID_RE, NAME_RE
 from snapagent.util.runner import Runner
-from snapagent.plugin.target import ArtifactInfo, Target, Writer
 
 CHUNK = 1 << 20
 PARTIAL = ".partial-"
@@ -71,15 +74,21 @@ class _HashingSource:
         return True
 
 
-class VerifyingReader:
+class VerifyingReader(ArtifactReader):
     """Reads an artifact's decompressed bytes; ``finish()`` drains it and checks size and sha256."""
 
-    def __init__(self, path: Path, art: dict[str, Any]):
+    def __init__(self, path: Path, art: Artifact):
         self.art = art
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise OSError(0, "not a regular file")
+        except OSError as e:
+            raise VerifyFailed(f"artifact {art.name}: cannot be read ({e.strerror or e})") from None
         self._raw = os.fdopen(fd, "rb")
         self._src = _HashingSource(self._raw)
-        if art.get("compression") == "zstd":
+        if art.compression == "zstd":
             self._r = zstandard.ZstdDecompressor().stream_reader(self._src, read_size=CHUNK, closefd=False)
         else:
             self._r = self._src
@@ -88,7 +97,7 @@ class VerifyingReader:
         try:
             return self._r.read(n)
         except zstandard.ZstdError as e:
-            raise VerifyFailed(f"artifact {self.art['name']}: corrupt compressed data ({e})") from None
+            raise VerifyFailed(f"artifact {self.art.name}: corrupt compressed data ({e})") from None
 
     def readable(self) -> bool:
         return True
@@ -97,21 +106,15 @@ class VerifyingReader:
         """Read what is left of the stored file and raise VerifyFailed on a size or sha256 mismatch."""
         while self._src.read(CHUNK):
             pass
-        name = self.art["name"]
-        if self._src.size != self.art["size"]:
-            raise VerifyFailed(f"artifact {name}: size {self._src.size} != {self.art['size']} in manifest")
+        name = self.art.name
+        if self._src.size != self.art.size:
+            raise VerifyFailed(f"artifact {name}: size {self._src.size} != {self.art.size} in manifest")
         got = self._src.h.hexdigest()
-        if got != self.art["sha256"]:
-            raise VerifyFailed(f"artifact {name}: sha256 mismatch (manifest {self.art['sha256'][:16]}…, file {got[:16]}…)")
+        if got != self.art.sha256:
+            raise VerifyFailed(f"artifact {name}: sha256 mismatch (manifest {self.art.sha256[:16]}…, file {got[:16]}…)")
 
     def close(self) -> None:
         self._raw.close()
-
-    def __enter__(self) -> "VerifyingReader":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 class DirectoryWriter(Writer):
@@ -121,7 +124,7 @@ class DirectoryWriter(Writer):
         self.final = final
         self.journal = journal
 
-    def add_artifact(self, name: str, stream: IO[bytes]) -> ArtifactInfo:
+    def add_artifact(self, name: str, stream: IO[bytes]) -> Artifact:
         """Store ``stream`` as artifact ``name`` (compressed, hashed, fsynced); return its record."""
         cfg = self.t.cfg
         comp = cfg.compression
@@ -144,11 +147,11 @@ class DirectoryWriter(Writer):
             f.flush()
             os.fsync(f.fileno())
         os.replace(part, self.tmp / fname)
-        return ArtifactInfo(fname, sink.size, sink.h.hexdigest(), comp, raw_size)
+        return Artifact(name=fname, size=sink.size, sha256=sink.h.hexdigest(), compression=comp, raw_size=raw_size)
 
-    def commit(self, manifest: dict[str, Any]) -> None:
+    def commit(self, manifest: Manifest) -> None:
         """Write the manifest last and move the backup into place atomically."""
-        write_atomic(self.tmp / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n")
+        write_atomic(self.tmp / "manifest.json", manifestmod.dumps(manifest))
         fsync_dir(self.tmp)
         os.rename(self.tmp, self.final)
         fsync_dir(self.final.parent)
@@ -187,54 +190,75 @@ class DirectoryTarget(Target):
         return DirectoryWriter(self, tmp, jobdir / backup_id, journal)
 
     def _dirs(self, job: str | None):
+        """Yield (job, backup directory) of every directory holding a ``manifest.json``."""
         root = self.cfg.path
         if not root.is_dir():
             return
-        jobdirs = [root / job] if job else sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        jobdirs = [root / job] if job else sorted(d for d in root.iterdir() if not d.name.startswith("."))
         for jd in jobdirs:
-            if jd.is_dir():
+            if jd.is_dir() and not jd.is_symlink():
                 for d in jd.iterdir():
-                    if not d.name.startswith(".") and (d / "manifest.json").is_file():
-                        yield d
+                    if not d.name.startswith(".") and os.path.lexists(d / "manifest.json"):
+                        yield jd.name, d
 
-    def _read(self, d: Path) -> dict[str, Any]:
-        m = json.loads((d / "manifest.json").read_text())
-        m["_location"] = str(d)
-        m["_target"] = self.name
-        return m
+    def _read(self, job: str, d: Path) -> Stored | Damaged:
+        """Return the backup in directory ``d`` of job directory ``job``, or why it is damaged."""
+        def damaged(reason: str) -> Damaged:
+            return Damaged(d.name, job, self, str(d), reason)
 
-    def list(self, job: str | None = None) -> list[dict[str, Any]]:
-        return sorted((self._read(d) for d in self._dirs(job)), key=lambda m: (m["created"], m["id"]))
+        if not NAME_RE.match(job) or not BACKUP_ID_RE.match(d.name):
+            return damaged("stored under a name snapagent never writes")
+        if d.is_symlink():
+            return damaged("the backup directory is a symlink")
+        try:
+            fd = os.open(d / "manifest.json", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            with os.fdopen(fd, "rb") as f:
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                    return damaged("manifest.json is not a regular file")
+                raw = f.read(manifestmod.MAX_BYTES + 1)
+        except OSError as e:
+            return damaged(f"manifest.json cannot be read ({e.strerror})")
+        try:
+            m = manifestmod.loads(raw, expected_id=d.name)
+        except ManifestDamaged as e:
+            return damaged(str(e))
+        if m.job != job:
+            return damaged(f"manifest says job {m.job!r} but it is stored under job {job!r}")
+        return Stored(m, self, str(d))
 
-    def _find(self, backup_id: str) -> Path | None:
-        if "/" in backup_id or backup_id.startswith("."):
+    def list(self, job: str | None = None) -> list[Stored | Damaged]:
+        return sorted((self._read(j, d) for j, d in self._dirs(job)), key=listing_order)
+
+    def _find(self, backup_id: str) -> tuple[str, Path] | None:
+        if not BACKUP_ID_RE.match(backup_id):
             return None
         root = self.cfg.path
         if not root.is_dir():
             return None
         for jd in root.iterdir():
             d = jd / backup_id
-            if jd.is_dir() and (d / "manifest.json").is_file():
-                return d
+            if not jd.name.startswith(".") and jd.is_dir() and os.path.lexists(d / "manifest.json"):
+                return jd.name, d
         return None
 
-    def get(self, backup_id: str) -> dict[str, Any] | None:
-        d = self._find(backup_id)
-        return self._read(d) if d else None
+    def get(self, backup_id: str) -> Stored | Damaged | None:
+        found = self._find(backup_id)
+        return self._read(*found) if found else None
 
-    def open_artifact(self, backup_id: str, art: dict[str, Any]) -> VerifyingReader:
-        d = self._find(backup_id)
-        if d is None:
+    def open_artifact(self, backup_id: str, art: Artifact) -> VerifyingReader:
+        found = self._find(backup_id)
+        if found is None:
             raise NotFound(f"no backup {backup_id!r} in target {self.name!r}")
-        path = d / art["name"]
-        if "/" in art["name"] or not path.is_file():
-            raise VerifyFailed(f"artifact {art['name']} of {backup_id} is missing")
+        path = found[1] / art.name  # art.name is one safe component (validated by the manifest)
+        if not os.path.lexists(path):
+            raise VerifyFailed(f"artifact {art.name} of {backup_id} is missing")
         return VerifyingReader(path, art)
 
     def delete(self, backup_id: str) -> None:
-        d = self._find(backup_id)
-        if d is None:
+        found = self._find(backup_id)
+        if found is None:
             raise NotFound(f"no backup {backup_id!r} in target {self.name!r}")
+        d = found[1]
         gone = d.with_name(f".deleting-{d.name}")
         os.rename(d, gone)  # disappears from listings atomically
         fsync_dir(d.parent)
@@ -249,3 +273,4 @@ class DirectoryTarget(Target):
             return f"would remove partial backup {path}"
         shutil.rmtree(path, ignore_errors=True)
         return f"removed partial backup {path}"
+

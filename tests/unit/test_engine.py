@@ -26,9 +26,7 @@ class FakeDriver(Driver):
 
     def preflight(self, volumes):
         EVENTS.append("preflight")
-
-    def volume_root(self, volume):
-        return Path(volume)
+        return [Path(v) for v in volumes]
 
     def snapshot(self, volumes, name, deadline):
         out = []
@@ -42,7 +40,7 @@ class FakeDriver(Driver):
         return out
 
     @contextlib.contextmanager
-    def export(self, snap, fmt, parent=None):
+    def export(self, snap, fmt, base=None):
         yield io.BytesIO(b"data of " + snap.volume.encode())
 
     def release(self, snap):
@@ -90,12 +88,12 @@ def make_run(tmp_path, monkeypatch):
 
 def test_happy_path_order_and_manifest(make_run):
     run, cfg, _ = make_run([{"n": "a"}, {"n": "b"}])
-    m = run.run()
+    m = run.run().manifest
     assert EVENTS == ["preflight", "quiesce a", "quiesce b", "snapshot /v1", "snapshot /v2",
                       "release b", "release a", "release /v1", "release /v2"]
-    assert [q["n"] for q in m["quiescers"]] == ["a", "b"]
-    assert m["freeze_window_ms"] < 10000 and set(m["phases_ms"]) >= {"preflight", "quiesce", "snapshot", "thaw", "export"}
-    assert [b["id"] for b in cfg.target("local").list("app")] == [m["id"]]
+    assert [q.facts()["n"] for q in m.quiescers] == ["a", "b"]
+    assert m.freeze_window_ms < 10000 and set(m.phases_ms) >= {"preflight", "quiesce", "snapshot", "thaw", "export"}
+    assert [b.id for b in cfg.target("local").list("app")] == [m.id]
 
 
 def test_failed_quiesce_skips_snapshot_and_releases_only_succeeded(make_run):
@@ -128,7 +126,7 @@ def test_snapshot_failure_undoes_journaled_snapshot(make_run):
 def test_dry_run_touches_nothing(make_run, tmp_path):
     run, cfg, _ = make_run([{"n": "a"}])
     run.runner.dry_run = True
-    plan = run.run()
+    plan = run.plan()
     assert plan["dry_run"] and "quiesce a" not in EVENTS
     assert not (tmp_path / "state").exists() and not (tmp_path / "b").exists()
     assert any(line.startswith("would quiesce") for line in run.runner.echoed)

@@ -10,7 +10,7 @@ import pytest
 
 from snapagent.errors import OperationFailed
 from snapagent.plugin.quiescer import ExtraArtifact
-from snapagent.restore import verify
+from snapagent import verify
 from tests.unit.test_engine import EVENTS, FakeQ, make_run  # noqa: F401 - make_run is a fixture
 
 
@@ -43,21 +43,21 @@ def extra_run(make_run, monkeypatch):
 
 def test_extra_artifact_stored_recorded_and_verified(extra_run):
     run, cfg = extra_run([{"n": "a"}])
-    m = run.run()
+    m = run.run().manifest
     assert EVENTS.index("release a") < EVENTS.index("artifacts a") < EVENTS.index("release /v1")
-    rec = m["quiescers"][0]["artifacts"][0]
-    assert rec["name"] == "v1" and rec["format"] == "tar" and rec["artifact"].startswith("q00-fakeq-v1.tar")
-    labels = [v["label"] for v in m["volumes"]]
-    assert rec["restore_dir"] not in labels  # unique next to the volume labels
+    rec = m.quiescers[0].artifacts[0]
+    assert rec.name == "v1" and rec.format == "tar" and rec.artifact.startswith("q00-fakeq-v1.tar")
+    labels = [v.label for v in m.volumes]
+    assert rec.restore_dir not in labels  # unique next to the volume labels
     target = cfg.target("local")
-    stored = target.get(m["id"])
-    results = verify(target, stored)  # the fake volumes are not tar; the extra is checked like them
-    assert [r["name"] for r in results][-1] == rec["artifact"] and all(r["ok"] for r in results)
-    path = next(p for p in (cfg.targets["local"][1].path / "app" / m["id"]).iterdir() if p.name == rec["artifact"])
+    stored = target.get(m.id)
+    results = verify.check(stored)  # the fake volumes are not tar; the extra is checked like them
+    assert [r.name for r in results][-1] == rec.artifact and all(r.ok for r in results)
+    path = next(p for p in (cfg.targets["local"][1].path / "app" / m.id).iterdir() if p.name == rec.artifact)
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
-    assert not verify(target, target.get(m["id"]))[-1]["ok"]
+    assert not verify.check(target.get(m.id))[-1].ok
 
 
 def test_failing_extra_fails_the_run_and_stores_nothing(extra_run):

@@ -14,6 +14,7 @@ from snapagent.errors import ConfigError, NotFound, PreflightFailed, QuiesceFail
 from snapagent.quiesce import mysql as my
 from snapagent.quiesce.mysql import connection as mc
 from tests.helpers.cli import ROOT
+from snapagent.quiesce.mysql import drill as mysql_drill
 from snapagent.quiesce.mysql import restore as mr
 from snapagent.plugin.quiescer import QuiesceContext
 from snapagent.util.runner import Runner
@@ -325,7 +326,7 @@ def test_run_as_falls_back_to_root(tmp_path):
     d = tmp_path / "d"
     d.mkdir()
     os.chown(d, 0, 0) if os.geteuid() == 0 else None
-    assert mr._run_as(d) in ("root", os.environ.get("USER", "root"))
+    assert mysql_drill._run_as(d) in ("root", os.environ.get("USER", "root"))
 
 
 def test_server_argv_for_mysql8_without_binlog(tmp_path):

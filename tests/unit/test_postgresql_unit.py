@@ -15,6 +15,7 @@ from snapagent.errors import ConfigError, OperationFailed
 from snapagent.quiesce.postgresql import drill as pg_drill
 from snapagent.quiesce.postgresql import restore as pg_restore
 from snapagent.quiesce.postgresql import wal as pg_wal
+from snapagent.held import Held
 from tests.helpers.fakerunner import FakeRunner
 
 NASTY = "-a b;c $(touch pwned) 'q' %d"
@@ -194,17 +195,23 @@ def test_prepare_checkpoint_leaves_wal_and_refuses_unknown_links(tmp_path):
     assert not (pgdata / "recovery.signal").exists()
 
 
-def test_acl_argv():
+def test_acl_argv(tmp_path):
     r = FakeRunner()
-    pg_restore.grant_traverse(r, [Path("/x") / NASTY], 101)
-    pg_restore.revoke_traverse(r, [Path("/x") / NASTY], 101)
-    assert r.argvs() == [["setfacl", "-m", "u:101:x", "--", f"/x/{NASTY}"], ["setfacl", "-x", "u:101", "--", f"/x/{NASTY}"]]
+    pg_restore.grant_traverse(r, [Path("/x") / NASTY], 101)  # restore: the entry stays with the copy
+    held = Held(None, r)  # drill: given back afterwards
+    held.grant_traverse([tmp_path / NASTY], 101)
+    (tmp_path / NASTY).mkdir()
+    assert held.release_all() == []
+    assert r.argvs() == [["setfacl", "-m", "u:101:x", "--", f"/x/{NASTY}"],
+                         ["setfacl", "-m", "u:101:x", "--", f"{tmp_path}/{NASTY}"],
+                         ["setfacl", "-x", "u:101", "--", f"{tmp_path}/{NASTY}"]]
 
 
 def test_drill_postmaster_argv(tmp_path):
     pgdata = tmp_path / NASTY
     pgdata.mkdir()
-    c = pg_drill.Cluster({"server_version_num": 150018, "bootstrap_superuser": "postgres"}, pgdata, [], FakeRunner())
+    c = pg_drill.Cluster({"server_version_num": 150018, "bootstrap_superuser": "postgres"}, pgdata, [],
+                         Held(None, FakeRunner()))
     try:
         argv = c.argv()
     finally:

@@ -5,6 +5,7 @@ bases, restore destinations. The real-pool tests are tests/vm/test_zfs.py."""
 from __future__ import annotations
 
 import json
+import io
 import time
 from pathlib import Path
 
@@ -18,6 +19,9 @@ from snapagent.errors import ConfigError, ExportFailed, OperationFailed, Preflig
 from snapagent.journal import Journal, read_open
 from plugins.zfs import ZfsDriver, ZfsOptions
 from plugins.zfs.names import dataset_problem
+from snapagent.journal import Journal, read_open
+from snapagent.plugin.driver import DatasetDest, PreparedDataset
+from tests.helpers.manifests import manifest, volume
 from plugins.zfs.zfscmd import classify
 
 SPACE = "tank/app db"           # spaces are legal in ZFS names
@@ -30,7 +34,9 @@ def make(*datasets: str, opts: dict | None = None, journal=None, **kw) -> tuple[
     for d in datasets:
         fake.add(d)
     runner = zfs_runner(fake, **kw)
-    return ZfsDriver(runner, ZfsOptions(**(opts or {})), journal), runner
+    drv = ZfsDriver(runner, ZfsOptions(**(opts or {})))
+    drv.journal = journal
+    return drv, runner
 
 
 def far() -> float:
@@ -61,10 +67,10 @@ def test_illegal_names_are_refused_before_any_command(name, why):
 # -- preflight ------------------------------------------------------------------------------------
 def test_preflight_one_list_call_with_exact_argv():
     drv, runner = make(SPACE, LEAD)
-    drv.preflight([SPACE, LEAD])
+    roots = drv.preflight([SPACE, LEAD])
     assert runner.argvs() == [["zfs", "list", "-H", "-p", "-o", LIST_PROPS, "-t", "filesystem,volume", "--", SPACE, LEAD]]
-    assert drv.volume_root(SPACE) == Path("/mnt/tank/app db")
-    assert len(runner.argvs()) == 1  # mountpoint cached from preflight
+    assert roots == [Path("/mnt/tank/app db"), Path("/mnt/tank/-lead:x.y_z")]
+    assert len(runner.argvs()) == 1  # the mountpoints come from the one list call
 
 
 def test_preflight_names_the_missing_dataset():
@@ -202,7 +208,7 @@ def test_send_full_then_incremental_from_held_base():
     assert s1.info["createtxg"] == 100 and "parent_snapshot" not in s1.info
     drv.keep(s1)
     assert ["zfs", "hold", "--", "snapagent", f"{SPACE}@snapagent-b1"] in runner.argvs()
-    item = {"volume": SPACE, "snapshot": s1.handle, "kept": True, "backup_id": "b1", **s1.info}
+    item = volume(SPACE, "app_db", "send", snapshot=s1.handle, kept=True, info=s1.info)
     (s2,) = drv.snapshot([SPACE], "snapagent-b2", far())
     read_export(drv, s2, "send", item)
     assert runner.procs[-1].argv == ["zfs", "send", "-w", "-c", "-L", "-i", f"{SPACE}@snapagent-b1", "--", f"{SPACE}@snapagent-b2"]
@@ -222,7 +228,7 @@ def test_unusable_base_falls_back_to_full_send(spoil, why, caplog):
     drv, runner = make(SPACE)
     (s1,) = drv.snapshot([SPACE], "b1", far())
     read_export(drv, s1, "send")
-    item = {"snapshot": s1.handle, "guid": s1.info["guid"], "kept": True}
+    item = volume(SPACE, "app_db", "send", snapshot=s1.handle, kept=True, info={"guid": s1.info["guid"]})
     spoil(runner.fake, s1.handle)
     (s2,) = drv.snapshot([SPACE], "b2", far())
     read_export(drv, s2, "send", item)
@@ -232,7 +238,12 @@ def test_unusable_base_falls_back_to_full_send(spoil, why, caplog):
 def test_release_base_leaves_a_same_named_other_snapshot():
     drv, runner = make(SPACE)
     (s1,) = drv.snapshot([SPACE], "b1", far())
-    drv.release_base({"snapshot": s1.handle, "guid": "not-this-one"})
+    drv.release_base(volume(SPACE, "app_db", "send", snapshot=s1.handle, info={"guid": "not-this-one"}))
+    (s2,) = drv.snapshot([SPACE], "snapagent-b2", far())
+    drv.release_base(volume(SPACE, "app_db", "send", snapshot=s2.handle, info={"guid": "not-this-one"}))
+    assert s2.handle in runner.fake.snapshots
+    drv.release_base(volume(LEAD, "lead", "send", snapshot=s2.handle, info={"guid": s2.info.get("guid", "1")}))
+    assert s2.handle in runner.fake.snapshots  # a record of another volume never touches this one
     assert s1.handle in runner.fake.snapshots
 
 
@@ -263,52 +274,66 @@ def test_keep_failure_is_typed():
 
 
 # -- restore destinations -------------------------------------------------------------------------
-MANIFEST = {"id": "job-1", "export_format": "send", "volumes": [{"volume": SPACE, "label": "app_db"}]}
+MANIFEST = manifest("job", [volume(SPACE, "app_db", "send")], export_format="send")
 
 
-def test_prepare_destination_for_send_creates_a_new_dataset():
+def test_prepare_dataset_for_send_creates_a_new_dataset():
     drv, runner = make("tank")
-    assert drv.prepare_destination("tank/restored x", MANIFEST, force=False) == ("tank/restored x", None, Path("/mnt/tank/restored x"))
+    assert drv.prepare_dataset("tank/restored x", MANIFEST, force=False) == \
+        PreparedDataset("tank/restored x", Path("/mnt/tank/restored x"), None)
     assert runner.argvs()[-2] == ["zfs", "create", "-p", "--", "tank/restored x"]
 
 
-def test_prepare_destination_refusals():
+def test_prepare_dataset_refusals():
     drv, runner = make("tank", "tank/exists")
     with pytest.raises(RestoreRefused, match="names a NEW ZFS dataset.*not a path"):
-        drv.prepare_destination("/srv/restore", MANIFEST, force=False)
+        drv.prepare_dataset("/srv/restore", MANIFEST, force=False)
     with pytest.raises(RestoreRefused, match="pool 'nopool' does not exist"):
-        drv.prepare_destination("nopool/x", MANIFEST, force=False)
+        drv.prepare_dataset("nopool/x", MANIFEST, force=False)
     with pytest.raises(RestoreRefused, match="already exists.*--force"):
-        drv.prepare_destination("tank/exists", MANIFEST, force=False)
+        drv.prepare_dataset("tank/exists", MANIFEST, force=False)
     assert not [c for c in runner.argvs() if c[1] in ("create", "rename")]
-    name, moved, _ = drv.prepare_destination("tank/exists", MANIFEST, force=True)
-    assert moved.startswith("tank/exists.pre-restore-") and moved in runner.fake.datasets
-    assert drv.prepare_destination("/srv/restore", {**MANIFEST, "export_format": "tar"}, False) is None
+    prepared = drv.prepare_dataset("tank/exists", MANIFEST, force=True)
+    assert prepared.moved_aside.startswith("tank/exists.pre-restore-") and prepared.moved_aside in runner.fake.datasets
+    assert drv.prepare_dataset("/srv/restore", MANIFEST.model_copy(update={"export_format": "tar"}), False) is None
+
+
+def test_prepare_dataset_is_journaled_and_undone(tmp_path):
+    j = Journal.start(tmp_path, "_restore", "r1")
+    drv, runner = make("tank", "tank/exists", journal=j)
+    prepared = drv.prepare_dataset("tank/exists", MANIFEST, force=True)
+    recs = read_open(j.path)
+    assert [(r["kind"], r["key"]) for r in recs] == [("renamed", prepared.moved_aside), ("dataset", "tank/exists")]
+    for rec in reversed(recs):  # what cleanup does after a kill
+        ZfsDriver.undo(rec, runner)
+    assert "tank/exists" in runner.fake.datasets and prepared.moved_aside not in runner.fake.datasets
+    assert ["zfs", "destroy", "-r", "--", "tank/exists"] in runner.argvs()
 
 
 def test_receive_chain_argv():
     drv, runner = make("tank")
     runner.fake.on_receive = lambda argv: runner.fake.add(argv[-1], mounted="no")
-    full = drv.restore(__import__("io").BytesIO(b"full"), "send", "tank/r/app_db", {"snapshot": "x"})
+    rec = volume(SPACE, "app_db", "send", snapshot="x")
+    full = drv.restore(io.BytesIO(b"full"), "send", DatasetDest("tank/r/app_db"), rec, None)
     assert runner.procs[-1].argv == ["zfs", "receive", "-x", "mountpoint", "--", "tank/r/app_db"]
     assert runner.procs[-1].received == b"full"
     assert ["zfs", "mount", "--", "tank/r/app_db"] in runner.argvs() and full == Path("/mnt/tank/r/app_db")
     runner.fake.on_receive = None
-    drv.restore(__import__("io").BytesIO(b"incr"), "send", "tank/r/app_db", {"parent": "job-0"})
+    incr = rec.model_copy(update={"parent": "job-20261202T040000Z"})
+    drv.restore(io.BytesIO(b"incr"), "send", DatasetDest("tank/r/app_db"), incr, None)
     assert runner.procs[-1].argv == ["zfs", "receive", "-x", "mountpoint", "-F", "--", "tank/r/app_db"]
 
 
-def test_drill_destination_and_discard():
+def test_drill_dataset_and_its_undo():
     drv, runner = make("tank")
-    name = drv.drill_destination(MANIFEST, "job-1.42")
+    name = drv.drill_dataset(MANIFEST, "job-1.42")
     assert name == "tank/snapagent-drill/job-1.42"
     assert ["zfs", "create", "-p", "--", "tank/snapagent-drill"] in runner.argvs()
     runner.fake.add(name)
-    drv.discard(name)
+    ZfsDriver.undo({"kind": "dataset", "key": name}, runner)
     assert ["zfs", "destroy", "-r", "--", name] in runner.argvs() and name not in runner.fake.datasets
     drv2, _ = make("tank", opts={"drill_parent": "tank/scratch space"})
-    assert drv2.drill_destination(MANIFEST, "u") == "tank/scratch space/u"
-    assert drv.drill_destination({**MANIFEST, "export_format": "tar"}, "u") is None
+    assert drv2.drill_dataset(MANIFEST, "u") == "tank/scratch space/u"
 
 
 # -- stderr parsing and config --------------------------------------------------------------------

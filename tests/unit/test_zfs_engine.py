@@ -13,6 +13,7 @@ from tests.helpers.fakezfs import FakeZfs, zfs_runner
 from snapagent.config import parse
 from snapagent.engine import BackupRun
 from snapagent.restore import restore
+from tests.helpers.manifests import manifest
 
 DS = "tank/app db"
 
@@ -31,25 +32,25 @@ def test_full_incremental_chain_and_dataset_restore(tmp_path):
     fake.add("tank")
     fake.add(DS, mountpoint=str(tmp_path / "live"))
     runner = zfs_runner(fake)
-    m1 = BackupRun(cfg, cfg.job("db"), runner).run()
-    v1 = m1["volumes"][0]
-    assert v1["kept"] and "parent" not in v1 and fake.snapshots[v1["snapshot"]]["holds"] == {"snapagent"}
+    m1 = BackupRun(cfg, cfg.job("db"), runner).run().manifest
+    v1 = m1.volumes[0]
+    assert v1.kept and v1.parent is None and fake.snapshots[v1.snapshot]["holds"] == {"snapagent"}
     time.sleep(1.05)  # backup ids have one-second resolution
-    m2 = BackupRun(cfg, cfg.job("db"), runner).run()
-    v2 = m2["volumes"][0]
-    assert v2["parent"] == m1["id"] and v2["parent_snapshot"] == v1["snapshot"]
-    assert list(fake.snapshots) == [v2["snapshot"]]  # the old base was released and destroyed
+    m2 = BackupRun(cfg, cfg.job("db"), runner).run().manifest
+    v2 = m2.volumes[0]
+    assert v2.parent == m1.id and v2.info["parent_snapshot"] == v1.snapshot
+    assert list(fake.snapshots) == [v2.snapshot]  # the old base was released and destroyed
     assert not list((tmp_path / "state" / "journal" / "db").glob("*.jsonl"))  # nothing left open
 
     received = []
     runner.fake.on_receive = lambda argv: (received.append(argv), argv[-1] in fake.datasets or fake.add(argv[-1]))
-    summary = restore(cfg, runner, m2["id"], "tank/restored")
+    summary = restore(cfg, runner, m2.id, "tank/restored")
     assert summary["dest"] == "tank/restored"
     assert received == [["zfs", "receive", "-x", "mountpoint", "--", "tank/restored/app_db"],
                         ["zfs", "receive", "-x", "mountpoint", "-F", "--", "tank/restored/app_db"]]
     assert [s.received for s in runner.procs if s.argv[1] == "receive"] == [
-        f"STREAM zfs send -- {v1['snapshot']}".encode(),
-        f"STREAM zfs send -i {v1['snapshot']} -- {v2['snapshot']}".encode()]
+        f"STREAM zfs send -- {v1.snapshot}".encode(),
+        f"STREAM zfs send -i {v1.snapshot} -- {v2.snapshot}".encode()]
     assert summary["volumes"] == [{"volume": DS, "path": "/mnt/tank/restored/app_db", "restored_as": "tank/restored/app_db"}]
 
 
@@ -60,4 +61,4 @@ def test_tar_backup_restores_into_a_directory(tmp_path):
     (tmp_path / "live" / ".zfs" / "snapshot").mkdir(parents=True)
     runner = zfs_runner(fake)
     job = cfg.job("db")
-    assert not job.driver_cls(runner, job.options).prepare_destination(str(tmp_path / "out"), {"export_format": "tar"}, False)
+    assert job.driver_cls(runner, job.options).prepare_dataset(str(tmp_path / "out"), manifest("db"), False) is None

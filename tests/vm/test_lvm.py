@@ -197,10 +197,10 @@ def test_classic_hot_sqlite_backup_restore_and_restore_by_hand(lvm_vg: VolumeGro
     m = hot_backup_restore(tmp_path, "lvm", lvm_vg.lv_ref("data"), origin, lvm_vg,
                            {"mount_base": base, "snapshot_size": "25%", "poll_interval": "0.2s"})
     vol = m["volumes"][0]
-    assert vol["snapshot_type"] == "cow" and vol["cow_bytes"] == 12 << 20 and vol["fstype"] == "ext4"
-    assert vol["snap_percent_max"] is not None and vol["snap_percent_max"] < 100
+    assert vol["info"]["snapshot_type"] == "cow" and vol["info"]["cow_bytes"] == 12 << 20 and vol["info"]["fstype"] == "ext4"
+    assert vol["info"]["snap_percent_max"] is not None and vol["info"]["snap_percent_max"] < 100
     assert lv_names(lvm_vg) == ["data"]
-    print(f"\nclassic: freeze window {m['freeze_window_ms']:.0f} ms, max Snap% {vol['snap_percent_max']}, {m['_check']}")
+    print(f"\nclassic: freeze window {m['freeze_window_ms']:.0f} ms, max Snap% {vol['info']['snap_percent_max']}, {m['_check']}")
 
     # docs/lvm.md "Restore by hand": check the sha256, then zstd -dc | tar --extract
     bdir = tmp_path / "backups" / "j" / m["id"]
@@ -222,7 +222,7 @@ def test_thin_hot_sqlite_backup_restore_on_xfs(make_vg, tmp_path: Path) -> None:
     m = hot_backup_restore(tmp_path, "lvm-thin", vg.lv_ref("thin"), origin, vg,
                            {"mount_base": base, "max_data_percent": 90})
     vol = m["volumes"][0]
-    assert vol["snapshot_type"] == "thin" and vol["pool"] == "pool" and vol["fstype"] == "xfs"
+    assert vol["info"]["snapshot_type"] == "thin" and vol["info"]["pool"] == "pool" and vol["info"]["fstype"] == "xfs"
     assert lv_names(vg) == ["pool", "thin"]
     print(f"\nthin/xfs: freeze window {m['freeze_window_ms']:.0f} ms, {m['_check']}")
 
@@ -235,7 +235,7 @@ def test_classic_xfs_origin_mounts_with_nouuid(make_vg, tmp_path: Path) -> None:
     base.mkdir()
     cfg = write_job(tmp_path, "lvm", [vg.lv_ref("x")], {"mount_base": base, "snapshot_size": "32M"})
     m = json.loads(ok(cli(cfg, "--json", "backup", "j")))
-    assert m["volumes"][0]["fstype"] == "xfs"
+    assert m["volumes"][0]["info"]["fstype"] == "xfs"
     art = tmp_path / "backups" / "j" / m["id"] / m["artifacts"][0]["name"]
     assert (unpack(art, tmp_path / "r") / "hello.txt").read_text() == "xfs snapshot\n"
     assert lv_names(vg) == ["x"] and mounts_under(base) == []

@@ -125,14 +125,14 @@ def test_live_sqlite_full_and_incremental_send_restore_and_drill(zpool, workdir,
 
     m1 = backup(cfg)
     v1 = m1["volumes"][0]
-    assert v1["kept"] and "parent" not in v1 and v1["snapshot"] == f"{ds}@{m1['snapshot_name']}"
+    assert v1["kept"] and v1["parent"] is None and v1["snapshot"] == f"{ds}@{m1['snapshot_name']}"
     assert "snapagent" in zfs("holds", "-H", "--", v1["snapshot"]).stdout
     n1 = len(acked(ack))
     while len(acked(ack)) < n1 + 20:
         time.sleep(0.1)  # more rows land after the full backup
     m2 = backup(cfg)
     v2 = m2["volumes"][0]
-    assert v2["parent"] == m1["id"] and v2["parent_snapshot"] == v1["snapshot"]
+    assert v2["parent"] == m1["id"] and v2["info"]["parent_snapshot"] == v1["snapshot"]
     # the base of backup 1 was released and destroyed; backup 2's snapshot is the held base now
     assert snapagent_snapshots(zpool) == [v2["snapshot"]]
     q = m2["quiescers"][0]
@@ -184,8 +184,8 @@ def test_two_hostile_datasets_in_one_atomic_snapshot(zpool, workdir):
     snaps = [v["snapshot"] for v in m["volumes"]]
     txgs = {zfs("get", "-H", "-p", "-o", "value", "createtxg", "--", s).stdout.strip() for s in snaps}
     assert len(txgs) == 1, f"snapshots of one job in different txgs: {txgs}"
-    assert {v["createtxg"] for v in m["volumes"]} == {int(t) for t in txgs}
-    assert {v["atomic_group"] for v in m["volumes"]} == {0}
+    assert {v["info"]["createtxg"] for v in m["volumes"]} == {int(t) for t in txgs}
+    assert {v["info"]["atomic_group"] for v in m["volumes"]} == {0}
     dest = zpool.dataset("back again")
     summary = json.loads(snapagent("restore", m["id"], "--to", dest, "--json", config=cfg, check=True).stdout)
     for i, vol in enumerate(summary["volumes"]):

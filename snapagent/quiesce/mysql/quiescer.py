@@ -33,7 +33,7 @@ from pydantic import field_validator, model_validator
 from snapagent.config import Duration, Strict
 from snapagent.errors import PreflightFailed, QuiesceFailed
 from . import connection as mc
-from snapagent.plugin.quiescer import ProbeResult, Quiescer
+from snapagent.plugin.quiescer import Locate, ProbeResult, Quiescer, RestoreContext
 
 log = logging.getLogger("snapagent.quiesce.mysql")
 
@@ -399,13 +399,13 @@ class MysqlQuiescer(Quiescer):
 
     # -- restore side ---------------------------------------------------------------------------
     @classmethod
-    def prepare_restore(cls, record: dict[str, Any], locate: Callable[[str], Path], config: Any) -> dict[str, Any] | None:
+    def prepare_restore(cls, record: dict[str, Any], locate: Locate, ctx: RestoreContext) -> dict[str, Any] | None:
         from .restore import prepare_restore
 
         return prepare_restore(record, locate)
 
     @classmethod
-    def drill(cls, record: dict[str, Any], locate: Callable[[str], Path]) -> list[ProbeResult]:
-        from .restore import drill
+    def drill(cls, record: dict[str, Any], locate: Locate, ctx: RestoreContext) -> list[ProbeResult]:
+        from .drill import drill
 
-        return drill(record, locate)
+        return drill(record, locate, ctx)

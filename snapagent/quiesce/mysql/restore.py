@@ -1,34 +1,20 @@
-"""Restore side of the mysql quiescer: make a restored datadir startable, and the drill.
+"""Restore side of the mysql quiescer: make a restored datadir start as it is.
 
 ``prepare_restore`` removes the live server's pid file and sockets from the restored datadir and
 repoints the binlog index at the restored binlogs (left as they are, its absolute paths name the
-*live* server's binlog files). ``drill`` starts a throwaway server on the restored datadir (socket
-in a private temp dir, ``--skip-networking``, ``--skip-grant-tables``, ``--no-defaults`` so no live
-my.cnf applies), lets InnoDB crash recovery run, runs ``CHECK TABLE`` on every table, counts rows,
-and shuts it down.
+*live* server's binlog files). ``server_argv`` is how a server is started on the copy (by the
+drill, and in the notes for the user).
 """
 
 from __future__ import annotations
 
 import os
-import pwd
-import shutil
 import stat
-import subprocess
-import tempfile
-import time
 from pathlib import Path
 from typing import Any, Callable
 
-from snapagent.errors import CommandFailed, NotFound
-from snapagent.util.runner import Runner, format_argv
-from . import connection as mc
-from snapagent.plugin.quiescer import ProbeResult
-
-START_TIMEOUT = 300.0
-SKIP_SCHEMAS = ("information_schema", "performance_schema")
-USER_SKIP = ("mysql", "sys", "information_schema", "performance_schema")
-
+from snapagent.errors import NotFound
+from snapagent.util.runner import format_argv
 
 def restored_path(record: dict[str, Any], locate: Callable[[str], Path], live: str | None) -> Path | None:
     """Return where live path ``live`` is in the restore: a recorded file, or a path inside one."""
@@ -146,147 +132,3 @@ def _numeric(version: str) -> tuple[int, ...]:
     for p in version.split("-")[0].split(".")[:3]:
         parts.append(int("".join(ch for ch in p if ch.isdigit()) or 0))
     return tuple(parts)
-
-
-def _run_as(datadir: Path) -> str:
-    """Return the datadir's owner when it can reach the datadir (every parent searchable), else root."""
-    st = datadir.stat()
-    try:
-        pw = pwd.getpwuid(st.st_uid)
-    except KeyError:
-        return "root"
-    if pw.pw_uid == 0:
-        return "root"
-    groups = {pw.pw_gid} | {g.gr_gid for g in __import__("grp").getgrall() if pw.pw_name in g.gr_mem}
-    for parent in datadir.parents:
-        ps = parent.stat()
-        mode = stat.S_IMODE(ps.st_mode)
-        if not (mode & stat.S_IXOTH or (ps.st_uid == pw.pw_uid and mode & stat.S_IXUSR)
-                or (ps.st_gid in groups and mode & stat.S_IXGRP)):
-            return "root"
-    return pw.pw_name
-
-
-def _error_lines(errlog: Path) -> tuple[list[str], list[str]]:
-    try:
-        text = errlog.read_text(errors="replace").splitlines()
-    except OSError:
-        return [], []
-    recovery = [ln for ln in text if "recover" in ln.lower()]
-    errors = [ln for ln in text if "[ERROR]" in ln]
-    return recovery[-10:], errors[-10:]
-
-
-def _wait_ready(proc, sock: str, deadline: float):
-    import pymysql
-
-    while time.monotonic() < deadline:
-        if proc.proc is not None and proc.proc.poll() is not None:
-            return None
-        if os.path.exists(sock):
-            try:
-                return pymysql.connect(unix_socket=sock, user="root", autocommit=True, connect_timeout=5)
-            except pymysql.MySQLError:
-                pass
-        time.sleep(0.2)
-    return None
-
-
-def _check_all(conn) -> tuple[int, list[str], dict[str, int]]:
-    tables = mc.query(conn, "SELECT TABLE_SCHEMA, TABLE_NAME FROM information_schema.TABLES WHERE TABLE_TYPE = 'BASE TABLE' "
-                            "AND TABLE_SCHEMA NOT IN (%s, %s) ORDER BY 1, 2", SKIP_SCHEMAS)
-    failed, rows = [], {}
-    for schema, name in tables:
-        ident = f"{mc.quote_ident(schema)}.{mc.quote_ident(name)}"
-        for r in mc.query_dicts(conn, f"CHECK TABLE {ident}"):
-            kind, text = str(r.get("Msg_type", "")).lower(), str(r.get("Msg_text", ""))
-            if kind == "error" or (kind == "status" and text not in ("OK", "Table is already up to date")):
-                failed.append(f"{schema}.{name}: {text}")
-        if schema not in USER_SKIP:
-            rows[f"{schema}.{name}"] = mc.query(conn, f"SELECT COUNT(*) FROM {ident}")[0][0]
-    return len(tables), failed, rows
-
-
-def drill(record: dict[str, Any], locate: Callable[[str], Path], runner: Runner | None = None) -> list[ProbeResult]:
-    """Start a throwaway server on the restored datadir, check every table, count rows, stop it.
-
-    Returns probes "mysql recovery" (server started, crash recovery done; seconds, log lines) and
-    "mysql check" (tables checked, failures, row counts). Never raises for a failed probe.
-    """
-    runner = runner or Runner()
-    name = f"mysql {record.get('datadir')}"
-    try:
-        datadir = locate(record["datadir"])
-    except (NotFound, KeyError) as e:
-        return [ProbeResult(f"{name} recovery", False, message=f"restored datadir missing: {e}")]
-    user = _run_as(datadir)
-    tmp = Path(tempfile.mkdtemp(prefix="snapagent-mysql-"))  # short: socket paths are limited to 107 bytes
-    sock, pid, errlog = str(tmp / "mysqld.sock"), str(tmp / "mysqld.pid"), tmp / "error.log"
-    probes: list[ProbeResult] = []
-    proc = None
-    mounted = None
-    try:
-        owner = _owner(datadir)
-        if user == "root" and owner not in (None, "root") and os.geteuid() == 0 and _all_in_datadir(record):
-            # the scratch copy's parents are private (0700): show the datadir to its owner through a
-            # bind mount in our own temp dir, so the server runs as that user, not as root
-            mounted = tmp / "datadir"
-            mounted.mkdir()
-            runner.run(["mount", "--bind", "--", str(datadir), str(mounted)], mutating=True, timeout=30)
-            user, real_locate = owner, locate
-            locate = lambda live: mounted / os.path.relpath(real_locate(live), datadir)  # noqa: E731
-        pw = pwd.getpwnam(user)
-        os.chown(tmp, pw.pw_uid, pw.pw_gid)
-        argv = server_argv(record, locate, sock, pid, str(errlog), user)
-        t0 = time.monotonic()
-        proc = runner.stream(argv, mutating=True, stdout=subprocess.DEVNULL)
-        conn = _wait_ready(proc, sock, time.monotonic() + START_TIMEOUT)
-        started = round(time.monotonic() - t0, 3)
-        recovery, errors = _error_lines(errlog)
-        if conn is None:
-            return [ProbeResult(f"{name} recovery", False, {"seconds": started, "errors": errors, "log": recovery,
-                                                             "argv": format_argv(argv)},
-                                "the server did not start on the restored datadir")]
-        try:
-            gtid = mc.query(conn, "SELECT @@gtid_binlog_pos" if record.get("flavor") == "mariadb"
-                            else "SELECT @@gtid_executed")[0][0]
-            probes.append(ProbeResult(f"{name} recovery", True, {"seconds": started, "run_as": user, "log": recovery,
-                                                                  "gtid": gtid, "recorded_gtid": record.get("gtid")},
-                                      f"server started and recovered in {started:.1f}s"))
-            t1 = time.monotonic()
-            checked, failed, rows = _check_all(conn)
-            probes.append(ProbeResult(f"{name} check", not failed,
-                                      {"tables_checked": checked, "failed": failed[:20], "rows": rows,
-                                       "seconds": round(time.monotonic() - t1, 3)},
-                                      f"CHECK TABLE: {checked} tables, {len(failed)} failed"))
-            mc.query(conn, "SHUTDOWN")
-        finally:
-            conn.close()
-        proc.wait(timeout=120)
-    except CommandFailed as e:
-        probes.append(ProbeResult(f"{name} server", False, {"errors": _error_lines(errlog)[1]}, str(e)))
-    except Exception as e:  # noqa: BLE001 - a failing probe is a result, not a crash of the drill
-        probes.append(ProbeResult(f"{name} check", False, {"errors": _error_lines(errlog)[1]}, f"drill failed: {e}"))
-    finally:
-        if proc is not None:
-            proc.kill()
-        if mounted is not None:
-            try:
-                runner.run(["umount", "--", str(mounted)], mutating=True, timeout=60)
-            except CommandFailed:
-                runner.run(["umount", "-l", "--", str(mounted)], mutating=True, timeout=60, ok_codes=(0, 32))
-        if mounted is None or not os.path.ismount(mounted):
-            shutil.rmtree(tmp, ignore_errors=True)
-    return probes
-
-
-def _owner(path: Path) -> str | None:
-    try:
-        return pwd.getpwuid(path.stat().st_uid).pw_name
-    except KeyError:
-        return None
-
-
-def _all_in_datadir(record: dict[str, Any]) -> bool:
-    d = os.path.normpath(record["datadir"])
-    return all(os.path.normpath(f) == d or os.path.normpath(f).startswith(d + "/") for f in record.get("files", [d]))

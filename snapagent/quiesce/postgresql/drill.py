@@ -4,7 +4,9 @@ The copy runs as the owner of its data directory on a free port, reachable only 
 socket in a private temporary directory (no TCP), with a trust-only pg_hba.conf there and archiving
 off. ``pg_amcheck --all`` checks every database; exact row counts are taken of up to 100 tables per
 database. The postmaster is started directly (argv, no shell) rather than through ``pg_ctl``,
-which passes its arguments through ``/bin/sh``.
+which passes its arguments through ``/bin/sh``. The socket directory, the ACL entries that let
+the owner reach the copy, and the server itself are taken through the drill's ``Held``: journaled
+first, given back when the probe ends — or by ``snapagent cleanup`` after a kill.
 """
 
 from __future__ import annotations
@@ -13,15 +15,15 @@ import os
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from snapagent.errors import CommandFailed
-from snapagent.util.runner import Runner
-from snapagent.plugin.quiescer import ProbeResult
-from .restore import blocked_dirs, grant_traverse, revoke_traverse
+from snapagent.held import Held
+from snapagent.plugin.quiescer import Locate, ProbeResult, RestoreContext
+
+from .restore import blocked_dirs
 
 START_TIMEOUT = 600.0
 MAX_TABLES = 100
@@ -41,19 +43,19 @@ def _tail(text: str, n: int = 8) -> str:
 class Cluster:
     """A restored cluster started for a drill; use as a context manager (stops it on exit)."""
 
-    def __init__(self, record: dict[str, Any], pgdata: Path, extra_paths: list[Path], runner: Runner):
+    def __init__(self, record: dict[str, Any], pgdata: Path, extra_paths: list[Path], held: Held):
         self.record = record
         self.pgdata = pgdata
-        self.runner = runner
+        self.held = held
+        self.runner = held.runner
         major = int(record["server_version_num"]) // 10000
         self.bindir = Path(record.get("bindir") or f"/usr/lib/postgresql/{major}/bin")
         st = os.stat(pgdata)
         self.uid, self.gid = st.st_uid, st.st_gid
         self.user = record.get("bootstrap_superuser") or "postgres"
         self.port = free_port()
-        self.sock = Path(tempfile.mkdtemp(prefix="snapagent-pgdrill-"))
+        self.sock = held.tempdir("snapagent-pgdrill-")
         self.paths = [pgdata, *extra_paths, self.sock]
-        self.granted: list[Path] = []
         self.proc = None
 
     def _file(self, name: str, text: str) -> Path:
@@ -77,9 +79,10 @@ class Cluster:
     def __enter__(self) -> "Cluster":
         os.chown(self.sock, self.uid, self.gid)
         os.chmod(self.sock, 0o700)
-        self.granted = blocked_dirs(self.paths, self.uid, self.gid)
-        grant_traverse(self.runner, self.granted, self.uid)
-        self.proc = self.runner.stream(self.argv(), mutating=True, stdout=subprocess.DEVNULL)
+        self.held.grant_traverse(blocked_dirs(self.paths, self.uid, self.gid), self.uid)
+        # SIGINT: fast shutdown (SIGTERM would wait for clients)
+        self.proc = self.held.start(self.argv(), marker=str(self.sock), stop_signal=signal.SIGINT, stop_timeout=60,
+                                    stdout=subprocess.DEVNULL)
         return self
 
     def log(self) -> str:
@@ -113,16 +116,7 @@ class Cluster:
             time.sleep(0.2)
 
     def __exit__(self, *exc) -> None:
-        if self.proc is not None and self.proc.proc is not None and self.proc.proc.poll() is None:
-            self.proc.proc.send_signal(signal.SIGINT)  # fast shutdown
-            try:
-                self.proc.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        revoke_traverse(self.runner, self.granted, self.uid)
-        for f in self.sock.iterdir():
-            f.unlink()
-        self.sock.rmdir()
+        self.held.release("process", str(self.sock))
 
 
 def row_counts(cluster: Cluster) -> dict[str, int]:
@@ -144,13 +138,13 @@ def row_counts(cluster: Cluster) -> dict[str, int]:
     return counts
 
 
-def drill(record: dict[str, Any], locate: Callable[[str], Path], runner: Runner | None = None) -> list[ProbeResult]:
+def drill(record: dict[str, Any], locate: Locate, ctx: RestoreContext) -> list[ProbeResult]:
     """Start the restored cluster of ``record``, run pg_amcheck and count rows; return the probes."""
-    runner = runner or Runner()
+    runner = ctx.runner
     name = f"postgresql {record['data_directory']}"
     pgdata = locate(record["data_directory"])
     extra = [locate(p) for p in [record.get("pg_wal"), *record.get("tablespaces", {}).values()] if p]
-    cluster = Cluster(record, pgdata, extra, runner)
+    cluster = Cluster(record, pgdata, extra, ctx.held)
     probes: list[ProbeResult] = []
     try:
         with cluster:

@@ -35,8 +35,8 @@ from pydantic import field_validator, model_validator
 from snapagent.config import Duration, Strict
 from snapagent.errors import PreflightFailed, QuiesceFailed
 from snapagent.util.fs import is_within
-from . import wal as pg_wal
-from snapagent.plugin.quiescer import ExtraArtifact, ProbeResult, Quiescer
+from . import wal
+from snapagent.plugin.quiescer import ExtraArtifact, Locate, ProbeResult, Quiescer, RestoreContext
 
 log = logging.getLogger("snapagent.quiesce.postgresql")
 
@@ -351,7 +351,7 @@ class PostgresQuiescer(Quiescer):
         if m:
             self.rec["start_walfile"] = m.group(1)
             try:
-                self.rec["wal_files"] = pg_wal.wanted_files(self.rec)
+                self.rec["wal_files"] = wal.wanted_files(self.rec)
             except Exception as e:  # noqa: BLE001 - release never raises; artifacts() reports it
                 self.rec["error"] = str(e)
         else:
@@ -376,20 +376,20 @@ class PostgresQuiescer(Quiescer):
         seg = self.rec["wal_segment_size"]
 
         def open_wal():
-            present = pg_wal.wait_for_archive(archive, names, seg, self.cfg.archive_timeout)
-            return pg_wal.tar_stream(self.ctx.runner, archive, present)
+            present = wal.wait_for_archive(archive, names, seg, self.cfg.archive_timeout)
+            return wal.tar_stream(self.ctx.runner, archive, present)
 
         return [ExtraArtifact("wal", open_wal)]
 
     # -- restore side ---------------------------------------------------------------------------
     @classmethod
-    def prepare_restore(cls, record: dict[str, Any], locate: Callable[[str], Path], config: Any) -> dict[str, Any] | None:
-        from . import restore as pg_restore
+    def prepare_restore(cls, record: dict[str, Any], locate: Locate, ctx: RestoreContext) -> dict[str, Any] | None:
+        from . import restore
 
-        return pg_restore.prepare(record, locate)
+        return restore.prepare(record, locate, ctx.runner)
 
     @classmethod
-    def drill(cls, record: dict[str, Any], locate: Callable[[str], Path]) -> list[ProbeResult]:
-        from . import drill as pg_drill
+    def drill(cls, record: dict[str, Any], locate: Locate, ctx: RestoreContext) -> list[ProbeResult]:
+        from . import drill
 
-        return pg_drill.drill(record, locate)
+        return drill.drill(record, locate, ctx)

@@ -95,8 +95,12 @@ def relink(pgdata: Path, record: dict[str, Any], locate: Callable[[str], Path]) 
     if record.get("pg_wal"):
         new = locate(record["pg_wal"])
         done["pg_wal"] = {"from": _relink(pgdata / "pg_wal", new), "to": str(new)}
+    elif (pgdata / "pg_wal").is_symlink():
+        raise OperationFailed(f"{pgdata / 'pg_wal'} is a symlink the backup did not record; refusing to follow it")
     tbl = pgdata / "pg_tblspc"
     for oid, loc in record.get("tablespaces", {}).items():
+        if not str(oid).isdigit():
+            raise OperationFailed(f"the backup records a tablespace oid {oid!r}, which is not a number")
         new = locate(loc)
         done[f"pg_tblspc/{oid}"] = {"from": _relink(tbl / oid, new), "to": str(new)}
     if tbl.is_dir():
@@ -156,21 +160,11 @@ def grant_traverse(runner: Runner, dirs: list[Path], uid: int) -> None:
         runner.run(["setfacl", "-m", f"u:{uid}:x", "--", str(d)], mutating=True, timeout=30)
 
 
-def revoke_traverse(runner: Runner, dirs: list[Path], uid: int) -> None:
-    """Remove the ACL entries ``grant_traverse`` added (best effort)."""
-    for d in dirs:
-        try:
-            runner.run(["setfacl", "-x", f"u:{uid}", "--", str(d)], mutating=True, timeout=30)
-        except Exception:  # noqa: BLE001 - the directory may be gone already
-            pass
-
-
-def prepare(record: dict[str, Any], locate: Callable[[str], Path], runner: Runner | None = None) -> dict[str, Any]:
+def prepare(record: dict[str, Any], locate: Callable[[str], Path], runner: Runner) -> dict[str, Any]:
     """Make the restored cluster described by manifest ``record`` startable; return notes for the user.
 
     Raises OperationFailed when the restored tree is not what the record describes.
     """
-    runner = runner or Runner()
     pgdata = locate(record["data_directory"])
     if pgdata.is_symlink() or not (pgdata / "PG_VERSION").is_file():
         raise OperationFailed(f"restored PostgreSQL data directory {pgdata} is missing or not a data directory")

@@ -3,13 +3,13 @@ for tests of the plugin mechanism only."""
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 from pathlib import Path
 
-from snapagent.util import tar
-from snapagent.plugin.driver import Driver, Snapshot
 from snapagent.errors import PreflightFailed
+from snapagent.plugin import Driver, Snapshot
+from snapagent.plugin.helpers import stream_of
+from snapagent.util import tar
 
 OWNER = {"kind": "driver", "name": "copy"}
 
@@ -22,9 +22,7 @@ class CopyDriver(Driver):
         for v in volumes:
             if not Path(v).is_dir():
                 raise PreflightFailed(f"volume {v!r}: no such directory")
-
-    def volume_root(self, volume):
-        return Path(volume)
+        return [Path(v) for v in volumes]
 
     def snapshot(self, volumes, name, deadline):
         out = []
@@ -36,24 +34,18 @@ class CopyDriver(Driver):
             out.append(Snapshot(v, str(dst), name))
         return out
 
-    @contextlib.contextmanager
-    def export(self, snap, fmt, parent=None):
-        proc = self.runner.stream(tar.create_argv(Path(snap.handle)), mutating=False)
-        try:
-            yield proc.stdout
-            proc.wait()
-        finally:
-            proc.kill()
+    def export(self, snap, fmt, base=None):
+        return stream_of(self.runner, tar.create_argv(Path(snap.handle)), snap.volume)
 
     def release(self, snap):
         shutil.rmtree(snap.handle, ignore_errors=True)
         if self.journal:
             self.journal.close("snapshot", snap.handle)
 
-    def restore(self, stream, fmt, dest, item, allow_special=False):
-        dest.mkdir(mode=0o700)
-        tar.extract(self.runner, stream, dest, item["_scan"], allow_special)
-        return dest
+    def restore(self, stream, fmt, dest, record, scan, allow_special=False):
+        dest.path.mkdir(mode=0o700)
+        tar.extract(self.runner, stream, dest.path, scan, allow_special)
+        return dest.path
 
     @classmethod
     def undo(cls, record, runner):

@@ -1,0 +1,63 @@
+"""Finding backups across every configured target: all of them, one by id or ``JOB@latest``, and
+the chain an incremental backup needs. A damaged backup is listed as such and refused by id;
+it never hides the others."""
+
+from __future__ import annotations
+
+from .config import Config
+from .errors import BackupDamaged, NotFound, VerifyFailed
+from .manifest import Volume
+from .plugin.target import Damaged, Stored, listing_order
+
+LATEST = "@latest"
+
+
+def listing(config: Config, job: str | None = None) -> list[Stored | Damaged]:
+    """Return every backup (of ``job``) in every target, good and damaged, oldest first."""
+    out: list[Stored | Damaged] = []
+    for target in config.all_targets():
+        out.extend(target.list(job))
+    return sorted(out, key=listing_order)
+
+
+def find(config: Config, backup_id: str) -> Stored:
+    """Return backup ``backup_id`` (or the newest of job J for ``J@latest``) from the first target
+    holding it. Raise NotFound, or BackupDamaged naming why its manifest cannot be trusted."""
+    if backup_id.endswith(LATEST):
+        job = config.job(backup_id[: -len(LATEST)]).name
+        good = [b for b in listing(config, job) if isinstance(b, Stored)]
+        if not good:
+            raise NotFound(f"job {job!r} has no backups yet")
+        return good[-1]
+    damaged = None
+    for target in config.all_targets():
+        b = target.get(backup_id)
+        if isinstance(b, Stored):
+            return b
+        if isinstance(b, Damaged):
+            damaged = damaged or b
+    if damaged is not None:
+        raise BackupDamaged(f"backup {backup_id} in target {damaged.target.name!r} is damaged: {damaged.reason} "
+                            f"({damaged.location}); other backups are not affected")
+    raise NotFound(f"no backup {backup_id!r} in any target (see `snapagent list`)")
+
+
+def chain(config: Config, stored: Stored, vol: Volume) -> list[tuple[Stored, Volume]]:
+    """Return [(backup, volume record)] from the full export to ``vol`` of ``stored``: one element
+    unless the volume was exported incrementally. Raise NotFound on a broken chain."""
+    out = [(stored, vol)]
+    seen = {stored.id}
+    while vol.parent:
+        pid = vol.parent
+        if pid in seen:
+            raise VerifyFailed(f"backup chain of {stored.id} loops at {pid}")
+        seen.add(pid)
+        try:
+            parent = find(config, pid)
+        except NotFound:
+            raise NotFound(f"backup {stored.id} is incremental on {pid}, which is gone; it cannot be restored") from None
+        vol = parent.manifest.volume(vol.volume)
+        if vol is None:
+            raise NotFound(f"parent backup {pid} holds no volume {out[-1][1].volume!r}")
+        out.append((parent, vol))
+    return list(reversed(out))
