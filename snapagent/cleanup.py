@@ -35,8 +35,7 @@ def undo_records(records: list[dict[str, Any]], runner: Runner) -> tuple[list[st
             done.append(msg)
             log.info("cleanup: %s", msg)
         except Exception as e:  # noqa: BLE001 - keep undoing the rest; the journal stays
-            failed.append(f"could not undo {what}: {e}")
-            log.error("cleanup: could not undo %s: %s", what, e)
+            failed.append(f"could not undo {what}: {e}")  # the caller reports it
     return done, failed
 
 

@@ -164,9 +164,9 @@ class BackupRun:
                     if failed:
                         journal.close_file()
                         if result is not None:
-                            result.warnings += failed
-                        log.log(logging.WARNING if result is not None else logging.ERROR,
-                                "left for `snapagent cleanup` to release: %s", "; ".join(failed))
+                            result.warnings += [f"{f}; `snapagent cleanup` will retry" for f in failed]
+                        else:
+                            log.error("left for `snapagent cleanup`: %s", "; ".join(failed))
                     else:
                         journal.finish()
                     if result is not None and signals.caught():
@@ -234,8 +234,9 @@ class BackupRun:
         return good[-1] if good else None
 
     def _after_commit(self, snaps: list[Snapshot], keeps: bool, prev: Stored | None) -> list[str]:
-        """Release (or keep) the snapshots and the previous bases; return warnings, never raise.
-        What fails stays open in the journal for ``snapagent cleanup``."""
+        """Release (or keep) the snapshots and the previous bases; never raise. What fails stays
+        open in the journal: the run's own undo retries it, then ``snapagent cleanup``. Return
+        warnings about what is not in the journal (a previous backup's base)."""
         warnings = []
         with self.phases("release"), signals.shielded(raise_after=False):
             steps: list[tuple[str, Callable[[], None]]] = []
@@ -248,12 +249,14 @@ class BackupRun:
                     if v.kept:
                         steps.append((f"release the base of {prev.id} ({v.snapshot})",
                                       lambda v=v: driver.release_base(v)))
-            for what, step in steps:
+            for i, (what, step) in enumerate(steps):
                 try:
                     step()
                 except Exception as e:  # noqa: BLE001 - the backup is committed; this is a warning
-                    warnings.append(f"could not {what}: {e}; `snapagent cleanup` will retry")
-                    log.warning("could not %s: %s", what, e)
+                    if i < len(snaps):  # journaled: undone from the journal right after
+                        log.info("could not %s (%s); retrying from the journal", what, e)
+                    else:
+                        warnings.append(f"could not {what}: {e}")
         return warnings
 
     def _export_extras(self, writer: Writer, qrecords: list[dict], taken: set[str]) -> tuple[list, list[list[ExtraRecord]]]:

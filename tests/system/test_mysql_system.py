@@ -21,11 +21,13 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.helpers.caps import need
 from tests.helpers.cli import ROOT, snapagent, toml_str, write_config
 from tests.helpers.mariadb import MariaDB, available
+from tests.helpers.wrappers import slow_tool
 
 pytestmark = [pytest.mark.mysql, pytest.mark.btrfs, pytest.mark.root]
 WRITER = ROOT / "tests" / "helpers" / "mysql_writer.py"
@@ -398,9 +400,9 @@ def test_restore_by_hand_as_documented(server, workdir, btrfs_root):
         subprocess.run(["btrfs", "subvolume", "delete", str(restore_root)], capture_output=True)
 
 
-def test_drill_runs_the_server_as_mysql(subvol, workdir):
-    """A server owned by and running as `mysql`; the drill's scratch space is private (0700 parents),
-    so the drill bind-mounts the restored datadir into its own temp dir and runs mariadbd as mysql."""
+@pytest.fixture
+def owned_server(subvol):
+    """A server owned by and running as `mysql` on its own subvolume, with a table app.o of 3 rows."""
     need(available(), "needs mariadb-server (scripts/setup-mariadb.sh)")
     vol = subvol("mysql owned")
     opened = []
@@ -419,22 +421,74 @@ def test_drill_runs_the_server_as_mysql(subvol, workdir):
         db.sql("CREATE DATABASE app")
         db.sql("CREATE TABLE app.o (id INT PRIMARY KEY) ENGINE=InnoDB")
         db.sql("INSERT INTO app.o VALUES (1), (2), (3)")
-        cfg = write_config(workdir, job(db), extra="")
-        cfg.write_text(cfg.read_text().replace("[agent]\n", f"[agent]\nscratch_dir = {toml_str(workdir / 'scratch')}\n", 1))
-        bid = snapagent("backup", "db", config=cfg, check=True).stdout.split()[-1]
-        d = snapagent("--json", "drill", bid, config=cfg)
-        assert d.returncode == 0, d.stdout + d.stderr
-        probes = {p["name"].rsplit(" ", 1)[-1]: p for p in json.loads(d.stdout)["probes"]}
-        assert probes["recovery"]["run_as"] == "mysql", probes
-        assert probes["check"]["rows"]["app.o"] == 3
-        print(f"\ndrill ran mariadbd as {probes['recovery']['run_as']} through a bind mount; "
-              f"{probes['check']['tables_checked']} tables checked")
-        assert not [ln for ln in Path("/proc/self/mounts").read_text().splitlines() if "snapagent-mysql-" in ln]
-        assert not list((workdir / "scratch").iterdir())
+        yield db
     finally:
         db.cleanup()
         for p, mode in opened:
             p.chmod(mode)
+
+
+def drill_config(db: MariaDB, workdir: Path, agent: str = "") -> Path:
+    return write_config(workdir, job(db), agent=f"scratch_dir = {toml_str(workdir / 'scratch')}\n{agent}")
+
+
+def drill_leftovers(workdir: Path) -> dict:
+    """What a drill may hold: server processes and mounts of its temp dirs, scratch copies, journals."""
+    procs = [p.pid for p in psutil.process_iter(["cmdline"])
+             if any("snapagent-mysql-" in a for a in p.info["cmdline"] or [])]
+    mounts = [ln for ln in Path("/proc/self/mounts").read_text().splitlines() if "snapagent-mysql-" in ln]
+    scratch = sorted(p.name for p in (workdir / "scratch").iterdir()) if (workdir / "scratch").exists() else []
+    temps = [p for p in Path(tempfile.gettempdir()).glob("snapagent-mysql-*")]
+    return {"procs": procs, "mounts": mounts, "scratch": scratch, "temps": temps,
+            "journals": sorted((workdir / "state").rglob("*.jsonl"))}
+
+
+def test_drill_runs_the_server_as_mysql(owned_server, workdir):
+    """A server owned by and running as `mysql`; the drill's scratch space is private (0700 parents),
+    so the drill bind-mounts the restored datadir into its own temp dir and runs mariadbd as mysql."""
+    db = owned_server
+    cfg = drill_config(db, workdir)
+    bid = snapagent("backup", "db", config=cfg, check=True).stdout.split()[-1]
+    d = snapagent("--json", "drill", bid, config=cfg)
+    assert d.returncode == 0, d.stdout + d.stderr
+    probes = {p["name"].rsplit(" ", 1)[-1]: p for p in json.loads(d.stdout)["probes"]}
+    assert probes["recovery"]["run_as"] == "mysql", probes
+    assert probes["check"]["rows"]["app.o"] == 3
+    print(f"\ndrill ran mariadbd as {probes['recovery']['run_as']} through a bind mount; "
+          f"{probes['check']['tables_checked']} tables checked")
+    assert not [ln for ln in Path("/proc/self/mounts").read_text().splitlines() if "snapagent-mysql-" in ln]
+    assert not list((workdir / "scratch").iterdir())
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_drill_stopped_mid_probe_leaves_nothing(owned_server, workdir, sig):
+    """Stop a drill while its throwaway server starts (a slowed mariadbd): after SIGTERM the drill
+    itself stops the server, unmounts, removes its temp and scratch dirs and exits 1; after SIGKILL
+    all of that is left — and `snapagent cleanup` undoes it from the drill's journal."""
+    db = owned_server
+    marker = workdir / "server-starting"
+    slow = slow_tool(workdir / "slow-mariadbd", "mariadbd", marker, 120)
+    cfg = drill_config(db, workdir, agent=f"tools.mariadbd = {toml_str(slow)}\n")
+    bid = snapagent("backup", "db", config=cfg, check=True).stdout.split()[-1]
+    agent = subprocess.Popen([sys.executable, "-m", "snapagent", "-c", str(cfg), "drill", bid],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    end = time.monotonic() + 120
+    while not marker.exists():
+        assert agent.poll() is None, agent.communicate()
+        assert time.monotonic() < end, "the drill never started its server"
+        time.sleep(0.05)
+    held = drill_leftovers(workdir)
+    assert held["procs"] and held["mounts"] and held["scratch"] and held["temps"] and held["journals"], held
+    agent.send_signal(sig)
+    out, err = agent.communicate(timeout=180)
+    if sig == signal.SIGTERM:
+        assert agent.returncode == 1 and "interrupted by SIGTERM" in err and "Traceback" not in err, err
+    else:
+        left = drill_leftovers(workdir)
+        assert left["procs"] and left["mounts"] and left["scratch"], left
+        c = snapagent("cleanup", config=cfg, check=True)
+        assert "stopped pid" in c.stdout and "unmounted" in c.stdout and "removed" in c.stdout, c.stdout
+    assert drill_leftovers(workdir) == {"procs": [], "mounts": [], "scratch": [], "temps": [], "journals": []}
 
 
 def test_dry_run_connects_but_takes_nothing(server, workdir):

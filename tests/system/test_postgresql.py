@@ -14,15 +14,18 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.helpers.caps import need
 from tests.helpers.cli import ROOT, snapagent, toml_str, write_config
 from tests.helpers import pg
+from tests.helpers.wrappers import slow_tool
 
 pytestmark = [pytest.mark.postgres, pytest.mark.btrfs, pytest.mark.root]
 
@@ -425,3 +428,38 @@ def test_sigkill_in_backup_mode_aborts_the_backup_server_side(pg_ok, subvol, wor
     # and the next run works
     cfg = write_config(workdir, job_toml([vol], dsn=c.dsn, mode="backup-api", wal_archive=archive))
     assert backup(cfg)["quiescers"][0]["mode"] == "backup-api"
+
+
+def test_drill_killed_while_the_copy_starts_then_cleanup(pg_ok, subvol, workdir, clusters):
+    """SIGKILL a drill while its restored cluster is starting (setpriv slowed down): the ACL entries
+    that let postgres reach the scratch copy, the socket dir, the server and the scratch copy are
+    all left behind — and `snapagent cleanup` gives every one of them back from the journal."""
+    vol = subvol("pg drill")
+    c = make_cluster(clusters, vol / "pgdata")
+    cfg = write_config(workdir, job_toml([vol], dsn=c.dsn))
+    bid = backup(cfg)["id"]
+    marker = workdir / "copy-starting"
+    slow = slow_tool(workdir / "slow-setpriv", "setpriv", marker, 120)
+    cfg = write_config(workdir, job_toml([vol], dsn=c.dsn), agent=f"tools.setpriv = {toml_str(slow)}\n")
+    agent = subprocess.Popen([sys.executable, "-m", "snapagent", "-c", str(cfg), "drill", bid],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pg.wait_until(lambda: marker.exists() or agent.poll() is not None, timeout=120)
+    assert agent.poll() is None, agent.communicate()
+    state = workdir / "state"
+
+    def leftovers() -> dict:
+        acl = subprocess.run(["getfacl", "-p", "-R", str(state)], capture_output=True, text=True).stdout
+        return {"acl": [ln for ln in acl.splitlines() if ln.startswith("user:postgres:")],
+                "procs": [p.pid for p in psutil.process_iter(["cmdline"])
+                          if any("snapagent-pgdrill-" in a for a in p.info["cmdline"] or [])],
+                "scratch": sorted(p.name for p in (state / "drill").iterdir()),
+                "journals": sorted(p.name for p in state.rglob("*.jsonl"))}
+
+    agent.kill()
+    agent.wait()
+    left = leftovers()
+    assert left["acl"] and left["procs"] and left["scratch"] and left["journals"], left
+    r = snapagent("cleanup", config=cfg, check=True)
+    assert "removed the ACL entry" in r.stdout and "stopped pid" in r.stdout, r.stdout
+    assert leftovers() == {"acl": [], "procs": [], "scratch": [], "journals": []}
+    assert not list(Path(tempfile.gettempdir()).glob("snapagent-pgdrill-*"))

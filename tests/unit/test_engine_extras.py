@@ -11,7 +11,7 @@ import pytest
 from snapagent.errors import OperationFailed
 from snapagent.plugin.quiescer import ExtraArtifact
 from snapagent import verify
-from tests.unit.test_engine import EVENTS, FakeQ, make_run  # noqa: F401 - make_run is a fixture
+from tests.helpers.fakeplugins import EVENTS, FakeQ
 
 
 def tar_of(files: dict[str, bytes]) -> bytes:

@@ -72,3 +72,22 @@ def test_stream_reports_failure_with_stderr():
     with pytest.raises(CommandFailed) as ei:
         s.wait()
     assert ei.value.returncode == 3 and "oops" in ei.value.stderr
+
+
+def test_children_run_in_their_own_process_group():
+    """The terminal's Ctrl-C goes to the foreground process group: the agent's children are not in
+    it, so only the agent sees the SIGINT and stops them in order."""
+    import os
+    import sys
+
+    probe = [sys.executable, "-c", "import os; print(os.getpgid(0), os.getsid(0))"]
+    pgid, sid = map(int, Runner().run(probe, mutating=False).stdout.split())
+    assert pgid != os.getpgid(0) and sid == os.getsid(0)
+    s = Runner().stream(probe, mutating=False)
+    pgid, sid = map(int, s.stdout.read().split())
+    s.wait()
+    assert pgid != os.getpgid(0) and sid == os.getsid(0)
+    s = Runner().stream(probe, mutating=False, new_session=True)  # e.g. the fsfreeze watchdog
+    pgid, sid = map(int, s.stdout.read().split())
+    s.wait()
+    assert sid != os.getsid(0)
