@@ -22,9 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from snapagent.targets.directory import DirectoryConfig, DirectoryTarget  # noqa: E402
 from snapagent.util import tar  # noqa: E402
 from snapagent.util.runner import Runner, format_argv  # noqa: E402
-from snapagent.targets.directory import DirectoryConfig, DirectoryTarget  # noqa: E402
 
 
 class _NullJournal:

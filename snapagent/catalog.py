@@ -4,10 +4,10 @@ it never hides the others."""
 
 from __future__ import annotations
 
-from .config import Config
-from .errors import BackupDamaged, NotFound, VerifyFailed
-from .manifest import Volume
-from .plugin.target import Damaged, Stored, listing_order
+from snapagent.config import Config
+from snapagent.errors import BackupDamaged, NotFound, VerifyFailed
+from snapagent.manifest import Volume
+from snapagent.plugin.target import Damaged, Stored, listing_order
 
 LATEST = "@latest"
 

@@ -7,10 +7,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from . import held, registry
-from .errors import OperationFailed
-from .journal import holder, journals, read_open
-from .util.runner import Runner
+from snapagent import held, registry
+from snapagent.errors import OperationFailed
+from snapagent.journal import holder, journals, read_open
+from snapagent.util.runner import Runner
 
 log = logging.getLogger("snapagent.cleanup")
 

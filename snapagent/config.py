@@ -8,7 +8,6 @@ get the same strictness as built-ins.
 from __future__ import annotations
 
 import os
-import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,11 +15,11 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from snapagent import registry
+from snapagent.errors import ConfigError
 from snapagent.util.durations import parse_duration
-from .errors import ConfigError
+from snapagent.util.names import NAME_RE
 
 DEFAULT_CONFIG = "/etc/snapagent/snapagent.toml"
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
@@ -175,7 +174,7 @@ def parse(data: dict, path: Path) -> Config:
         if not names:
             problems.append(f"{kind}: at least one entry is required")
         for n in names:
-            if not re.match(NAME_PATTERN, n):
+            if not NAME_RE.match(n):
                 problems.append(f"{kind}.{n}: invalid name (letters, digits, '.', '_', '-'; must not start with '-' or '.')")
     def typed(kind: str, entry: BaseModel, key: str) -> tuple[type, Any] | None:
         # a `type = "..."` table: find its plugin, validate the other keys with the plugin's model

@@ -14,13 +14,13 @@ import os
 import time
 from typing import Any, Callable
 
-from . import catalog, registry, signals
-from .config import Config
-from .journal import DRILL_GROUP
-from .plugin.driver import DatasetRestore
-from .plugin.quiescer import RestoreContext
-from .restore import Scope, check, driver_for, restore_into
-from .util.runner import Runner
+from snapagent import catalog, registry, signals
+from snapagent.config import Config
+from snapagent.journal import DRILL_GROUP
+from snapagent.plugin.driver import DatasetRestore
+from snapagent.plugin.quiescer import RestoreContext
+from snapagent.restore import Scope, check, driver_for, restore_into
+from snapagent.util.runner import Runner
 
 
 def drill(config: Config, runner: Runner, backup_id: str, keep: bool = False,

@@ -24,18 +24,18 @@ from typing import Any, Callable, Iterator
 
 from pydantic import ValidationError
 
-from . import __version__, cleanup, signals
-from .config import Config, Job
-from .errors import FreezeOverrun, OperationFailed, PreflightFailed, SnapshotFailed
-from .joblock import JobLock
-from .journal import Journal, read_open
-from .manifest import ExtraRecord, Manifest, QuiescerRecord, Volume
-from .plugin.driver import Driver, IncrementalBase, Snapshot
-from .plugin.quiescer import QuiesceContext, Quiescer
-from .plugin.target import Stored, Writer
-from .util.fs import is_within
-from .util.names import check_abspath
-from .util.runner import Runner
+from snapagent import __version__, cleanup, signals
+from snapagent.config import Config, Job
+from snapagent.errors import FreezeOverrun, OperationFailed, PreflightFailed, SnapshotFailed
+from snapagent.joblock import JobLock
+from snapagent.journal import Journal, read_open
+from snapagent.manifest import ExtraRecord, Manifest, QuiescerRecord, Volume
+from snapagent.plugin.driver import Driver, IncrementalBase, Snapshot
+from snapagent.plugin.quiescer import QuiesceContext, Quiescer
+from snapagent.plugin.target import Stored, Writer
+from snapagent.util.fs import is_within
+from snapagent.util.names import check_abspath
+from snapagent.util.runner import Runner
 
 log = logging.getLogger("snapagent.engine")
 

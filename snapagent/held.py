@@ -28,11 +28,11 @@ from typing import Any, Callable
 
 import psutil
 
-from . import registry
-from .errors import CommandFailed, OperationFailed
-from .journal import Journal
-from .util import mountinfo
-from .util.runner import Runner, Stream
+from snapagent import registry
+from snapagent.errors import CommandFailed, OperationFailed
+from snapagent.journal import Journal
+from snapagent.util import mountinfo
+from snapagent.util.runner import Runner, Stream
 
 log = logging.getLogger("snapagent.held")
 OWNER = {"kind": "core", "name": "held"}

@@ -6,7 +6,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from .errors import JobLocked
+from snapagent.errors import JobLocked
 
 
 class JobLock:

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from .util.fs import fsync_dir
+from snapagent.util.fs import fsync_dir
 
 log = logging.getLogger("snapagent.journal")
 

@@ -24,11 +24,21 @@ import json
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, PlainSerializer, \
-    ValidationError, model_serializer, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    PlainSerializer,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
-from .errors import OperationFailed
-from .util.names import check_abspath, check_backup_id, check_component, check_name, check_relpath, check_text
+from snapagent.errors import OperationFailed
+from snapagent.util.names import check_abspath, check_backup_id, check_component, check_name, check_relpath, check_text
 
 FORMAT = 2
 READABLE_FORMATS = (1, 2)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from .errors import ConfigError, OperationFailed
+from snapagent.errors import ConfigError, OperationFailed
 
 GROUPS = {
     "driver": "snapagent.drivers",

@@ -24,18 +24,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import catalog, cleanup, registry, signals, verify
-from .config import Config
-from .errors import NotFound, RestoreRefused, VerifyFailed
-from .held import Held
-from .journal import RESTORE_GROUP, Journal, read_open
-from .manifest import Manifest, QuiescerRecord, Volume
-from .plugin.driver import DatasetDest, DatasetRestore, DirectoryDest, Driver, RestoreDirectoryCheck
-from .plugin.quiescer import Locate, RestoreContext
-from .plugin.target import Stored
-from .util import tar
-from .util.tar import ScanReport
-from .util.runner import Runner
+from snapagent import catalog, cleanup, registry, signals, verify
+from snapagent.config import Config
+from snapagent.errors import NotFound, RestoreRefused, VerifyFailed
+from snapagent.held import Held
+from snapagent.journal import RESTORE_GROUP, Journal, read_open
+from snapagent.manifest import Manifest, QuiescerRecord, Volume
+from snapagent.plugin.driver import DatasetDest, DatasetRestore, DirectoryDest, Driver, RestoreDirectoryCheck
+from snapagent.plugin.quiescer import Locate, RestoreContext
+from snapagent.plugin.target import Stored
+from snapagent.util import tar
+from snapagent.util.runner import Runner
+from snapagent.util.tar import ScanReport
 
 log = logging.getLogger("snapagent.restore")
 Say = Callable[[str], None]

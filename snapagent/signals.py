@@ -19,7 +19,7 @@ import signal
 import sys
 from typing import Iterator
 
-from .errors import Interrupted
+from snapagent.errors import Interrupted
 
 log = logging.getLogger("snapagent.signals")
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)

@@ -6,11 +6,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from .errors import RestoreRefused, VerifyFailed
-from .manifest import Manifest
-from .plugin.target import Stored
-from .util import tar
-from .util.tar import ScanReport
+from snapagent.errors import RestoreRefused, VerifyFailed
+from snapagent.manifest import Manifest
+from snapagent.plugin.target import Stored
+from snapagent.util import tar
+from snapagent.util.tar import ScanReport
 
 
 @dataclass

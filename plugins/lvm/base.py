@@ -15,11 +15,10 @@ from snapagent.errors import CommandFailed, ExportFailed, OperationFailed, Prefl
 from snapagent.manifest import Volume
 from snapagent.plugin.driver import DirectoryDest, Driver, Snapshot, VolumeDest
 from snapagent.plugin.helpers import first_lines
-from snapagent.util import tar
+from snapagent.util import mountinfo, tar
 from snapagent.util.runner import Runner
 from snapagent.util.tar import ScanReport
 
-from snapagent.util import mountinfo
 from . import mounts
 from .monitor import SnapWatch
 from .names import LvRef, parse_volume, snapshot_name

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from snapagent.plugin.driver import Snapshot
 from snapagent.errors import CommandFailed, PreflightFailed, SnapshotFailed
+from snapagent.plugin.driver import Snapshot
 
 from .base import LvmDriverBase
 from .monitor import SnapWatch

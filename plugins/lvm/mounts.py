@@ -15,9 +15,8 @@ import time
 from pathlib import Path
 
 from snapagent.errors import CommandFailed
-from snapagent.util.runner import Runner
-
 from snapagent.util import mountinfo
+from snapagent.util.runner import Runner
 
 log = logging.getLogger("snapagent.lvm")
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from snapagent import catalog, cleanup, config as configmod, registry, verify
+from snapagent import catalog, cleanup, registry, verify
+from snapagent import config as configmod
 from snapagent.drill import drill
 from snapagent.engine import BackupRun
 from snapagent.errors import EXIT_FAILED, EXIT_OK

@@ -13,8 +13,8 @@ import sys
 from typing import Any, Sequence
 
 from snapagent import __version__
+from snapagent.cli import commands
 from snapagent.errors import EXIT_FAILED, EXIT_USAGE, Interrupted, SnapagentError
-from . import commands
 
 
 class Output:

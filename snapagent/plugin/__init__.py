@@ -2,10 +2,20 @@
 and helpers for plugin authors (``helpers``). Built-ins implement them exactly as third-party
 plugins do."""
 
-from .driver import (CustomDiscard, DatasetDest, DatasetRestore, DirectoryDest, Driver, IncrementalBase,
-                     PreparedDataset, RestoreDirectoryCheck, Snapshot, VolumeDest)
-from .quiescer import ExtraArtifact, Locate, ProbeResult, QuiesceContext, Quiescer, RestoreContext
-from .target import ArtifactReader, Damaged, Stored, Target, Writer
+from snapagent.plugin.driver import (
+                     CustomDiscard,
+                     DatasetDest,
+                     DatasetRestore,
+                     DirectoryDest,
+                     Driver,
+                     IncrementalBase,
+                     PreparedDataset,
+                     RestoreDirectoryCheck,
+                     Snapshot,
+                     VolumeDest,
+)
+from snapagent.plugin.quiescer import ExtraArtifact, Locate, ProbeResult, QuiesceContext, Quiescer, RestoreContext
+from snapagent.plugin.target import ArtifactReader, Damaged, Stored, Target, Writer
 
 __all__ = [
     "CustomDiscard", "DatasetDest", "DatasetRestore", "DirectoryDest", "Driver", "IncrementalBase",

@@ -25,12 +25,12 @@ from typing import IO, TYPE_CHECKING, Any, ClassVar, ContextManager, Protocol, r
 
 from pydantic import BaseModel
 
-from ..util.runner import Runner
+from snapagent.util.runner import Runner
 
 if TYPE_CHECKING:
-    from ..journal import Journal
-    from ..manifest import Manifest, Volume
-    from ..util.tar import ScanReport
+    from snapagent.journal import Journal
+    from snapagent.manifest import Manifest, Volume
+    from snapagent.util.tar import ScanReport
 
 
 @dataclass

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 
-from ..errors import CommandFailed, ExportFailed
-from ..util.runner import Runner
+from snapagent.errors import CommandFailed, ExportFailed
+from snapagent.util.runner import Runner
 
 
 @contextlib.contextmanager

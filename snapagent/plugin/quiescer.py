@@ -16,11 +16,11 @@ from typing import IO, TYPE_CHECKING, Any, Callable, ClassVar, ContextManager
 
 from pydantic import BaseModel
 
-from ..util.runner import Runner
+from snapagent.util.runner import Runner
 
 if TYPE_CHECKING:
-    from ..config import Config
-    from ..held import Held
+    from snapagent.config import Config
+    from snapagent.held import Held
 
 #: Maps a live path a quiescer recorded to where it is in the restore (inside DEST, symlinks
 #: resolved); raises NotFound for a path the backup does not hold, RestoreRefused for one that

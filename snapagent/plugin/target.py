@@ -14,8 +14,8 @@ from typing import IO, Any, ClassVar
 
 from pydantic import BaseModel
 
-from ..manifest import Artifact, Manifest
-from ..util.runner import Runner
+from snapagent.manifest import Artifact, Manifest
+from snapagent.util.runner import Runner
 
 
 @dataclass(frozen=True)

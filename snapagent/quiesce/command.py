@@ -23,9 +23,9 @@ from pydantic import field_validator, model_validator
 
 from snapagent.config import Duration, Strict
 from snapagent.errors import CommandFailed, FreezeOverrun, PreflightFailed, QuiesceFailed
-from snapagent.util.runner import Stream, format_argv
 from snapagent.plugin.quiescer import Quiescer
 from snapagent.util.lines import LineReader
+from snapagent.util.runner import Stream, format_argv
 
 MAX_OUTPUT = 64 * 1024  # bytes of a command's stdout kept in the manifest
 MAX_LINES = 200  # lines of the hold process kept in the manifest

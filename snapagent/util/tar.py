@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO
 
 from snapagent.errors import RestoreRefused
-from .runner import Runner
+from snapagent.util.runner import Runner
 
 CHUNK = 1 << 20
 

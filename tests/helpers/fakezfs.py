@@ -76,7 +76,7 @@ class FakeZfs:
             (n,) = args
             if "@" in n:
                 if n not in self.snapshots:
-                    self._fail(argv, f"could not find any snapshots to destroy; check snapshot names.")
+                    self._fail(argv, "could not find any snapshots to destroy; check snapshot names.")
                 if self.snapshots[n]["holds"]:
                     if "-d" in argv:
                         self.snapshots[n]["defer"] = True

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from snapagent.journal import read_open
 from tests.helpers.cli import ROOT, snapagent, toml_str, write_config
 from tests.helpers.loopfs import ext4_loop, is_frozen, was_frozen, write_takes
-from snapagent.journal import read_open
 
 pytestmark = [pytest.mark.root, pytest.mark.btrfs]
 HELPERS = ROOT / "tests" / "helpers"

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.caps import need
-from tests.helpers.cli import ROOT, snapagent, toml_str, write_config
-from tests.helpers.loopfs import ext4_loop, is_frozen, was_frozen, write_takes
 from snapagent.errors import PreflightFailed, QuiesceFailed
 from snapagent.journal import Journal, read_open
 from snapagent.plugin.quiescer import QuiesceContext
 from snapagent.quiesce.fsfreeze.quiescer import FsfreezeConfig, FsfreezeQuiescer
 from snapagent.util.runner import Runner
+from tests.helpers.caps import need
+from tests.helpers.cli import ROOT, snapagent, toml_str, write_config
+from tests.helpers.loopfs import ext4_loop, is_frozen, was_frozen, write_takes
 
 pytestmark = [pytest.mark.root]
 

@@ -22,9 +22,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.helpers import pg
 from tests.helpers.caps import need
 from tests.helpers.cli import ROOT, snapagent, toml_str, write_config
-from tests.helpers import pg
 from tests.helpers.wrappers import slow_tool
 
 pytestmark = [pytest.mark.postgres, pytest.mark.btrfs, pytest.mark.root]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from snapagent import config as configmod
-from snapagent.errors import CommandFailed, ConfigError, QuiesceFailed
+from snapagent.errors import ConfigError, QuiesceFailed
 from snapagent.plugin.quiescer import QuiesceContext
 from snapagent.quiesce.command import CommandConfig, CommandQuiescer, parse_values
 from tests.helpers.fakerunner import FakeRunner, Reply

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.cli import ROOT, snapagent
 from snapagent import config
 from snapagent.errors import ConfigError
+from tests.helpers.cli import ROOT, snapagent
 
 INVALID = sorted((ROOT / "tests" / "configs" / "invalid").glob("*.toml"))
 

@@ -7,6 +7,7 @@ import pytest
 from snapagent.errors import FreezeOverrun, QuiesceFailed, SnapshotFailed
 from tests.helpers.fakeplugins import EVENTS
 
+
 def test_happy_path_order_and_manifest(make_run):
     run, cfg, _ = make_run([{"n": "a"}, {"n": "b"}])
     m = run.run().manifest

@@ -8,9 +8,9 @@ import tarfile
 
 import pytest
 
+from snapagent import verify
 from snapagent.errors import OperationFailed
 from snapagent.plugin.quiescer import ExtraArtifact
-from snapagent import verify
 from tests.helpers.fakeplugins import EVENTS, FakeQ
 
 

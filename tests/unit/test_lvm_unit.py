@@ -10,17 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.fakerunner import FakeRunner
-from tests.helpers.lvm_fakes import MIB, lv_line, lvm_runner, lvs_info_argv, not_found
-from snapagent.errors import ConfigError, PreflightFailed, SnapshotFailed
-from snapagent.journal import Journal, read_open
 from plugins.lvm import LvmDriver, LvmThinDriver
-from snapagent.util import mountinfo
 from plugins.lvm.monitor import SnapWatch
 from plugins.lvm.names import name_problem, parse_volume, snapshot_name
 from plugins.lvm.options import LvmOptions, LvmThinOptions
 from plugins.lvm.report import parse_lv, parse_snap_status, snap_status_argv
-from plugins.lvm.sizing import SizePolicy, parse_policy, room_problems, snapshot_bytes
+from plugins.lvm.sizing import parse_policy, room_problems, snapshot_bytes
+from snapagent.errors import ConfigError, PreflightFailed, SnapshotFailed
+from snapagent.journal import Journal, read_open
+from snapagent.util import mountinfo
+from tests.helpers.fakerunner import FakeRunner
+from tests.helpers.lvm_fakes import MIB, lv_line, lvm_runner, lvs_info_argv, not_found
 
 MOUNTINFO = (
     "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
@@ -271,8 +271,8 @@ def test_release_checks_origin_then_removes(mounts, tmp_path):
 
 
 def test_release_refuses_to_remove_a_stranger(mounts):
-    from snapagent.plugin.driver import Snapshot
     from snapagent.errors import OperationFailed
+    from snapagent.plugin.driver import Snapshot
 
     d, r = classic({lvs_info_argv("vg0/snapagent-j-1"): lv_line(lv="snapagent-j-1", origin="other", attr="swi-a-s---")})
     with pytest.raises(OperationFailed, match="not a snapshot of vg0/data"):
@@ -364,11 +364,6 @@ def test_export_fails_naming_snap_percent_when_snapshot_fills(mounts, tmp_path):
     answers = {lvs_info_argv(ref): lv_line(lv="snapagent-j-1", attr="swi-a-s---", origin="data", minor=5),
                tuple(snap_status_argv(ref)): status}
 
-    class TarRunner(FakeRunner):
-        def stream(self, argv, **kw):  # a tar that would take 30 s
-            assert argv[0] == "tar"
-            return Runner.stream(Runner(), ["sleep", "30"], mutating=False)
-
     from snapagent.plugin.driver import Snapshot
 
     r = lvm_runner(answers, stream=lambda argv: ["sleep", "30"])  # a tar that would take 30 s
@@ -390,10 +385,6 @@ def test_export_ok_records_max_snap_percent_and_xfs_nouuid(mounts, tmp_path):
     ref = "vg0/s"
     answers = {lvs_info_argv(ref): lv_line(lv="s", attr="swi-a-s---", origin="x", minor=5),
                tuple(snap_status_argv(ref)): "  7.25|swi-a-s---"}
-
-    class TarRunner(FakeRunner):
-        def stream(self, argv, **kw):
-            return Runner.stream(Runner(), argv, mutating=False)
 
     from snapagent.plugin.driver import Snapshot
 

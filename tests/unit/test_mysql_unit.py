@@ -11,13 +11,13 @@ import pytest
 
 from snapagent import config as configmod
 from snapagent.errors import ConfigError, NotFound, PreflightFailed, QuiesceFailed
+from snapagent.plugin.quiescer import QuiesceContext
 from snapagent.quiesce import mysql as my
 from snapagent.quiesce.mysql import connection as mc
-from tests.helpers.cli import ROOT
 from snapagent.quiesce.mysql import drill as mysql_drill
 from snapagent.quiesce.mysql import restore as mr
-from snapagent.plugin.quiescer import QuiesceContext
 from snapagent.util.runner import Runner
+from tests.helpers.cli import ROOT
 
 
 class FakeCursor:

@@ -12,10 +12,10 @@ import pytest
 
 from snapagent import config as configmod
 from snapagent.errors import ConfigError, OperationFailed
+from snapagent.held import Held
 from snapagent.quiesce.postgresql import drill as pg_drill
 from snapagent.quiesce.postgresql import restore as pg_restore
 from snapagent.quiesce.postgresql import wal as pg_wal
-from snapagent.held import Held
 from tests.helpers.fakerunner import FakeRunner
 
 NASTY = "-a b;c $(touch pwned) 'q' %d"

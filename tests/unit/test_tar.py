@@ -6,8 +6,8 @@ import tarfile
 
 import pytest
 
-from snapagent.util import tar
 from snapagent.errors import RestoreRefused
+from snapagent.util import tar
 
 
 def make_tar(*members):

@@ -4,25 +4,23 @@ bases, restore destinations. The real-pool tests are tests/vm/test_zfs.py."""
 
 from __future__ import annotations
 
-import json
 import io
+import json
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.fakerunner import FakeRunner
-from tests.helpers.fakezfs import FakeZfs, zfs_runner
-from snapagent.config import parse
-from snapagent.plugin.driver import Snapshot
-from snapagent.errors import ConfigError, ExportFailed, OperationFailed, PreflightFailed, RestoreRefused, SnapshotFailed
-from snapagent.journal import Journal, read_open
 from plugins.zfs import ZfsDriver, ZfsOptions
 from plugins.zfs.names import dataset_problem
-from snapagent.journal import Journal, read_open
-from snapagent.plugin.driver import DatasetDest, PreparedDataset
-from tests.helpers.manifests import manifest, volume
 from plugins.zfs.zfscmd import classify
+from snapagent.config import parse
+from snapagent.errors import ConfigError, ExportFailed, OperationFailed, PreflightFailed, RestoreRefused, SnapshotFailed
+from snapagent.journal import Journal, read_open
+from snapagent.plugin.driver import DatasetDest, PreparedDataset, Snapshot
+from tests.helpers.fakerunner import FakeRunner
+from tests.helpers.fakezfs import FakeZfs, zfs_runner
+from tests.helpers.manifests import manifest, volume
 
 SPACE = "tank/app db"           # spaces are legal in ZFS names
 LEAD = "tank/-lead:x.y_z"       # so are a leading '-', ':', '.', '_'

@@ -8,11 +8,10 @@ import json
 import time
 import tomllib
 
-from tests.helpers.fakerunner import FakeRunner
-from tests.helpers.fakezfs import FakeZfs, zfs_runner
 from snapagent.config import parse
 from snapagent.engine import BackupRun
 from snapagent.restore import restore
+from tests.helpers.fakezfs import FakeZfs, zfs_runner
 from tests.helpers.manifests import manifest
 
 DS = "tank/app db"

@@ -1,6 +1,6 @@
 """fsfreeze: the quiescer (``quiescer``) and the watchdog process that freezes and always thaws
 (``watchdog``, run as ``python -m snapagent.quiesce.fsfreeze.watchdog``)."""
 
-from .quiescer import FsfreezeConfig, FsfreezeQuiescer
+from snapagent.quiesce.fsfreeze.quiescer import FsfreezeConfig, FsfreezeQuiescer
 
 __all__ = ["FsfreezeConfig", "FsfreezeQuiescer"]

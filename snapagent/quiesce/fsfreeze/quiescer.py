@@ -31,10 +31,11 @@ from pydantic import Field, field_validator
 
 from snapagent.config import Strict
 from snapagent.errors import CommandFailed, OperationFailed, PreflightFailed, QuiesceFailed
-from snapagent.util.runner import Runner, Stream
 from snapagent.plugin.quiescer import Quiescer
 from snapagent.util.lines import LineReader, send_line
-from snapagent.util.mountinfo import MountEntry, mount_of, read as read_mounts
+from snapagent.util.mountinfo import MountEntry, mount_of
+from snapagent.util.mountinfo import read as read_mounts
+from snapagent.util.runner import Runner, Stream
 
 log = logging.getLogger("snapagent.quiesce.fsfreeze")
 OWNER = {"kind": "quiescer", "name": "fsfreeze"}

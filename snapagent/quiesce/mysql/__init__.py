@@ -2,6 +2,6 @@
 (``connection``), making a restored datadir start (``restore``) and the drill on a throwaway
 server (``drill``)."""
 
-from .quiescer import MysqlConfig, MysqlQuiescer
+from snapagent.quiesce.mysql.quiescer import MysqlConfig, MysqlQuiescer
 
 __all__ = ["MysqlConfig", "MysqlQuiescer"]

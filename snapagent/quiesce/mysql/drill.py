@@ -20,10 +20,9 @@ from typing import Any
 
 from snapagent.errors import CommandFailed, NotFound
 from snapagent.plugin.quiescer import Locate, ProbeResult, RestoreContext
+from snapagent.quiesce.mysql import connection as mc
+from snapagent.quiesce.mysql.restore import server_argv
 from snapagent.util.runner import format_argv
-
-from . import connection as mc
-from .restore import server_argv
 
 START_TIMEOUT = 300.0
 SKIP_SCHEMAS = ("information_schema", "performance_schema")

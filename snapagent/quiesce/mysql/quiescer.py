@@ -26,14 +26,14 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from pydantic import field_validator, model_validator
 
 from snapagent.config import Duration, Strict
 from snapagent.errors import PreflightFailed, QuiesceFailed
-from . import connection as mc
 from snapagent.plugin.quiescer import Locate, ProbeResult, Quiescer, RestoreContext
+from snapagent.quiesce.mysql import connection as mc
 
 log = logging.getLogger("snapagent.quiesce.mysql")
 
@@ -400,12 +400,12 @@ class MysqlQuiescer(Quiescer):
     # -- restore side ---------------------------------------------------------------------------
     @classmethod
     def prepare_restore(cls, record: dict[str, Any], locate: Locate, ctx: RestoreContext) -> dict[str, Any] | None:
-        from .restore import prepare_restore
+        from snapagent.quiesce.mysql.restore import prepare_restore
 
         return prepare_restore(record, locate)
 
     @classmethod
     def drill(cls, record: dict[str, Any], locate: Locate, ctx: RestoreContext) -> list[ProbeResult]:
-        from .drill import drill
+        from snapagent.quiesce.mysql.drill import drill
 
         return drill(record, locate, ctx)

@@ -16,6 +16,7 @@ from typing import Any, Callable
 from snapagent.errors import NotFound
 from snapagent.util.runner import format_argv
 
+
 def restored_path(record: dict[str, Any], locate: Callable[[str], Path], live: str | None) -> Path | None:
     """Return where live path ``live`` is in the restore: a recorded file, or a path inside one."""
     if not live:

@@ -28,15 +28,15 @@ import re
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from pydantic import field_validator, model_validator
 
 from snapagent.config import Duration, Strict
 from snapagent.errors import PreflightFailed, QuiesceFailed
-from snapagent.util.fs import is_within
-from . import wal
 from snapagent.plugin.quiescer import ExtraArtifact, Locate, ProbeResult, Quiescer, RestoreContext
+from snapagent.quiesce.postgresql import wal
+from snapagent.util.fs import is_within
 
 log = logging.getLogger("snapagent.quiesce.postgresql")
 
@@ -384,12 +384,12 @@ class PostgresQuiescer(Quiescer):
     # -- restore side ---------------------------------------------------------------------------
     @classmethod
     def prepare_restore(cls, record: dict[str, Any], locate: Locate, ctx: RestoreContext) -> dict[str, Any] | None:
-        from . import restore
+        from snapagent.quiesce.postgresql import restore
 
         return restore.prepare(record, locate, ctx.runner)
 
     @classmethod
     def drill(cls, record: dict[str, Any], locate: Locate, ctx: RestoreContext) -> list[ProbeResult]:
-        from . import drill
+        from snapagent.quiesce.postgresql import drill
 
         return drill.drill(record, locate, ctx)
