@@ -81,11 +81,8 @@ class Writer:
         raise NotImplementedError
 
     def commit(self, manifest: Manifest) -> None:
-        """Write the manifest last and make the backup visible atomically."""
-        raise NotImplementedError
-
-    def abort(self) -> None:
-        """Remove what was written (idempotent)."""
+        """Write the manifest last and make the backup visible atomically (and close the journal
+        record of the temp place). What an uncommitted writer wrote is removed by ``undo``."""
         raise NotImplementedError
 
 
@@ -128,7 +125,7 @@ class Target:
         raise NotImplementedError
 
     def delete(self, backup_id: str) -> None:
-        """Remove a backup: it disappears from listings atomically first."""
+        """Remove a backup: it disappears from listings atomically first (retention's primitive)."""
         raise NotImplementedError
 
     @classmethod

@@ -157,10 +157,6 @@ class DirectoryWriter(Writer):
         fsync_dir(self.final.parent)
         self.journal.close("temp", str(self.tmp))
 
-    def abort(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.journal.close("temp", str(self.tmp))
-
 
 class DirectoryTarget(Target):
     type = "directory"

@@ -173,3 +173,14 @@ def test_the_manifest_is_the_only_writer(tmp_path):
     assert back.volumes[0].info["snap_percent_max"] is None
     assert back.quiescers[0].facts()["checkpoint"] == {"busy": 0}
     assert Path(back.quiescers[0].facts()["path"]) == Path("/srv/app/app.db")
+
+
+def test_delete_disappears_from_the_listing_atomically(tmp_path):
+    target = DirectoryTarget("local", DirectoryConfig(path=tmp_path))
+    m = manifest()
+    d = tmp_path / "app" / m.id
+    d.mkdir(parents=True)
+    (d / "manifest.json").write_bytes(M.dumps(m))
+    assert isinstance(target.get(m.id), Stored)
+    target.delete(m.id)
+    assert target.get(m.id) is None and target.list() == [] and list((tmp_path / "app").iterdir()) == []
