@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 from snapagent import catalog, cleanup, registry, signals, verify
 from snapagent.config import Config
-from snapagent.errors import NotFound, RestoreRefused, VerifyFailed
+from snapagent.errors import ConfigError, NotFound, OperationFailed, RestoreRefused, VerifyFailed
 from snapagent.held import Held
 from snapagent.journal import RESTORE_GROUP, Journal, read_open
 from snapagent.manifest import Manifest, QuiescerRecord, Volume
@@ -84,7 +84,11 @@ def check(config: Config, stored: Stored, allow_special: bool = False, say: Say 
 def driver_for(config: Config, m: Manifest, runner: Runner) -> Driver:
     """Return the driver that made ``m``, with its job's options when the job still exists with
     that driver (e.g. where a drill may receive), else the driver's defaults."""
-    driver_cls = registry.get("driver", m.driver, "manifest.driver")
+    try:
+        driver_cls = registry.get("driver", m.driver, "manifest.driver")
+    except ConfigError:
+        raise OperationFailed(f"backup {m.id} was made by driver {m.driver!r}, which is not installed "
+                              "(see `snapagent plugins`)") from None
     job = config.jobs.get(m.job)
     return driver_cls(runner, job.options if job is not None and job.driver_cls is driver_cls else None)
 

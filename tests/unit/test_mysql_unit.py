@@ -363,3 +363,23 @@ def test_docs_example_config_parses():
     _, qcfg = configmod.parse(data, Path("docs/databases.md")).jobs["shop"].quiescers[0]
     assert qcfg.option_file == Path("/etc/mysql/debian.cnf") and qcfg.method == "auto"
     assert qcfg.long_query_policy == "refuse" and qcfg.lock_wait_timeout == 3
+
+
+def test_restored_paths_never_follow_a_symlink_out_of_the_copy(tmp_path):
+    """A forged backup may restore `datadir/run -> /etc`: a pid file recorded below it is not
+    touched (it would be /etc/...)."""
+    root = tmp_path / "restored"
+    (root / "datadir").mkdir(parents=True)
+    os.symlink("/etc", root / "datadir" / "run")
+    (root / "datadir" / "real.pid").write_text("1")
+    record = {"datadir": "/var/lib/mysql", "files": ["/var/lib/mysql"],
+              "server": {"pid_file": "/var/lib/mysql/run/hostname"}}
+
+    def locate(live):
+        if live == "/var/lib/mysql":
+            return root / "datadir"
+        raise mr.NotFound(live)
+
+    assert mr.restored_path(record, locate, "/var/lib/mysql/run/hostname") is None
+    assert mr.restored_path(record, locate, "/var/lib/mysql/real.pid") == root / "datadir" / "real.pid"
+    assert mr.restored_path(record, locate, "/var/lib/mysql/../../etc/passwd") is None

@@ -28,7 +28,11 @@ def restored_path(record: dict[str, Any], locate: Callable[[str], Path], live: s
         pass
     for f in sorted(record.get("files", []), key=len, reverse=True):
         if live.startswith(f.rstrip("/") + "/"):
-            return locate(f) / os.path.relpath(live, f)
+            root = locate(f)
+            p = root / os.path.relpath(live, f)
+            # the restored tree is as untrusted as the record: never follow a symlink out of it
+            parent, real_root = os.path.realpath(p.parent), os.path.realpath(root)
+            return p if parent == real_root or parent.startswith(real_root.rstrip("/") + "/") else None
     return None
 
 
