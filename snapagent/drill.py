@@ -32,7 +32,7 @@ def drill(config: Config, runner: Runner, backup_id: str, keep: bool = False,
     result (``ok`` False), not an error.
     """
     stored = catalog.find(config, backup_id)
-    checked = check(config, stored, say=say)
+    checked = check(config, runner, stored, say=say)
     m = stored.manifest
     unique = f"{m.id}.{os.getpid()}"
     with signals.raising():

@@ -60,17 +60,18 @@ class Restored:
     records: list[dict[str, Any]] = field(default_factory=list)
 
 
-def check(config: Config, stored: Stored, allow_special: bool = False, say: Say = lambda s: None) -> Checked:
-    """Verify every artifact a restore of ``stored`` reads; raise VerifyFailed or RestoreRefused
-    (nothing written) naming each problem."""
+def check(config: Config, runner: Runner, stored: Stored, allow_special: bool = False,
+          say: Say = lambda s: None) -> Checked:
+    """Verify every artifact a restore of ``stored`` reads (tar members as GNU tar reads them);
+    raise VerifyFailed or RestoreRefused (nothing written) naming each problem."""
     m = stored.manifest
-    results = verify.check(stored, scan=True, allow_special=allow_special)
+    results = verify.check(stored, scan=True, allow_special=allow_special, runner=runner)
     scans = {(stored.id, r.name): r.scan for r in results if r.scan is not None}
     chains = {}
     for vol in m.volumes:
         chains[vol.volume] = links = catalog.chain(config, stored, vol)
         for link, item in links[:-1]:
-            more = verify.check(link, [item.artifact], scan=True, allow_special=allow_special)
+            more = verify.check(link, [item.artifact], scan=True, allow_special=allow_special, runner=runner)
             scans.update({(link.id, r.name): r.scan for r in more if r.scan is not None})
             results += more
     bad = [r for r in results if not r.ok]
@@ -153,7 +154,7 @@ def restore(config: Config, runner: Runner, backup_id: str, dest: Path | str, fo
     Raises NotFound, BackupDamaged, VerifyFailed / RestoreRefused (nothing written),
     OperationFailed / Interrupted (what was written is removed again).
     """
-    checked = check(config, catalog.find(config, backup_id), allow_special, say)
+    checked = check(config, runner, catalog.find(config, backup_id), allow_special, say)
     with signals.raising():
         scope = Scope.start(config, runner, RESTORE_GROUP, f"{checked.stored.id}.{os.getpid()}")
         done = False

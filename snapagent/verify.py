@@ -10,6 +10,7 @@ from snapagent.errors import RestoreRefused, VerifyFailed
 from snapagent.manifest import Manifest
 from snapagent.plugin.target import Stored
 from snapagent.util import tar
+from snapagent.util.runner import Runner
 from snapagent.util.tar import ScanReport
 
 
@@ -43,10 +44,10 @@ def tar_artifacts(m: Manifest) -> dict[str, str]:
 
 
 def check(stored: Stored, names: list[str] | None = None, scan: bool = False,
-          allow_special: bool = False) -> list[ArtifactCheck]:
+          allow_special: bool = False, runner: Runner | None = None) -> list[ArtifactCheck]:
     """Recompute size and sha256 of the artifacts ``names`` of ``stored`` (default: all of them,
-    volumes first, then the quiescers' extras), scanning tar members too when ``scan``. Never
-    raises VerifyFailed itself."""
+    volumes first, then the quiescers' extras), checking tar members too when ``scan`` (as GNU
+    tar, run by ``runner``, reads them). Never raises VerifyFailed itself."""
     m = stored.manifest
     formats = tar_artifacts(m)
     if names is None:
@@ -59,7 +60,7 @@ def check(stored: Stored, names: list[str] | None = None, scan: bool = False,
             report = None
             with stored.target.open_artifact(m.id, art) as r:
                 if scan and formats.get(name) == "tar":
-                    report = tar.scan(r, allow_special)
+                    report = tar.scan(r, allow_special, runner)
                 r.finish()
             results.append(ArtifactCheck(name, True, art.size, seconds=round(time.monotonic() - t, 3), scan=report))
         except (VerifyFailed, RestoreRefused) as e:

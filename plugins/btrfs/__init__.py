@@ -175,7 +175,7 @@ class BtrfsDriver(Driver):
         received = parent / name
         if self.journal:
             self.journal.open("received", str(received), OWNER)
-        recv = self.runner.stream(["btrfs", "receive", "-e", "--", str(parent)], mutating=True, stdin=subprocess.PIPE,
+        recv = self.runner.stream(["btrfs", "receive", "-e", "--chroot", "--", str(parent)], mutating=True, stdin=subprocess.PIPE,
                                   stdout=subprocess.DEVNULL)
         try:
             recv.feed(stream)

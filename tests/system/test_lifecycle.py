@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import sqlite3
+import struct
 import subprocess
 import sys
 import time
@@ -225,3 +226,28 @@ def test_ctrl_c_reaches_the_agent_not_its_children(subvol, workdir):
     assert agent.returncode == 1 and "interrupted by SIGINT" in err and "Traceback" not in err, err
     assert not got.exists(), "the hold process got the terminal's SIGINT"
     assert snapshots(vol) == [] and journals(workdir) == []
+
+
+# -- what a restore restores ----------------------------------------------------------------------
+CAP_SETUID = struct.pack("<IIIII", 0x02000001, 1 << 7, 0, 0, 0)  # vfs_cap_data v2: cap_setuid+ep
+
+
+def test_file_capabilities_and_setuid_only_with_allow_special(subvol, workdir):
+    """A file with `cap_setuid+ep` or mode 04755 in the backup is restored without them — unless
+    the operator passes --allow-special."""
+    vol, db = app_volume(subvol)
+    capped, su = vol / "capped", vol / "su"
+    capped.write_text("x")
+    os.setxattr(capped, "security.capability", CAP_SETUID)
+    su.write_text("x")
+    os.chmod(su, 0o4755)
+    cfg = write_config(workdir, job(vol, db))
+    bid = last_line(snapagent("backup", "app", config=cfg, check=True))
+    label = json.loads(snapagent("show", bid, "--json", config=cfg, check=True).stdout)["volumes"][0]["label"]
+    plain, special = workdir / "plain", workdir / "special"
+    snapagent("restore", bid, "--to", str(plain), config=cfg, check=True)
+    snapagent("restore", bid, "--to", str(special), "--allow-special", config=cfg, check=True)
+    with pytest.raises(OSError):
+        os.getxattr(plain / label / "capped", "security.capability")
+    assert os.getxattr(special / label / "capped", "security.capability") == CAP_SETUID
+    assert not os.stat(plain / label / "su").st_mode & 0o4000 and os.stat(special / label / "su").st_mode & 0o4000
