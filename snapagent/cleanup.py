@@ -16,12 +16,19 @@ log = logging.getLogger("snapagent.cleanup")
 
 
 def _undoer(owner: dict[str, str]):
-    """Return the plugin class (or core module) that undoes records of ``owner``."""
-    if owner.get("kind") == "core":
-        if owner.get("name") != held.OWNER["name"]:
-            raise OperationFailed(f"unknown core owner {owner.get('name')!r}")
+    """Return the plugin class (or core module) that undoes records of ``owner``; raise
+    OperationFailed when it is not installed or cannot be loaded."""
+    kind, name = owner.get("kind"), owner.get("name")
+    if kind == "core":
+        if name != held.OWNER["name"]:
+            raise OperationFailed(f"unknown core owner {name!r}")
         return held
-    return registry.discover(owner["kind"])[owner["name"]].load()
+    if kind not in registry.GROUPS:
+        raise OperationFailed(f"the record names no plugin (owner {owner!r})")
+    found = registry.discover(kind).get(str(name))
+    if found is None:
+        raise OperationFailed(f"{kind} plugin {name!r} is not installed")
+    return found.load()
 
 
 def undo_records(records: list[dict[str, Any]], runner: Runner) -> tuple[list[str], list[str]]:
@@ -52,9 +59,11 @@ def sweep(state_dir: Path, runner: Runner, group: str | None = None) -> list[str
             continue
         ok, bad = undo_records(read_open(path), runner)
         done.extend(ok)
-        failures.extend(bad)
+        failures.extend(f"{b} (journal {path})" for b in bad)
         if not bad and not runner.dry_run:
             path.unlink(missing_ok=True)
     if failures:
-        raise OperationFailed("cleanup incomplete:\n  " + "\n  ".join(failures))
+        raise OperationFailed("cleanup incomplete:\n  " + "\n  ".join(failures) + "\n"
+                              "fix the cause and run `snapagent cleanup` again; to give a record up, release what "
+                              "it names by hand and delete its journal file (docs/runbook.md)")
     return done

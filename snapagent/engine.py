@@ -123,8 +123,11 @@ class BackupRun:
         for q in self.quiescers:
             q.preflight()
         self.target.preflight(self.job.name)
-        if self.state_dir.exists() and not os.access(self.state_dir, os.W_OK):
-            raise PreflightFailed(f"state_dir {self.state_dir} is not writable")
+        probe = self.state_dir
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise PreflightFailed(f"state_dir {self.state_dir} is not writable ({probe} is not)")
 
     def _preflight_or_close(self) -> None:
         try:

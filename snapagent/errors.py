@@ -62,6 +62,10 @@ class ExportFailed(OperationFailed):
     """Exporting a snapshot failed."""
 
 
+class TargetFailed(OperationFailed):
+    """The target could not store or read the backup (full, failing, not writable)."""
+
+
 class VerifyFailed(OperationFailed):
     """A backup failed verification."""
 

@@ -57,11 +57,16 @@ def check(stored: Stored, names: list[str] | None = None, scan: bool = False,
         art = m.artifact(name)
         t = time.monotonic()
         try:
-            report = None
+            report = refusal = None
             with stored.target.open_artifact(m.id, art) as r:
                 if scan and formats.get(name) == "tar":
-                    report = tar.scan(r, allow_special, runner)
-                r.finish()
+                    try:
+                        report = tar.scan(r, allow_special, runner)
+                    except RestoreRefused as e:
+                        refusal = RestoreRefused(f"artifact {name}: {e}")
+                r.finish()  # a damaged file explains a refusal better than the refusal itself
+            if refusal is not None:
+                raise refusal
             results.append(ArtifactCheck(name, True, art.size, seconds=round(time.monotonic() - t, 3), scan=report))
         except (VerifyFailed, RestoreRefused) as e:
             results.append(ArtifactCheck(name, False, art.size, str(e), refused=isinstance(e, RestoreRefused)))

@@ -118,6 +118,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("snapagent: error: interrupted", file=sys.stderr)
         return EXIT_FAILED
+    except OSError as e:  # a system error no step turned into its own message: still one line
+        where = f": {e.filename}" if e.filename else ""
+        print(f"snapagent: error: {e.strerror or e}{where}", file=sys.stderr)
+        logging.getLogger("snapagent").debug("traceback", exc_info=True)
+        return EXIT_FAILED
+    except Exception as e:  # noqa: BLE001 - a bug: one line for the operator, the traceback with -vv
+        print(f"snapagent: internal error: {type(e).__name__}: {e} (run with -vv for the traceback)", file=sys.stderr)
+        logging.getLogger("snapagent").debug("traceback", exc_info=True)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":  # pragma: no cover

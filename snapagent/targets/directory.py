@@ -16,12 +16,13 @@ import stat
 from pathlib import Path
 from typing import IO, Literal
 
+import psutil
 import zstandard
 from pydantic import Field
 
 from snapagent import manifest as manifestmod
 from snapagent.config import Strict
-from snapagent.errors import NotFound, PreflightFailed, VerifyFailed
+from snapagent.errors import ExportFailed, NotFound, PreflightFailed, TargetFailed, VerifyFailed
 from snapagent.manifest import Artifact, Manifest, ManifestDamaged
 from snapagent.plugin.target import ArtifactReader, Damaged, Stored, Target, Writer, listing_order
 from snapagent.util.fs import fsync_dir, write_atomic
@@ -98,14 +99,19 @@ class VerifyingReader(ArtifactReader):
             return self._r.read(n)
         except zstandard.ZstdError as e:
             raise VerifyFailed(f"artifact {self.art.name}: corrupt compressed data ({e})") from None
+        except OSError as e:
+            raise VerifyFailed(f"artifact {self.art.name}: read error ({e.strerror or e})") from None
 
     def readable(self) -> bool:
         return True
 
     def finish(self) -> None:
         """Read what is left of the stored file and raise VerifyFailed on a size or sha256 mismatch."""
-        while self._src.read(CHUNK):
-            pass
+        try:
+            while self._src.read(CHUNK):
+                pass
+        except OSError as e:
+            raise VerifyFailed(f"artifact {self.art.name}: read error ({e.strerror or e})") from None
         name = self.art.name
         if self._src.size != self.art.size:
             raise VerifyFailed(f"artifact {name}: size {self._src.size} != {self.art.size} in manifest")
@@ -125,37 +131,58 @@ class DirectoryWriter(Writer):
         self.journal = journal
 
     def add_artifact(self, name: str, stream: IO[bytes]) -> Artifact:
-        """Store ``stream`` as artifact ``name`` (compressed, hashed, fsynced); return its record."""
+        """Store ``stream`` as artifact ``name`` (compressed, hashed, fsynced); return its record.
+        Raises TargetFailed when the target cannot take it (full, I/O error), ExportFailed when
+        the stream cannot be read."""
         cfg = self.t.cfg
         comp = cfg.compression
         fname = name + (".zst" if comp == "zstd" else "")
         part = self.tmp / f".{fname}.part"
-        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         raw_size = 0
-        with os.fdopen(fd, "wb") as f:
-            sink = _HashingSink(f)
-            if comp == "zstd":
-                cctx = zstandard.ZstdCompressor(level=cfg.zstd_level, threads=cfg.zstd_threads, write_checksum=True)
-                out = cctx.stream_writer(sink, closefd=False)
-            else:
-                out = sink
-            while chunk := stream.read(CHUNK):
-                raw_size += len(chunk)
-                out.write(chunk)
-            if comp == "zstd":
-                out.flush(zstandard.FLUSH_FRAME)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(part, self.tmp / fname)
+        try:
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                sink = _HashingSink(f)
+                if comp == "zstd":
+                    cctx = zstandard.ZstdCompressor(level=cfg.zstd_level, threads=cfg.zstd_threads, write_checksum=True)
+                    out = cctx.stream_writer(sink, closefd=False)
+                else:
+                    out = sink
+                while chunk := _read(stream):
+                    raw_size += len(chunk)
+                    out.write(chunk)
+                if comp == "zstd":
+                    out.flush(zstandard.FLUSH_FRAME)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(part, self.tmp / fname)
+        except OSError as e:
+            raise TargetFailed(f"target {self.t.name!r} cannot store {fname} in {self.tmp.parent}: "
+                               f"{e.strerror or e}; nothing was stored") from None
         return Artifact(name=fname, size=sink.size, sha256=sink.h.hexdigest(), compression=comp, raw_size=raw_size)
 
     def commit(self, manifest: Manifest) -> None:
-        """Write the manifest last and move the backup into place atomically."""
-        write_atomic(self.tmp / "manifest.json", manifestmod.dumps(manifest))
-        fsync_dir(self.tmp)
-        os.rename(self.tmp, self.final)
-        fsync_dir(self.final.parent)
+        """Write the manifest last and move the backup into place atomically. Raises TargetFailed."""
+        try:
+            write_atomic(self.tmp / "manifest.json", manifestmod.dumps(manifest))
+            fsync_dir(self.tmp)
+            os.rename(self.tmp, self.final)
+            fsync_dir(self.final.parent)
+        except OSError as e:
+            raise TargetFailed(f"target {self.t.name!r} cannot commit {self.final.name}: {e.strerror or e}; "
+                               "nothing was stored") from None
         self.journal.close("temp", str(self.tmp))
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB ({n} bytes)"
+
+
+def _read(stream: IO[bytes]) -> bytes:
+    try:
+        return stream.read(CHUNK)
+    except OSError as e:
+        raise ExportFailed(f"reading the exported stream failed: {e.strerror or e}") from None
 
 
 class DirectoryTarget(Target):
@@ -169,20 +196,32 @@ class DirectoryTarget(Target):
         return [self.cfg.path]
 
     def preflight(self, job: str) -> None:
+        """Check the directory (or its nearest existing parent) is writable, and that it has room
+        for a backup the size of this job's last one; raise PreflightFailed with the numbers."""
         p = self.cfg.path
         probe = p
         while not probe.exists():
             probe = probe.parent
         if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
             raise PreflightFailed(f"target {self.name!r}: {p} is not a writable directory")
+        last = [b for b in self.list(job) if isinstance(b, Stored)][-1:]
+        free = psutil.disk_usage(str(probe)).free
+        if last and free < last[0].manifest.size:
+            need = last[0].manifest.size
+            raise PreflightFailed(
+                f"target {self.name!r}: {p} has {_mib(free)} free, but the last backup of job {job!r} "
+                f"({last[0].id}) took {_mib(need)}; free space there (or remove old backups) first")
 
     def begin(self, job: str, backup_id: str, journal) -> DirectoryWriter:
         jobdir = self.cfg.path / job
-        jobdir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(self.cfg.path, 0o700)
         tmp = jobdir / f"{PARTIAL}{backup_id}"
         journal.open("temp", str(tmp), {"kind": "target", "name": self.type})
-        tmp.mkdir(mode=0o700)
+        try:
+            jobdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(self.cfg.path, 0o700)
+            tmp.mkdir(mode=0o700)
+        except OSError as e:
+            raise TargetFailed(f"target {self.name!r} cannot create {tmp}: {e.strerror or e}") from None
         return DirectoryWriter(self, tmp, jobdir / backup_id, journal)
 
     def _dirs(self, job: str | None):

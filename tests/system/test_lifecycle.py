@@ -251,3 +251,60 @@ def test_file_capabilities_and_setuid_only_with_allow_special(subvol, workdir):
         os.getxattr(plain / label / "capped", "security.capability")
     assert os.getxattr(special / label / "capped", "security.capability") == CAP_SETUID
     assert not os.stat(plain / label / "su").st_mode & 0o4000 and os.stat(special / label / "su").st_mode & 0o4000
+
+
+# -- faults fail cleanly ----------------------------------------------------------------------------
+@pytest.fixture
+def small_target(workdir):
+    """The config's target directory on a 3 MiB tmpfs."""
+    t = workdir / "backups"
+    t.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m,mode=0700", "tmpfs", str(t)], check=True)
+    yield t
+    subprocess.run(["umount", "-l", str(t)], check=False)
+
+
+def test_a_full_target_fails_with_one_message_and_keeps_nothing(subvol, workdir, small_target):
+    vol, db = app_volume(subvol, big=1 << 20)
+    cfg = write_config(workdir, job(vol, db))
+    first = last_line(snapagent("backup", "app", config=cfg, check=True))  # 1 MiB of noise fits
+    (vol / "more.bin").write_bytes(os.urandom(4 << 20))  # 5 MiB do not
+    r = snapagent("backup", "app", config=cfg)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "target 'local' cannot store" in r.stderr and "No space left on device" in r.stderr, r.stderr
+    assert [b["id"] for b in json.loads(snapagent("list", "--json", config=cfg, check=True).stdout)] == [first]
+    assert not [p for p in (small_target / "app").iterdir() if p.name.startswith(".")]
+    assert snapshots(vol) == [] and journals(workdir) == []
+    # with the space the last backup needed gone, preflight refuses before taking anything
+    junk = small_target / "junk"
+    free = shutil.disk_usage(small_target).free
+    junk.write_bytes(b"\0" * (free - (64 << 10)))
+    r = snapagent("backup", "app", config=cfg)
+    assert r.returncode == 1 and "free, but the last backup of job 'app'" in r.stderr, r.stderr
+    assert snapshots(vol) == [] and journals(workdir) == []
+
+
+@pytest.mark.parametrize("fault", ["missing", "truncated", "bit flip", "symlink", "fifo", "directory"])
+def test_a_damaged_artifact_is_one_message(subvol, workdir, fault):
+    vol, db = app_volume(subvol)
+    cfg = write_config(workdir, job(vol, db))
+    bid = last_line(snapagent("backup", "app", config=cfg, check=True))
+    art = next((workdir / "backups" / "app" / bid).glob("00-*"))
+    data = art.read_bytes()
+    art.unlink()
+    if fault == "truncated":
+        art.write_bytes(data[: len(data) // 2])
+    elif fault == "bit flip":
+        art.write_bytes(data[:100] + bytes([data[100] ^ 1]) + data[101:])
+    elif fault == "symlink":
+        (workdir / "elsewhere").write_bytes(data)
+        art.symlink_to(workdir / "elsewhere")
+    elif fault == "fifo":
+        os.mkfifo(art)
+    elif fault == "directory":
+        art.mkdir()
+    for cmd in (["verify", bid], ["restore", bid, "--to", str(workdir / "dest")], ["drill", bid]):
+        r = snapagent(*cmd, config=cfg, timeout=60)
+        assert r.returncode == 1 and "Traceback" not in r.stderr and "internal error" not in r.stderr, (cmd, r.stderr)
+        assert "00-" in r.stdout + r.stderr
+    assert not (workdir / "dest").exists() and journals(workdir) == []

@@ -138,3 +138,19 @@ def test_cleanup_never_undoes_what_a_live_run_holds(tmp_path, monkeypatch):
     assert done == [f"skipped app/run1.jsonl: its run is still going (pid {os.getpid()})"] and UNDONE == []
     j.close_file()  # the run died: its lock went with it
     assert cleanup.sweep(tmp_path, FakeRunner()) == ["undid /v1@s"] and not j.path.exists()
+
+
+def test_a_journal_naming_a_missing_plugin_says_the_way_out(tmp_path):
+    from tests.helpers.fakerunner import FakeRunner
+
+    j = Journal.start(tmp_path, "app", "run2")
+    j.open("snapshot", "vg/snap", {"kind": "driver", "name": "no-such-driver"})
+    j.open("garbage", "x", {"kind": "nonsense"})
+    j._f.write("{not json\n")  # a torn last line, as after a crash mid-write
+    j.close_file()
+    with pytest.raises(OperationFailed) as e:
+        cleanup.sweep(tmp_path, FakeRunner())
+    msg = str(e.value)
+    assert "driver plugin 'no-such-driver' is not installed" in msg and "names no plugin" in msg
+    assert str(j.path) in msg and "delete its journal file" in msg
+    assert j.path.exists()  # kept for the next try
