@@ -54,6 +54,7 @@ class JobConfig(Strict):
     target: str
     export: str | None = None  # driver's default when unset
     max_freeze: Duration = 10.0
+    max_lock_wait: Duration | None = None  # how long taking the first lock may take; default max_freeze
     options: dict[str, Any] = Field(default_factory=dict)
     quiesce: list[QuiesceEntry] = Field(default_factory=list)
 

@@ -280,24 +280,31 @@ class BackupRun:
     def _freeze_and_snapshot(self, snap_name: str) -> tuple[list[Snapshot], list[dict], float]:
         """Quiesce all, snapshot all, verify all, release all; return (snaps, records, window s).
 
-        A failed quiesce skips the snapshot; only quiescers that succeeded are released, in reverse.
-        Raises FreezeOverrun when the window passes max_freeze (snapshots are then undone).
+        The freeze window runs from the moment the first lock is held (``Quiescer.held_at``) to
+        the last release and is bounded by max_freeze; taking the first lock has its own bound,
+        max_lock_wait. A failed quiesce skips the snapshot; only quiescers that succeeded are
+        released, in reverse. Raises FreezeOverrun when the window passes max_freeze (snapshots
+        are then undone).
         """
-        max_freeze = self.job.cfg.max_freeze
+        cfg = self.job.cfg
+        max_freeze = cfg.max_freeze
+        lock_deadline = time.monotonic() + (cfg.max_lock_wait or max_freeze)
         held: list[Quiescer] = []
         records: list[dict] = []
         snaps: list[Snapshot] = []
-        t0 = time.monotonic()
-        deadline = t0 + max_freeze
+        first: float | None = None
         try:
             with self.phases("quiesce"):
                 for q in self.quiescers:
-                    q.quiesce(deadline)
+                    called = time.monotonic()
+                    q.quiesce(lock_deadline if first is None else min(lock_deadline, first + max_freeze))
                     held.append(q)
-                    if time.monotonic() > deadline:
+                    first = first if first is not None else (q.held_at or called)
+                    if time.monotonic() > first + max_freeze:
                         raise FreezeOverrun(f"quiescing took longer than max_freeze ({max_freeze:g}s)")
+            first = first if first is not None else time.monotonic()
             with self.phases("snapshot"):
-                snaps = self.driver.snapshot(list(self.job.cfg.volumes), snap_name, deadline)
+                snaps = self.driver.snapshot(list(cfg.volumes), snap_name, first + max_freeze)
             for q in held:
                 q.verify()
         finally:
@@ -310,14 +317,14 @@ class BackupRun:
                         stopped = stopped or e
                         records.append({"type": q.type})
                 records.reverse()
-            window = time.monotonic() - t0
+            window = time.monotonic() - first if first is not None else 0.0
             if stopped is not None and sys.exception() is None:
                 raise stopped
         if window > max_freeze:
             raise FreezeOverrun(f"freeze window {window * 1000:.0f} ms exceeded max_freeze {max_freeze * 1000:.0f} ms; "
                                 "the snapshot was abandoned and everything released")
-        if len(snaps) != len(self.job.cfg.volumes):
-            raise SnapshotFailed(f"driver returned {len(snaps)} snapshots for {len(self.job.cfg.volumes)} volumes")
+        if len(snaps) != len(cfg.volumes):
+            raise SnapshotFailed(f"driver returned {len(snaps)} snapshots for {len(cfg.volumes)} volumes")
         return snaps, records, window
 
     # -- dry run --------------------------------------------------------------------------------

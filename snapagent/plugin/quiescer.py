@@ -100,6 +100,10 @@ class Quiescer:
     def __init__(self, cfg: Any, ctx: QuiesceContext):
         self.cfg = cfg
         self.ctx = ctx
+        #: ``time.monotonic()`` when the lock took effect (writers from then on wait), set by
+        #: ``quiesce`` when the quiescer can tell; the freeze window starts at the first one. When
+        #: unset, the window counts from the moment ``quiesce`` was called (acquisition included).
+        self.held_at: float | None = None
 
     def files(self) -> list[Path]:
         """Return the live files/directories that must lie on the job's volumes."""
@@ -113,7 +117,8 @@ class Quiescer:
         """Connect and check (privileges, modes); take no lock. Raise PreflightFailed."""
 
     def quiesce(self, deadline: float) -> None:
-        """Take the lock; never wait past ``deadline`` (a ``time.monotonic()`` value). Raise QuiesceFailed."""
+        """Take the lock; never wait past ``deadline`` (a ``time.monotonic()`` value); set
+        ``held_at`` when it is known. Raise QuiesceFailed."""
         raise NotImplementedError
 
     def verify(self) -> None:

@@ -36,6 +36,15 @@ class SqliteConfig(Strict):
         return Path(os.path.normpath(v))
 
 
+CHECKPOINT_BUDGET = 0.5  # seconds a checkpoint may take before the lock is taken regardless
+
+
+def _busy(e: sqlite3.OperationalError) -> bool:
+    """True for SQLITE_BUSY / SQLITE_LOCKED: someone else holds the lock right now."""
+    return getattr(e, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or \
+        "locked" in str(e) or "busy" in str(e)
+
+
 def _utc(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="microseconds")
 
@@ -74,29 +83,52 @@ class SqliteQuiescer(Quiescer):
         self.rec.update(journal_mode=mode, sqlite_version=sqlite3.sqlite_version)
 
     def quiesce(self, deadline: float) -> None:
+        """Checkpoint the WAL (bounded, optional), then take the write lock, retrying at once while
+        a writer holds it — SQLite's own busy handler sleeps between tries and loses the race
+        against a writer that commits back to back. The wait is bounded by ``busy_timeout`` and
+        ``deadline``. Raise QuiesceFailed."""
         if self.conn is None:
             self.preflight()
         assert self.conn is not None
+        start = time.monotonic()
+        until = min(deadline, start + self.cfg.busy_timeout)
+        if until <= start:
+            raise QuiesceFailed(f"sqlite {str(self.cfg.path)!r}: no time left in max_freeze to take the lock")
         try:
+            self.conn.execute("PRAGMA busy_timeout = 0")
             if self.cfg.checkpoint and self.rec.get("journal_mode") == "wal":
-                self._busy(deadline)
-                busy, log_frames, done = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-                self.rec["checkpoint"] = {"busy": busy, "log_frames": log_frames, "checkpointed": done}
-            self._busy(deadline)
-            t0 = time.time()
-            self.conn.execute("BEGIN IMMEDIATE")
+                self._checkpoint(min(until, time.monotonic() + CHECKPOINT_BUDGET))
+            t0, tries = time.monotonic(), 0
+            while True:
+                tries += 1
+                try:
+                    self.conn.execute("BEGIN IMMEDIATE")
+                    break
+                except sqlite3.OperationalError as e:
+                    if not _busy(e) or time.monotonic() >= until:
+                        raise
+                    os.sched_yield()
+            self.held_at = time.monotonic()
             self._locked = True
-            self.rec["lock_wait_ms"] = round((time.time() - t0) * 1000, 3)
+            self.rec["lock_wait_ms"] = round((self.held_at - t0) * 1000, 3)
+            self.rec["lock_tries"] = tries
             self.rec["locked_at"] = _utc(time.time())
         except sqlite3.Error as e:
-            raise QuiesceFailed(f"sqlite {str(self.cfg.path)!r}: could not take the write lock: {e}") from None
+            raise QuiesceFailed(f"sqlite {str(self.cfg.path)!r}: could not take the write lock within "
+                                f"{until - start:.2f}s (busy_timeout, max_freeze): {e}") from None
 
-    def _busy(self, deadline: float) -> None:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise QuiesceFailed(f"sqlite {str(self.cfg.path)!r}: no time left in max_freeze to take the lock")
-        ms = int(min(self.cfg.busy_timeout, remaining) * 1000)
-        self.conn.execute(f"PRAGMA busy_timeout = {max(ms, 1)}")
+    def _checkpoint(self, until: float) -> None:
+        """``wal_checkpoint(TRUNCATE)``, retried at once while writers are busy until ``until``;
+        what it could not finish stays in the -wal file, which the snapshot holds anyway."""
+        t0, tries = time.monotonic(), 0
+        while True:
+            tries += 1
+            busy, log_frames, done = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if not busy or time.monotonic() >= until:
+                break
+            os.sched_yield()
+        self.rec["checkpoint"] = {"busy": busy, "log_frames": log_frames, "checkpointed": done, "tries": tries,
+                                  "ms": round((time.monotonic() - t0) * 1000, 3)}
 
     def verify(self) -> None:
         if self.conn is None or not self._locked or not self.conn.in_transaction:
