@@ -304,7 +304,12 @@ class BackupRun:
                         raise FreezeOverrun(f"quiescing took longer than max_freeze ({max_freeze:g}s)")
             first = first if first is not None else time.monotonic()
             with self.phases("snapshot"):
-                snaps = self.driver.snapshot(list(cfg.volumes), snap_name, first + max_freeze)
+                try:
+                    snaps = self.driver.snapshot(list(cfg.volumes), snap_name, first + max_freeze)
+                except SnapshotFailed as e:
+                    if time.monotonic() >= first + max_freeze:
+                        raise FreezeOverrun(f"the snapshot did not finish within max_freeze ({max_freeze:g}s): {e}") from None
+                    raise
             for q in held:
                 q.verify()
         finally:

@@ -45,6 +45,22 @@ def _busy(e: sqlite3.OperationalError) -> bool:
         "locked" in str(e) or "busy" in str(e)
 
 
+def _retry(step, until: float):
+    """Run ``step()`` (on a connection with busy_timeout 0) until it does not fail with "busy",
+    retrying at once — yielding the CPU, never sleeping — until ``until``; return (its result,
+    tries). SQLite's own busy handler sleeps between tries and loses to a writer that commits
+    back to back; retrying at once catches the microseconds between two of its transactions."""
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            return step(), tries
+        except sqlite3.OperationalError as e:
+            if not _busy(e) or time.monotonic() >= until:
+                raise
+            os.sched_yield()
+
+
 def _utc(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="microseconds")
 
@@ -74,9 +90,10 @@ class SqliteQuiescer(Quiescer):
         try:
             # mode=rw: never create a database by accident
             self.conn = sqlite3.connect(f"file:{p.as_posix().replace('?', '%3f').replace('#', '%23')}?mode=rw",
-                                        uri=True, isolation_level=None, timeout=self.cfg.busy_timeout,
-                                        check_same_thread=False)
-            mode = self.conn.execute("PRAGMA journal_mode").fetchone()[0]
+                                        uri=True, isolation_level=None, timeout=0, check_same_thread=False)
+            self.conn.execute("PRAGMA busy_timeout = 0")  # every wait is a retry of ours (see quiesce)
+            mode = _retry(lambda: self.conn.execute("PRAGMA journal_mode").fetchone()[0],
+                          time.monotonic() + self.cfg.busy_timeout)[0]
         except sqlite3.Error as e:
             self._close()
             raise PreflightFailed(f"sqlite database {str(p)!r}: {e}") from None
@@ -95,19 +112,10 @@ class SqliteQuiescer(Quiescer):
         if until <= start:
             raise QuiesceFailed(f"sqlite {str(self.cfg.path)!r}: no time left in max_freeze to take the lock")
         try:
-            self.conn.execute("PRAGMA busy_timeout = 0")
             if self.cfg.checkpoint and self.rec.get("journal_mode") == "wal":
                 self._checkpoint(min(until, time.monotonic() + CHECKPOINT_BUDGET))
-            t0, tries = time.monotonic(), 0
-            while True:
-                tries += 1
-                try:
-                    self.conn.execute("BEGIN IMMEDIATE")
-                    break
-                except sqlite3.OperationalError as e:
-                    if not _busy(e) or time.monotonic() >= until:
-                        raise
-                    os.sched_yield()
+            t0 = time.monotonic()
+            _, tries = _retry(lambda: self.conn.execute("BEGIN IMMEDIATE"), until)
             self.held_at = time.monotonic()
             self._locked = True
             self.rec["lock_wait_ms"] = round((self.held_at - t0) * 1000, 3)
@@ -123,7 +131,12 @@ class SqliteQuiescer(Quiescer):
         t0, tries = time.monotonic(), 0
         while True:
             tries += 1
-            busy, log_frames, done = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            try:
+                busy, log_frames, done = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            except sqlite3.OperationalError as e:
+                if not _busy(e):
+                    raise
+                busy, log_frames, done = 1, -1, -1
             if not busy or time.monotonic() >= until:
                 break
             os.sched_yield()

@@ -25,7 +25,12 @@ from snapagent.errors import CommandFailed, CommandNotFound, UsageError
 log = logging.getLogger("snapagent.runner")
 
 # Environment variables never passed to children (secrets the agent may hold).
-_SECRET_ENV = ("PGPASSWORD", "MYSQL_PWD", "SNAPAGENT_SECRET")
+#: What a child inherits of the agent's environment: these names, and names with these prefixes
+#: (the volume managers read their own settings from the environment). Nothing else — not a
+#: password a wrapper exported, not a token of the shell that started the agent.
+CHILD_ENV = ("PATH", "HOME", "USER", "LOGNAME", "TZ", "TMPDIR", "LANG")
+CHILD_ENV_PREFIXES = ("LVM_", "DM_", "ZFS_", "ZPOOL_", "SNAPAGENT_")
+_NEVER = ("SNAPAGENT_SECRET",)
 
 
 def format_argv(argv: Sequence[str], redact: Iterable[str] = ()) -> str:
@@ -64,8 +69,10 @@ def _check_argv(argv: Sequence[str]) -> list[str]:
 
 
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Return the environment for a child: ours without secrets, C locale for parsable output, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if k not in _SECRET_ENV}
+    """Return the environment for a child: the allow-listed part of ours (``CHILD_ENV``,
+    ``CHILD_ENV_PREFIXES``), the C locale for parsable output, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items()
+           if (k in CHILD_ENV or k.startswith(CHILD_ENV_PREFIXES)) and k not in _NEVER}
     env["LC_ALL"] = "C"
     if extra:
         env.update(extra)

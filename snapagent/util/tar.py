@@ -35,7 +35,7 @@ from snapagent.util.runner import Runner
 
 CHUNK = 1 << 20
 #: mode, uid/gid, size or major,minor, date, time, then the C-quoted name and what follows it
-_LINE = re.compile(r'^(\S)(\S{9}) (\d+)/(\d+) +(\d+|\d+, *\d+) (\S+) (\S+) (".*)$')
+_LINE = re.compile(r'^(\S)(\S{9}) +(\d+)/(\d+) +(\d+|\d+, *\d+) +(\S+) +(\S+) +(".*)$')
 _REGULAR, _DIR, _SYMLINK, _HARDLINK = "-C", "d", "l", "h"
 _SPECIAL = "cbp"
 _ESCAPES = {"a": 7, "b": 8, "f": 12, "n": 10, "r": 13, "t": 9, "v": 11, "\\": 92, '"': 34, "?": 63, "'": 39}

@@ -15,11 +15,13 @@ def _script(path: Path, body: str) -> Path:
     return path
 
 
-def slow_tool(path: Path, real: str, marker: Path, seconds: float) -> Path:
+def slow_tool(path: Path, real: str, marker: Path, seconds: float, when: str | None = None) -> Path:
     """Write ``path``: touch ``marker``, sleep ``seconds``, then become ``real`` with the same args
-    (its command line, which the agent marks, stays the same while it sleeps)."""
+    (its command line, which the agent marks, stays the same while it sleeps). With ``when``,
+    only calls with that argument are slowed (e.g. ``--extract``)."""
     real = shutil.which(real, path="/usr/sbin:/usr/bin:/sbin:/bin") or real
-    return _script(path, f"pathlib.Path({str(marker)!r}).touch()\ntime.sleep({seconds})\n"
+    cond = f"if {when!r} in sys.argv[1:]:\n    " if when else ""
+    return _script(path, f"{cond}pathlib.Path({str(marker)!r}).touch(); time.sleep({seconds})\n"
                          f"os.execv({real!r}, [{real!r}, *sys.argv[1:]])\n")
 
 

@@ -117,7 +117,7 @@ def test_stopped_restore_leaves_the_old_content_in_place(subvol, workdir, sig):
     dest.mkdir()
     (dest / "old.txt").write_text("what was there before\n")
     marker = workdir / "extracting"
-    slow = with_tool(cfg, "tar", slow_tool(workdir / "slow-tar", "tar", marker, 60))
+    slow = with_tool(cfg, "tar", slow_tool(workdir / "slow-tar", "tar", marker, 60, when="--extract"))
     agent = _restore_until_extracting(slow, bid, dest, marker)
     moved = [p for p in workdir.iterdir() if p.name.startswith("restore here.pre-restore-")]
     assert len(moved) == 1 and (moved[0] / "old.txt").exists() and dest.is_dir()

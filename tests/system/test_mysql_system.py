@@ -6,6 +6,7 @@ space, socket in a temp dir, ``--skip-networking``, binlog on) and runs the real
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shlex
@@ -27,6 +28,7 @@ import pytest
 from tests.helpers.caps import need
 from tests.helpers.cli import ROOT, snapagent, toml_str, write_config
 from tests.helpers.mariadb import MariaDB, available
+from tests.helpers.procwatch import ProcWatch
 from tests.helpers.wrappers import slow_tool
 
 pytestmark = [pytest.mark.mysql, pytest.mark.btrfs, pytest.mark.root]
@@ -113,6 +115,13 @@ class Writer:
     def stop(self) -> None:
         self.proc.kill()
         self.proc.wait()
+
+
+def zstd_d(path: Path) -> bytes:
+    import zstandard
+
+    with open(path, "rb") as f:
+        return zstandard.ZstdDecompressor().stream_reader(f).read()
 
 
 def ts(iso: str) -> float:
@@ -337,16 +346,28 @@ def test_file_outside_the_volumes_is_refused(subvol, workdir, tmp_path):
 
 def test_password_from_option_file_only(server, workdir):
     secret = "s3cr;et $(x) -pw"
-    server.sql("CREATE USER 'snap_operator'@'localhost' IDENTIFIED BY %s", (secret,))
+    # by hash: the server's own files (binlog, redo) would otherwise hold the plain password the
+    # test typed — user data snapagent backs up as it is, not a secret snapagent handled
+    digest = hashlib.sha1(hashlib.sha1(secret.encode()).digest()).hexdigest().upper()
+    server.sql("CREATE USER 'snap_operator'@'localhost' IDENTIFIED BY PASSWORD %s", (f"*{digest}",))
     server.sql("GRANT RELOAD, PROCESS, BINLOG MONITOR ON *.* TO 'snap_operator'@'localhost'")  # as docs/databases.md
     opt = workdir / "my backup.cnf"
     opt.write_text(f"[client]\nuser = snap_operator\npassword = \"{secret}\"\nsocket = {server.socket}\n!includedir /nonexistent\n")
     opt.chmod(0o600)
     cfg = write_config(workdir, job(server, option_file=str(opt)).replace(f"socket = {toml_str(server.socket)}\n", ""))
-    r = snapagent("-v", "--json", "backup", "db", config=cfg)
-    assert r.returncode == 0, r.stderr
+    with ProcWatch(secret) as watch:  # every process's argv and environment, sampled during the run
+        r = snapagent("-vv", "--json", "backup", "db", config=cfg, env={"MYAPP_TOKEN": secret})
+        assert r.returncode == 0, r.stderr
+        d = snapagent("-vv", "drill", json.loads(r.stdout)["id"], config=cfg, env={"MYAPP_TOKEN": secret})
+        assert d.returncode == 0, d.stderr
+    # the agent's own environment holds MYAPP_TOKEN on purpose: its children must not inherit it
+    agent = [h for h in watch.hits if "-m snapagent" in h[2]]
+    assert watch.samples > 1000 and agent and all(h[1] == "environ" for h in agent)  # the sampler sees it
+    assert [h for h in watch.hits if "-m snapagent" not in h[2]] == []  # no child, in argv or environment
     stored = "".join(p.read_text(errors="replace") for p in (workdir / "backups").rglob("*.json"))
-    for text in (r.stdout, r.stderr, stored, cfg.read_text()):
+    artifacts = b"".join(zstd_d(p) for p in (workdir / "backups").rglob("*.zst"))
+    assert secret.encode() not in artifacts
+    for text in (r.stdout, r.stderr, d.stdout, d.stderr, stored, cfg.read_text()):
         assert secret not in text
     q = json.loads(r.stdout)["quiescers"][0]
     assert q["method"] == "backup-stage" and q["binlog"]["position"] > 0 and "positions_error" not in q, q

@@ -91,3 +91,15 @@ def test_children_run_in_their_own_process_group():
     pgid, sid = map(int, s.stdout.read().split())
     s.wait()
     assert sid != os.getsid(0)
+
+
+def test_children_get_an_allow_listed_environment(monkeypatch):
+    monkeypatch.setenv("MYAPP_TOKEN", "t0ken")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-secret")
+    monkeypatch.setenv("LVM_SYSTEM_DIR", "/run/lvm-conf")
+    monkeypatch.setenv("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+    out = Runner().run(["env"], mutating=False, env={"SNAPAGENT_PHASE": "pre"}).stdout
+    env = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    assert "t0ken" not in out and "aws-secret" not in out
+    assert env["LVM_SYSTEM_DIR"] == "/run/lvm-conf" and env["PATH"] == "/usr/sbin:/usr/bin:/sbin:/bin"
+    assert env["LC_ALL"] == "C" and env["SNAPAGENT_PHASE"] == "pre"
