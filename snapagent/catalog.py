@@ -5,9 +5,10 @@ it never hides the others."""
 from __future__ import annotations
 
 from snapagent.config import Config
-from snapagent.errors import BackupDamaged, NotFound, VerifyFailed
+from snapagent.errors import BackupDamaged, NotFound, UsageError, VerifyFailed
 from snapagent.manifest import Volume
 from snapagent.plugin.target import Damaged, Stored, listing_order
+from snapagent.util.names import BACKUP_ID_RE
 
 LATEST = "@latest"
 
@@ -22,13 +23,17 @@ def listing(config: Config, job: str | None = None) -> list[Stored | Damaged]:
 
 def find(config: Config, backup_id: str) -> Stored:
     """Return backup ``backup_id`` (or the newest of job J for ``J@latest``) from the first target
-    holding it. Raise NotFound, or BackupDamaged naming why its manifest cannot be trusted."""
+    holding it. Raise UsageError for a malformed id, NotFound, or BackupDamaged naming why its
+    manifest cannot be trusted."""
     if backup_id.endswith(LATEST):
         job = config.job(backup_id[: -len(LATEST)]).name
         good = [b for b in listing(config, job) if isinstance(b, Stored)]
         if not good:
             raise NotFound(f"job {job!r} has no backups yet")
         return good[-1]
+    if not BACKUP_ID_RE.match(backup_id):
+        raise UsageError(f"ID: {backup_id!r} is not a backup id (JOB-YYYYMMDDTHHMMSSZ as `snapagent list` shows, "
+                         "or JOB@latest)")
     damaged = None
     for target in config.all_targets():
         b = target.get(backup_id)

@@ -222,8 +222,8 @@ def load(path: Path) -> Config:
             data = tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path} (use -c FILE or $SNAPAGENT_CONFIG)") from None
-    except PermissionError:
-        raise ConfigError(f"config file not readable: {path}") from None
+    except OSError as e:
+        raise ConfigError(f"config file not readable: {path} ({e.strerror or e})") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     return parse(data, path)

@@ -41,12 +41,11 @@ class BtrfsOptions(Strict):
 def _fs_magic(path: Path) -> int | None:
     """Return the filesystem magic of ``path`` (statfs f_type), or None when it cannot be read."""
     import ctypes
-    import ctypes.util
 
     class Statfs(ctypes.Structure):
         _fields_ = [("f_type", ctypes.c_long), ("rest", ctypes.c_byte * 120)]
 
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc = ctypes.CDLL(None, use_errno=True)  # the C library already loaded (find_library would run ldconfig)
     buf = Statfs()
     if libc.statfs(os.fsencode(path), ctypes.byref(buf)) != 0:
         return None

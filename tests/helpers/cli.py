@@ -40,11 +40,13 @@ def write_config(workdir: Path, jobs: str, extra: str = "", agent: str = "") -> 
 
 
 def snapagent(*args: str, config: Path | None = None, check: bool = False, env: dict | None = None,
-              timeout: float = 300, in_process: bool = False, show: bool = False) -> subprocess.CompletedProcess:
+              timeout: float = 300, in_process: bool = False, show: bool = False,
+              trace: Path | None = None) -> subprocess.CompletedProcess:
     """Run the CLI with ``args`` (``-c config`` first when given); return the CompletedProcess (text).
 
     ``check``: raise AssertionError with both outputs when it does not exit 0. ``env``: extra
-    environment (real process only). ``show``: print the command, its duration, exit code and stderr.
+    environment (real process only). ``show``: print the command, its duration, exit code and
+    stderr. ``trace``: log every program executed to that file (``tests/helpers/exectrace.py``).
     """
     argv = (["-c", str(config)] if config is not None else []) + list(args)
     t = time.monotonic()
@@ -54,8 +56,9 @@ def snapagent(*args: str, config: Path | None = None, check: bool = False, env: 
     else:
         e = dict(os.environ)
         e.update(env or {})
-        r = subprocess.run([sys.executable, "-m", "snapagent", *argv], capture_output=True, text=True, env=e,
-                           timeout=timeout)
+        start = [sys.executable, str(HELPERS / "exectrace.py"), str(trace), "--"] if trace else \
+            [sys.executable, "-m", "snapagent"]
+        r = subprocess.run([*start, *argv], capture_output=True, text=True, env=e, timeout=timeout)
     if show:
         print(f"[{time.monotonic() - t:6.1f}s] snapagent {' '.join(args)} -> {r.returncode}\n{r.stderr.rstrip()}",
               flush=True)
