@@ -14,6 +14,16 @@ import pytest
 from tests.helpers.caps import IN_CI, need
 
 
+def pytest_addoption(parser):
+    parser.addoption("--torture-backups", type=int, default=10,
+                     help="backups per combination in tests/torture (CI: 10; long runs: more)")
+
+
+@pytest.fixture
+def torture_backups(request) -> int:
+    return request.config.getoption("--torture-backups")
+
+
 def pytest_report_header(config):
     caps = {
         "root": os.geteuid() == 0,

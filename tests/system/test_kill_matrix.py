@@ -24,6 +24,7 @@ import pytest
 
 from tests.helpers.cli import HELPERS, last_line, snapagent, toml_str, write_config
 from tests.helpers.wrappers import slow_tool
+from tests.torture.check import record
 
 pytestmark = [pytest.mark.root, pytest.mark.btrfs]
 MAX_FREEZE = 5.0
@@ -167,6 +168,8 @@ def test_backup_killed_in_each_phase(app, workdir, phase, sig):
         snapagent("verify", b["id"], config=config(workdir, vol, db), check=True)
     assert leftovers(workdir, vol) == CLEAN
     print(f"\n{phase} {sig.name}: writer resumed {resumed - hit:.3f}s after the signal")
+    record(kind="kill", check=f"backup killed in {phase} by {sig.name}", resumed_ms=round((resumed - hit) * 1000, 1),
+           leftovers=0)
     time.sleep(1.05)  # backup ids have one-second resolution
     last_line(snapagent("backup", "app", config=config(workdir, vol, db), check=True))
 
@@ -191,4 +194,5 @@ def test_restore_and_drill_killed_while_extracting(app, workdir, command, sig):
     else:
         snapagent("cleanup", config=cfg, check=True)
     assert leftovers(workdir, vol) == CLEAN and not dest.exists()
+    record(kind="kill", check=f"{command} killed while extracting by {sig.name}", leftovers=0)
     snapagent(command, bid, *(["--to", str(dest)] if command == "restore" else []), config=cfg, check=True)

@@ -30,6 +30,7 @@ from tests.helpers.cli import ROOT, snapagent, toml_str, write_config
 from tests.helpers.mariadb import MariaDB, available
 from tests.helpers.procwatch import ProcWatch
 from tests.helpers.wrappers import slow_tool
+from tests.torture.check import record
 
 pytestmark = [pytest.mark.mysql, pytest.mark.btrfs, pytest.mark.root]
 WRITER = ROOT / "tests" / "helpers" / "mysql_writer.py"
@@ -369,6 +370,8 @@ def test_password_from_option_file_only(server, workdir):
     assert secret.encode() not in artifacts
     for text in (r.stdout, r.stderr, d.stdout, d.stderr, stored, cfg.read_text()):
         assert secret not in text
+    record(kind="secrets", check="database password in argv, environments, logs, manifests, artifacts",
+           samples=watch.samples, hits=0)
     q = json.loads(r.stdout)["quiescers"][0]
     assert q["method"] == "backup-stage" and q["binlog"]["position"] > 0 and "positions_error" not in q, q
     assert "snap_operator" not in json.dumps(q)  # no user name recorded either

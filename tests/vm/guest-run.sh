@@ -53,6 +53,7 @@ export LVM_SUPPRESS_FD_WARNINGS=1
 # The root is read-only: no bytecode, no pytest cache. SNAPAGENT_IN_VM lets tests/vm/conftest.py
 # run the tests marked vm here (the host deselects them).
 export SNAPAGENT_IN_VM=1 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+export SNAPAGENT_REPORT="$results/reliability.jsonl"  # the repo is read-only here
 cd "$repo" || finish 91
 if [ -e "$results/shell" ]; then
     echo "snapagent-vm: interactive shell (environment as for pytest); exit to power off"
