@@ -91,9 +91,11 @@ def config(workdir: Path, vol: Path, db: Path, phase: str | None = None, tools: 
                f'pre = [{toml_str(sys.executable)}, {toml_str(HELPERS / "slowpre.py")}, {toml_str(marker)}, "30"]\n'
                f'timeout = "60s"\n')
     agent = "".join(f"tools.{k} = {toml_str(v)}\n" for k, v in (tools or {}).items())
-    return write_config(workdir, f'[jobs.app]\ndriver = "btrfs"\nvolumes = [{toml_str(vol)}]\ntarget = "local"\n'
-                                 f'max_freeze = "{MAX_FREEZE}s"\n[[jobs.app.quiesce]]\ntype = "sqlite"\n'
-                                 f'path = {toml_str(db)}\n{pre}', agent=agent)
+    cfg = write_config(workdir, f'[jobs.app]\ndriver = "btrfs"\nvolumes = [{toml_str(vol)}]\ntarget = "local"\n'
+                                f'max_freeze = "{MAX_FREEZE}s"\n[[jobs.app.quiesce]]\ntype = "sqlite"\n'
+                                f'path = {toml_str(db)}\n{pre}', agent=agent)
+    # one file per variant: the slowed config must not replace the plain one
+    return cfg.rename(cfg.with_name(f"snapagent-{phase or 'plain'}-{'-'.join(sorted(tools or {})) or 'none'}.toml"))
 
 
 def leftovers(workdir: Path, vol: Path) -> dict:

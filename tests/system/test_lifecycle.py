@@ -308,3 +308,48 @@ def test_a_damaged_artifact_is_one_message(subvol, workdir, fault):
         assert r.returncode == 1 and "Traceback" not in r.stderr and "internal error" not in r.stderr, (cmd, r.stderr)
         assert "00-" in r.stdout + r.stderr
     assert not (workdir / "dest").exists() and journals(workdir) == []
+
+
+def test_an_export_that_fails_is_one_message(subvol, workdir):
+    vol, db = app_volume(subvol)
+    switch = workdir / "fail"
+    switch.touch()
+    cfg = with_tool(write_config(workdir, job(vol, db)), "tar",
+                    failing_tool(workdir / "failing-tar", "tar", ["--create"], switch))
+    r = snapagent("backup", "app", config=cfg)
+    assert r.returncode == 1 and "export of" in r.stderr and "injected failure" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert json.loads(snapagent("list", "--json", config=cfg, check=True).stdout) == []
+    assert snapshots(vol) == [] and journals(workdir) == []
+    assert not [p for p in (workdir / "backups" / "app").iterdir()]
+
+
+def test_dest_that_is_a_symlink_or_not_empty_is_refused(subvol, workdir):
+    vol, db = app_volume(subvol)
+    cfg = write_config(workdir, job(vol, db))
+    bid = last_line(snapagent("backup", "app", config=cfg, check=True))
+    victim = workdir / "victim"
+    victim.mkdir()
+    (workdir / "dest link").symlink_to(victim)
+    r = snapagent("restore", bid, "--to", str(workdir / "dest link"), config=cfg)
+    assert r.returncode == 1 and "is a symlink; restore refuses to follow it" in r.stderr, r.stderr
+    assert list(victim.iterdir()) == []
+    (victim / "keep").write_text("x")
+    r = snapagent("restore", bid, "--to", str(victim), config=cfg)
+    assert r.returncode == 1 and "is not empty; use --force" in r.stderr and list(victim.iterdir()) == [victim / "keep"]
+    assert journals(workdir) == []
+
+
+def test_a_state_dir_that_cannot_be_written_is_refused_in_preflight(subvol, workdir):
+    vol, db = app_volume(subvol)
+    ro = workdir / "ro"
+    ro.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], check=True)
+    try:
+        cfg = write_config(workdir, job(vol, db))
+        cfg.write_text(cfg.read_text().replace(toml_str(workdir / "state"), toml_str(ro / "state"), 1))
+        r = snapagent("backup", "app", config=cfg)
+        assert r.returncode == 1 and f"state_dir {ro / 'state'} is not writable" in r.stderr, r.stderr
+        assert snapshots(vol) == []
+    finally:
+        subprocess.run(["umount", str(ro)], check=False)

@@ -5,6 +5,7 @@ damaged — never the listing."""
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -184,3 +185,21 @@ def test_delete_disappears_from_the_listing_atomically(tmp_path):
     assert isinstance(target.get(m.id), Stored)
     target.delete(m.id)
     assert target.get(m.id) is None and target.list() == [] and list((tmp_path / "app").iterdir()) == []
+
+
+def test_an_io_error_of_the_target_is_one_message(tmp_path, monkeypatch):
+    import errno
+    import io
+
+    from snapagent.errors import TargetFailed
+    from snapagent.journal import Journal
+
+    target = DirectoryTarget("local", DirectoryConfig(path=tmp_path / "b"))
+    writer = target.begin("app", "app-20261202T050000Z", Journal.start(tmp_path / "s", "app", "r"))
+
+    def eio(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", eio)
+    with pytest.raises(TargetFailed, match="cannot store 00-app.tar.zst .*Input/output error; nothing was stored"):
+        writer.add_artifact("00-app.tar", io.BytesIO(b"x" * 100))
