@@ -8,6 +8,7 @@ get the same strictness as built-ins.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any
@@ -219,6 +220,7 @@ def load(path: Path) -> Config:
     """Read and validate the config file at ``path``; raise ConfigError (exit 2) on any problem."""
     try:
         with open(path, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
             data = tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path} (use -c FILE or $SNAPAGENT_CONFIG)") from None
@@ -226,4 +228,28 @@ def load(path: Path) -> Config:
         raise ConfigError(f"config file not readable: {path} ({e.strerror or e})") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    return parse(data, path)
+    cfg = parse(data, path)
+    if mode & 0o077 and (key := _secret_key(data)):  # a plugin may take a secret; the file must be private then
+        raise ConfigError(f"{path}: {key} holds a secret but the file is readable by group/others "
+                          f"(mode {mode & 0o777:04o}); chmod 600 it — or better, keep secrets in their own 0600 "
+                          "files (pgpass, MySQL option files)")
+    return cfg
+
+
+_SECRET = re.compile(r"(pass(word|wd|phrase)?|secret|token|private_?key|api_?key)$", re.I)
+
+
+def _secret_key(data: Any, prefix: str = "") -> str | None:
+    """Return the key path of the first non-empty value whose key names a secret, or None."""
+    if isinstance(data, dict):
+        for k, v in data.items():
+            key = f"{prefix}.{k}" if prefix else str(k)
+            if _SECRET.search(str(k)) and isinstance(v, str) and v:
+                return key
+            if (found := _secret_key(v, key)) is not None:
+                return found
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            if (found := _secret_key(v, f"{prefix}[{i}]")) is not None:
+                return found
+    return None

@@ -64,3 +64,17 @@ def test_unknown_job_exit_2():
 def test_usage_error_exit_2():
     r = snapagent("restore", "some-id")  # --to missing
     assert r.returncode == 2 and "--to" in r.stderr
+
+
+def test_a_secret_in_a_config_others_can_read_is_refused(tmp_path):
+    """Built-in plugins take no secret in the config at all; a plugin that does (here, the
+    free-form `agent.tools` table stands in for one) makes the file's permissions matter."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[agent]\ntools = { api_token = "hunter2" }\n[targets.t]\ntype = "directory"\npath = "/tmp/x"\n'
+                   '[jobs.j]\ndriver = "btrfs"\nvolumes = ["/srv/a"]\ntarget = "t"\n')
+    cfg.chmod(0o644)
+    with pytest.raises(ConfigError, match=r"agent\.tools\.api_token holds a secret .*mode 0644.*chmod 600") as e:
+        config.load(cfg)
+    assert "hunter2" not in str(e.value)
+    cfg.chmod(0o600)
+    assert config.load(cfg).agent.tools["api_token"] == "hunter2"
