@@ -11,7 +11,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
@@ -35,6 +35,19 @@ class AgentConfig(Strict):
     state_dir: Path = Path("/var/lib/snapagent")
     scratch_dir: Path | None = None  # where `drill` restores; default <state_dir>/drill
     tools: dict[str, str] = Field(default_factory=dict)  # tool name -> path, e.g. btrfs = "/usr/bin/btrfs"
+    metrics_file: Path | None = None  # Prometheus textfile collector file, written after every run
+
+
+class RetentionConfig(Strict):
+    """``[jobs.X.retention]``: restic's ``forget --keep-*`` rules (-1 = unlimited)."""
+
+    keep_last: int | None = Field(default=None, ge=-1)
+    keep_hourly: int | None = Field(default=None, ge=-1)
+    keep_daily: int | None = Field(default=None, ge=-1)
+    keep_weekly: int | None = Field(default=None, ge=-1)
+    keep_monthly: int | None = Field(default=None, ge=-1)
+    keep_yearly: int | None = Field(default=None, ge=-1)
+    keep_within: Duration | None = None
 
 
 class TargetEntry(BaseModel):
@@ -58,6 +71,13 @@ class JobConfig(Strict):
     max_lock_wait: Duration | None = None  # how long taking the first lock may take; default max_freeze
     options: dict[str, Any] = Field(default_factory=dict)
     quiesce: list[QuiesceEntry] = Field(default_factory=list)
+    # unattended operation (design note, "Contract, second part")
+    schedule: str | None = None  # systemd OnCalendar expression
+    mode: Literal["full", "incremental"] = "full"
+    full_every: int | Duration | None = None  # incremental: a full after N incrementals, or an age
+    retention: RetentionConfig | None = None
+    ping_url: str | None = None  # healthchecks.io style: /start, success, /fail
+    check_max_age: Duration | None = None
 
     @field_validator("volumes")
     @classmethod

@@ -1,0 +1,1 @@
+"""Schedules: systemd ``OnCalendar`` expressions, timer/cron unit generation."""
