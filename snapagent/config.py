@@ -12,6 +12,7 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
@@ -36,6 +37,14 @@ class AgentConfig(Strict):
     scratch_dir: Path | None = None  # where `drill` restores; default <state_dir>/drill
     tools: dict[str, str] = Field(default_factory=dict)  # tool name -> path, e.g. btrfs = "/usr/bin/btrfs"
     metrics_file: Path | None = None  # Prometheus textfile collector file, written after every run
+
+    @field_validator("metrics_file")
+    @classmethod
+    def _metrics_file(cls, v: Path | None) -> Path | None:
+        if v is not None and (not v.is_absolute() or v.suffix != ".prom"):
+            raise ValueError("must be an absolute path ending in .prom (node_exporter's textfile collector "
+                             "reads only *.prom files)")
+        return v
 
 
 class RetentionConfig(Strict):
@@ -77,7 +86,18 @@ class JobConfig(Strict):
     full_every: int | Duration | None = None  # incremental: a full after N incrementals, or an age
     retention: RetentionConfig | None = None
     ping_url: str | None = None  # healthchecks.io style: /start, success, /fail
+    ping_timeout: Duration = 10.0  # bound of each ping, in total; a slow ping is a warning
     check_max_age: Duration | None = None
+
+    @field_validator("ping_url")
+    @classmethod
+    def _ping_url(cls, v: str | None) -> str | None:
+        # never echo the value: a healthchecks URL is a secret of sorts
+        if v is not None:
+            parts = urlsplit(v)
+            if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in v):
+                raise ValueError("must be an http:// or https:// URL with a host (e.g. https://hc-ping.com/<uuid>)")
+        return v
 
     @field_validator("volumes")
     @classmethod

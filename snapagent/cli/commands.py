@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from pathlib import Path
 
 from snapagent import catalog, cleanup, registry, verify
 from snapagent import config as configmod
 from snapagent.drill import drill
 from snapagent.engine import BackupRun
-from snapagent.errors import EXIT_FAILED, EXIT_OK
+from snapagent.errors import EXIT_FAILED, EXIT_OK, SnapagentError
 from snapagent.manifest import iso
+from snapagent.monitor import check as checkmod
+from snapagent.monitor import facts as factsmod
+from snapagent.monitor.status import job_status
+from snapagent.monitor.watch import watch
 from snapagent.plugin.target import Damaged, Stored
 from snapagent.restore import restore
-from snapagent.util.durations import format_duration
+from snapagent.util.durations import format_duration, parse_duration
 from snapagent.util.runner import Runner
 
 
@@ -43,7 +48,9 @@ def do_backup(args, out) -> int:
         else:
             out.line(f"dry run of job {job.name!r}: preflight ok, nothing was changed")
         return EXIT_OK
-    result = run.run()
+    with watch(cfg, job, out.warn) as monitored:  # run record, metrics, pings: whatever the end
+        result = run.run()
+        monitored.success(result.manifest)
     m = result.manifest
     for w in result.warnings:
         out.warn(w)
@@ -203,4 +210,67 @@ def do_plugins(args, out) -> int:
     else:
         for r in rows:
             out.line(f"{r['kind']:<9} {r['name']:<14} {r['distribution']:<22} {r['entry_point']}  ({r['file']})")
+    return EXIT_OK
+
+
+def do_check(args, out) -> int:
+    """Nagios plugin: exit 0/1/2/3; never 2 for a bad config or argument (that is UNKNOWN, 3)."""
+    try:
+        code, text, checks = _check(args)
+    except (SnapagentError, OSError) as e:
+        (code, text), checks = checkmod.unknown(str(e) if isinstance(e, SnapagentError) else
+                                                f"{e.strerror or e}: {e.filename or ''}"), []
+    except Exception as e:  # noqa: BLE001 - a monitoring plugin answers UNKNOWN, never a traceback
+        (code, text), checks = checkmod.unknown(f"internal error: {type(e).__name__}: {e}"), []
+    if out.json:
+        out.emit({"state": checkmod.STATES[code], "exit_code": code, "output": text,
+                  "jobs": [{"job": c.job, "state": checkmod.STATES[c.state], "message": c.message} for c in checks]})
+    else:
+        out.line(text)
+    return code
+
+
+def _check(args) -> tuple[int, str, list]:
+    ages = {}
+    for opt in ("max_age", "warn_age"):
+        value = getattr(args, opt)
+        try:
+            ages[opt] = None if value is None else parse_duration(value)
+        except ValueError as e:
+            return (*checkmod.unknown(f"--{opt.replace('_', '-')}: {e}"), [])
+    try:
+        cfg = _config(args)
+    except SnapagentError as e:
+        return (*checkmod.unknown(f"configuration cannot be read: {e}"), [])
+    jobs = [cfg.job(args.job)] if args.job else list(cfg.jobs.values())
+    now = datetime.now(timezone.utc)
+    checks = [checkmod.check_job(factsmod.gather(cfg, j), now, checkmod.max_age_for(j, ages["max_age"]),
+                                 ages["warn_age"]) for j in jobs]
+    return (*checkmod.report(checks), checks)
+
+
+def do_status(args, out) -> int:
+    cfg = _config(args)
+    now = datetime.now().astimezone()
+    rows = [job_status(factsmod.gather(cfg, j), now) for j in cfg.jobs.values()]
+    if out.json:
+        out.emit(rows)
+        return EXIT_OK
+    for r in rows:
+        run, ok = r["last_run"], r["last_success"]
+        out.line(f"job {r['job']}:")
+        if run is None:
+            out.line("  last run:     never (since run records exist)")
+        else:
+            fw = "" if run["freeze_window_seconds"] is None else f", freeze window {run['freeze_window_seconds'] * 1000:.0f} ms"
+            out.line(f"  last run:     {run['result']} at {run['ended']} ({format_duration(run['duration_seconds'])}{fw})"
+                     + (f": {run['error']}" if run["error"] else ""))
+        out.line(f"  last success: {ok['backup_id']} at {ok['ended']}" if ok else "  last success: never")
+        for name, t in r["targets"].items():
+            span = f", oldest {t['oldest']}, newest {t['newest']}" if t["backups"] else ""
+            dmg = f", {t['damaged']} DAMAGED" if t["damaged"] else ""
+            out.line(f"  target {name}: {t['backups']} backup(s), {_size(t['size_bytes'])}{span}{dmg}")
+        out.line(f"  next run:     {r['next_run']} ({r['schedule']})" if r["next_run"] else
+                 "  next run:     not scheduled (no `schedule`)" if not r["schedule"] else
+                 f"  next run:     never ({r['schedule']})")
     return EXIT_OK

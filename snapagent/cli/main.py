@@ -16,6 +16,8 @@ from snapagent import __version__
 from snapagent.cli import commands
 from snapagent.errors import EXIT_FAILED, EXIT_USAGE, Interrupted, SnapagentError
 
+EXIT_UNKNOWN = 3  # Nagios UNKNOWN, `check` only
+
 
 class Output:
     """Where a command writes: ``data`` (stdout; JSON with --json) and ``say`` (stderr progress)."""
@@ -96,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     csub.required = True
     cc = csub.add_parser("check", help="validate the configuration and the plugins it names", parents=[common])
     cc.set_defaults(func=commands.do_config_check)
+    sp = cmd("check", "Nagios/Icinga plugin: is the newest backup recent and did the last run succeed? "
+                      "(exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)", commands.do_check)
+    sp.add_argument("job", nargs="?", help="the job to check (default: every job; the worst state counts)")
+    sp.add_argument("--max-age", metavar="DURATION", help="CRITICAL when the newest backup is older "
+                    "(default: the job's check_max_age, else twice its schedule's period, else 25h)")
+    sp.add_argument("--warn-age", metavar="DURATION", help="WARNING when the newest backup is older")
+    cmd("status", "per job: last run, last success, backups per target, next scheduled run", commands.do_status)
     cmd("plugins", "list the drivers, quiescers and targets found, and where from", commands.do_plugins)
     return p
 
@@ -105,9 +114,27 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     logging.basicConfig(level=level, stream=sys.stderr, format="snapagent: %(levelname)s: %(message)s")
 
 
+def _command_word(argv: Sequence[str]) -> str | None:
+    """Return the COMMAND word of ``argv`` (skipping the global options), or None."""
+    it = iter(argv)
+    for a in it:
+        if a in ("-c", "--config"):
+            next(it, None)
+        elif not a.startswith("-"):
+            return a
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return the exit code."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:
+        if e.code == EXIT_USAGE and _command_word(sys.argv[1:] if argv is None else argv) == "check":
+            # a monitoring system reads 2 as CRITICAL: a bad check command line is UNKNOWN
+            print("SNAPAGENT UNKNOWN - invalid arguments (see the usage message on stderr)", flush=True)
+            raise SystemExit(EXIT_UNKNOWN) from None
+        raise
     _setup_logging(args.verbose, args.quiet)
     out = Output(args.json, args.quiet)
     try:

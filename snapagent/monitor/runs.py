@@ -1,0 +1,73 @@
+"""The record of a job's last run: ``<state_dir>/runs/<job>.json`` (0600), written atomically after
+every ``backup`` — success, failure or interruption — with the facts of the last success carried
+over, so ``check``, ``status`` and the metrics know how the job is doing without a target scan."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from snapagent.util.fs import write_atomic
+
+log = logging.getLogger("snapagent.monitor")
+
+Result = Literal["success", "failure", "interrupted"]
+
+
+class Success(BaseModel):
+    """The facts of one successful run (carried over by the runs that fail after it)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    started: datetime
+    ended: datetime
+    duration_seconds: float
+    backup_id: str
+    size_bytes: int
+    freeze_window_seconds: float
+
+
+class RunRecord(BaseModel):
+    """One run of a job: when, how long, how it ended, and the last success known at its end."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    job: str
+    started: datetime
+    ended: datetime
+    duration_seconds: float
+    result: Result
+    error: str | None = None
+    backup_id: str | None = None
+    size_bytes: int | None = None
+    freeze_window_seconds: float | None = None
+    last_success: Success | None = None
+
+
+def path(state_dir: Path, job: str) -> Path:
+    """Return where the run record of ``job`` lives."""
+    return state_dir / "runs" / f"{job}.json"
+
+
+def load(state_dir: Path, job: str) -> RunRecord | None:
+    """Return the last run record of ``job``, or None when there is none or it cannot be read
+    (logged: a damaged record must not stop a backup or a check)."""
+    p = path(state_dir, job)
+    try:
+        return RunRecord.model_validate(json.loads(p.read_bytes()))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, ValidationError) as e:
+        log.warning("ignoring the unreadable run record %s: %s", p, str(e).splitlines()[0])
+        return None
+
+
+def save(state_dir: Path, record: RunRecord) -> Path:
+    """Write ``record`` atomically (0600, directory 0700); return its path. Raises OSError."""
+    p = path(state_dir, record.job)
+    p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_atomic(p, (record.model_dump_json(indent=2) + "\n").encode())
+    return p
