@@ -252,7 +252,8 @@ def _check(args) -> tuple[int, str, list]:
 def do_status(args, out) -> int:
     cfg = _config(args)
     now = datetime.now().astimezone()
-    rows = [job_status(factsmod.gather(cfg, j), now) for j in cfg.jobs.values()]
+    jobs = [cfg.job(args.job)] if args.job else list(cfg.jobs.values())
+    rows = [job_status(factsmod.gather(cfg, j), now) for j in jobs]
     if out.json:
         out.emit(rows)
         return EXIT_OK

@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--max-age", metavar="DURATION", help="CRITICAL when the newest backup is older "
                     "(default: the job's check_max_age, else twice its schedule's period, else 25h)")
     sp.add_argument("--warn-age", metavar="DURATION", help="WARNING when the newest backup is older")
-    cmd("status", "per job: last run, last success, backups per target, next scheduled run", commands.do_status)
+    sp = cmd("status", "per job: last run, last success, backups per target, next scheduled run", commands.do_status)
+    sp.add_argument("job", nargs="?", help="only this job (default: every job)")
     cmd("plugins", "list the drivers, quiescers and targets found, and where from", commands.do_plugins)
     return p
 

@@ -10,6 +10,8 @@ Series (label ``backup_job``; ``snapagent_backups`` also ``target``):
 
 from __future__ import annotations
 
+import fcntl
+import os
 from pathlib import Path
 
 from snapagent.config import Config
@@ -54,7 +56,15 @@ def write(config: Config, path: Path) -> None:
     """Write the metrics of every job of ``config`` to ``path`` atomically, mode 0644 (the
     exporter reads it as its own user). Raises OSError, e.g. when the directory does not exist
     (it is the exporter's: snapagent does not create it)."""
-    data = render([gather(config, job) for job in config.jobs.values()])
     if not path.parent.is_dir():
         raise FileNotFoundError(2, "directory does not exist", str(path.parent))
-    write_atomic(path, data, mode=0o644)
+    lock = config.agent.state_dir / "locks" / "metrics.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        # two jobs ending together: each reads every record and writes the whole file, so the
+        # second must read after the first wrote, or the first job's new state would be lost
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        write_atomic(path, render([gather(config, job) for job in config.jobs.values()]), mode=0o644)
+    finally:
+        os.close(fd)

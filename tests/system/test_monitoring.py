@@ -242,6 +242,9 @@ def test_status_json_and_text(subvol, workdir):
     assert 0 < (nxt - datetime.now(timezone.utc)).total_seconds() <= 3600
     assert other["last_run"] is None and other["last_success"] is None and other["next_run"] is None
     assert other["targets"]["local"]["backups"] == 0
+    assert [r["job"] for r in json.loads(snapagent("status", "app", "--json", config=cfg, check=True).stdout)] == ["app"]
+    r = snapagent("status", "nosuchjob", config=cfg)
+    assert r.returncode == 2 and "unknown job 'nosuchjob'" in r.stderr, r.stderr
     text = snapagent("status", config=cfg, check=True).stdout
     assert "job app:" in text and "last run:     failure at" in text and f"last success: {bid}" in text
     assert "target local: 1 backup(s)" in text and "job other:" in text and "last success: never" in text

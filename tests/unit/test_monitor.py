@@ -70,6 +70,10 @@ def test_verdicts_at_a_fixed_clock():
     c = check.check_job(facts(1, failed_run(T0 + timedelta(minutes=1))), T0 + timedelta(minutes=2), day, None)
     assert c.state == check.WARNING and c.message.startswith("last run failure at 2026-12-02 05:01:00Z: export failed / badly;")
     assert check.check_job(facts(1, failed_run(T0 - timedelta(minutes=1))), T0, day, None).state == check.OK
+    f = facts(2)
+    f.targets["local"].damaged = 1  # said, but the contract's states stand: the good ones are usable
+    c = check.check_job(f, T0, day, None)
+    assert c.state == check.OK and c.message.endswith("2 backup(s), 1 DAMAGED (see `snapagent list`)")
     # a backup dated in the future (clock skew) is not negative-aged
     assert check.check_job(facts(), T0 - timedelta(hours=1), day, 60).perfdata[0].startswith("'app_age'=0s;")
 
