@@ -265,7 +265,7 @@ def do_status(args, out) -> int:
         else:
             fw = "" if run["freeze_window_seconds"] is None else f", freeze window {run['freeze_window_seconds'] * 1000:.0f} ms"
             out.line(f"  last run:     {run['result']} at {run['ended']} ({format_duration(run['duration_seconds'])}{fw})"
-                     + (f": {run['error']}" if run["error"] else ""))
+                     + (": " + run["error"].replace("\n", "\n    ") if run["error"] else ""))
         out.line(f"  last success: {ok['backup_id']} at {ok['ended']}" if ok else "  last success: never")
         for name, t in r["targets"].items():
             span = f", oldest {t['oldest']}, newest {t['newest']}" if t["backups"] else ""

@@ -64,13 +64,24 @@ def _clean(text: str) -> str:
     return " ".join(text.replace("|", "/").split())
 
 
+def _brief(error: str | None) -> str:
+    """Return an error message short enough for a status line: its first line and, when it has
+    more (a command's stderr), its last one — usually the cause."""
+    lines = [ln.strip() for ln in (error or "no message").splitlines() if ln.strip()] or ["no message"]
+
+    def cut(text: str, n: int) -> str:
+        return text if len(text) <= n else text[: n - 1] + "…"
+
+    return cut(lines[0], 160) + (f" … {cut(lines[-1], 120)}" if len(lines) > 1 else "")
+
+
 def check_job(facts: JobFacts, now: datetime, max_age: float, warn_age: float | None) -> JobCheck:
     """Return the verdict on one job from its ``facts`` at ``now`` (aware)."""
     name = facts.job.name
     newest = facts.newest
     run = facts.run
     failed = run is not None and run.result != "success"
-    fail_note = f"last run {run.result} at {run.ended:%Y-%m-%d %H:%M:%SZ}: {run.error or 'no message'}" if failed else ""
+    fail_note = f"last run {run.result} at {run.ended:%Y-%m-%d %H:%M:%SZ}: {_brief(run.error)}" if failed else ""
     count = len(facts.backups)
     if newest is None:
         perf = [f"'{name}_age'=U", f"'{name}_backups'=0;;;0"]

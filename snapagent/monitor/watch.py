@@ -63,7 +63,7 @@ def _finish(config: Config, job: Job, w: Watch, result: str, error: str | None, 
     ended = datetime.now(timezone.utc)
     m = w.manifest if result == "success" else None
     if m is not None:
-        last = Success(started=started, ended=ended, duration_seconds=duration, backup_id=m.id, size_bytes=m.size,
+        last = Success(started=started, ended=ended, duration_seconds=round(duration, 3), backup_id=m.id, size_bytes=m.size,
                        freeze_window_seconds=m.freeze_window_ms / 1000)
     else:
         prev = runs.load(state_dir, job.name)

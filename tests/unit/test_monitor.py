@@ -70,6 +70,10 @@ def test_verdicts_at_a_fixed_clock():
     c = check.check_job(facts(1, failed_run(T0 + timedelta(minutes=1))), T0 + timedelta(minutes=2), day, None)
     assert c.state == check.WARNING and c.message.startswith("last run failure at 2026-12-02 05:01:00Z: export failed / badly;")
     assert check.check_job(facts(1, failed_run(T0 - timedelta(minutes=1))), T0, day, None).state == check.OK
+    long = "export of '/srv/app' failed: command failed (exit 1): tar " + "--x " * 100 + "\n  tar: stderr line\n  disk full"
+    c = check.check_job(facts(1, failed_run(T0, long)), T0, day, None)
+    assert "\n" not in c.message and "--x -… … disk full; newest backup" in c.message
+    assert len(c.message) < 400
     f = facts(2)
     f.targets["local"].damaged = 1  # said, but the contract's states stand: the good ones are usable
     c = check.check_job(f, T0, day, None)
