@@ -261,7 +261,7 @@ def do_status(args, out) -> int:
         run, ok = r["last_run"], r["last_success"]
         out.line(f"job {r['job']}:")
         if run is None:
-            out.line("  last run:     never (since run records exist)")
+            out.line("  last run:     none recorded")
         else:
             fw = "" if run["freeze_window_seconds"] is None else f", freeze window {run['freeze_window_seconds'] * 1000:.0f} ms"
             out.line(f"  last run:     {run['result']} at {run['ended']} ({format_duration(run['duration_seconds'])}{fw})"
