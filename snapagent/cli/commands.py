@@ -244,7 +244,7 @@ def _check(args) -> tuple[int, str, list]:
         return (*checkmod.unknown(f"configuration cannot be read: {e}"), [])
     jobs = [cfg.job(args.job)] if args.job else list(cfg.jobs.values())
     now = datetime.now(timezone.utc)
-    checks = [checkmod.check_job(factsmod.gather(cfg, j), now, checkmod.max_age_for(j, ages["max_age"]),
+    checks = [checkmod.check_job(factsmod.gather(cfg, j, strict=True), now, checkmod.max_age_for(j, ages["max_age"]),
                                  ages["warn_age"]) for j in jobs]
     return (*checkmod.report(checks), checks)
 

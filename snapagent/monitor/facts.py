@@ -57,9 +57,10 @@ class JobFacts:
                        backup_id=m.id, size_bytes=m.size, freeze_window_seconds=m.freeze_window_ms / 1000)
 
 
-def gather(config: Config, job: Job) -> JobFacts:
+def gather(config: Config, job: Job, strict: bool = False) -> JobFacts:
     """Return the facts of ``job``: list every configured target (raises what a target's listing
-    raises, e.g. OSError when it cannot be read) and load the run record."""
+    raises, e.g. OSError when it cannot be read) and load the run record (``strict``: raise
+    OSError when it exists but cannot be read)."""
     targets: dict[str, TargetFacts] = {job.target_name: TargetFacts(job.target_name)}
     for target in config.all_targets():
         for b in target.list(job.name):
@@ -68,4 +69,4 @@ def gather(config: Config, job: Job) -> JobFacts:
                 tf.damaged += 1
             else:
                 tf.backups.append(b)
-    return JobFacts(job, targets, runs.load(config.agent.state_dir, job.name))
+    return JobFacts(job, targets, runs.load(config.agent.state_dir, job.name, strict))

@@ -52,15 +52,22 @@ def path(state_dir: Path, job: str) -> Path:
     return state_dir / "runs" / f"{job}.json"
 
 
-def load(state_dir: Path, job: str) -> RunRecord | None:
-    """Return the last run record of ``job``, or None when there is none or it cannot be read
-    (logged: a damaged record must not stop a backup or a check)."""
+def load(state_dir: Path, job: str, strict: bool = False) -> RunRecord | None:
+    """Return the last run record of ``job``, or None when there is none or it is damaged
+    (logged: a damaged record must not stop a backup or a check). A record that cannot be read
+    (permissions, I/O) is logged too, or with ``strict`` raises OSError: a check run as the wrong
+    user must not report a failed run as fine."""
     p = path(state_dir, job)
     try:
         return RunRecord.model_validate(json.loads(p.read_bytes()))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, ValidationError) as e:
+    except OSError as e:
+        if strict:
+            raise
+        log.warning("ignoring the unreadable run record %s: %s", p, e.strerror or e)
+        return None
+    except (ValueError, ValidationError) as e:
         log.warning("ignoring the unreadable run record %s: %s", p, str(e).splitlines()[0])
         return None
 

@@ -123,7 +123,7 @@ def test_check_default_max_age_from_config(subvol, workdir):
 
 
 @pytest.mark.parametrize("case", ["missing", "not toml", "invalid key", "unknown job", "bad duration",
-                                  "missing value", "unknown option"])
+                                  "missing value", "unknown option", "record unreadable"])
 def test_check_unknown_never_exits_2(workdir, case):
     cfg = write_config(workdir, '[jobs.app]\ndriver = "btrfs"\nvolumes = ["/srv/app"]\ntarget = "local"\n')
     args = {"missing value": ["--max-age"], "unknown option": ["--frobnicate"],
@@ -134,13 +134,16 @@ def test_check_unknown_never_exits_2(workdir, case):
         cfg.write_text("[agent\n")
     elif case == "invalid key":
         cfg.write_text(cfg.read_text() + 'check_max_age = "soon"\n')
+    elif case == "record unreadable":  # e.g. check run as a user who may not read the state dir
+        (workdir / "state" / "runs" / "app.json").mkdir(parents=True)
     r = snapagent("check", *args, config=cfg)
     assert r.returncode == 3, (r.returncode, r.stdout, r.stderr)
     assert r.stdout.startswith("SNAPAGENT UNKNOWN - ") and len(r.stdout.splitlines()) == 1, r.stdout
     assert "Traceback" not in r.stdout + r.stderr
     expected = {"missing": "config file not found", "not toml": "not valid TOML", "invalid key": "check_max_age",
                 "unknown job": "unknown job 'nosuchjob'", "bad duration": "--max-age: invalid duration",
-                "missing value": "invalid arguments", "unknown option": "invalid arguments"}[case]
+                "missing value": "invalid arguments", "unknown option": "invalid arguments",
+                "record unreadable": "Is a directory: "}[case]
     assert expected in r.stdout, r.stdout
 
 

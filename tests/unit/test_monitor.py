@@ -197,3 +197,16 @@ def test_watch_problems_are_warnings(tmp_path):
     assert rec is None
     assert warnings[0].startswith("run record of job 'app' not written")
     assert warnings[1].startswith(f"metrics file {tmp_path / 'gone' / 'x.prom'} not written")
+
+
+def test_run_record_unreadable_or_damaged(tmp_path, caplog):
+    p = runs.path(tmp_path, "app")
+    p.parent.mkdir()
+    p.write_text("{not json")
+    assert runs.load(tmp_path, "app") is None and runs.load(tmp_path, "app", strict=True) is None
+    assert "ignoring the unreadable run record" in caplog.text
+    p.unlink()
+    p.mkdir()  # stands for a record this user cannot read
+    assert runs.load(tmp_path, "app") is None
+    with pytest.raises(IsADirectoryError):
+        runs.load(tmp_path, "app", strict=True)
