@@ -210,3 +210,22 @@ def test_run_record_unreadable_or_damaged(tmp_path, caplog):
     assert runs.load(tmp_path, "app") is None
     with pytest.raises(IsADirectoryError):
         runs.load(tmp_path, "app", strict=True)
+
+
+CONTRACT = {"snapagent_last_run_timestamp_seconds", "snapagent_last_run_success",
+            "snapagent_last_success_timestamp_seconds", "snapagent_last_duration_seconds",
+            "snapagent_last_size_bytes", "snapagent_last_freeze_window_seconds", "snapagent_backups"}
+
+
+def test_metric_names_are_the_contract_and_the_docs_use_only_them():
+    text = metrics.render([facts(1, RunRecord(job="app", started=T0, ended=T0, duration_seconds=1,
+                                              result="success"))]).decode()
+    emitted = set(re.findall(r"^(snapagent_\w+)\{", text, re.M))
+    assert emitted == CONTRACT
+    from tests.helpers.cli import ROOT
+
+    for doc in ("docs/runbook.md", "README.md"):
+        used = set(re.findall(r"(?<![$\w])snapagent_[a-z_]+[a-z]\b", (ROOT / doc).read_text()))  # not $macros$
+        assert used <= CONTRACT, f"{doc} names metrics that do not exist: {used - CONTRACT}"
+    rules = re.search(r"```yaml\n(groups:.*?)```", (ROOT / "docs/runbook.md").read_text(), re.S).group(1)
+    assert "snapagent_last_success_timestamp_seconds" in rules and "node_textfile_scrape_error" in rules
