@@ -6,7 +6,7 @@ kept and removed sets must be the same. Each snapshot's instant is read back fro
 ambiguous fall-back hour is whatever restic made of it.
 
 -1 (unlimited) is not compared: restic 0.14 does not know it and keeps nothing for such a rule
-(restic 0.15 added it with the meaning snapagent has, unlimited) — see
+(restic 0.16 added it — later spelled ``unlimited`` — with the meaning snapagent has) — see
 ``test_restic_0_14_has_no_unlimited``.
 """
 
