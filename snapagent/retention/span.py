@@ -41,8 +41,19 @@ class Span(NamedTuple):
         months = (wall.year - self.years) * 12 + (wall.month - 1 - self.months)
         y, m = divmod(months, 12)
         day = date(y, m + 1, 1) + timedelta(days=wall.day - 1 - self.days)
-        moved = datetime.combine(day, time(wall.hour, wall.minute, wall.second, wall.microsecond), tzinfo=tz)
-        return moved.astimezone(timezone.utc) - timedelta(hours=self.hours)
+        moved = datetime.combine(day, time(wall.hour, wall.minute, wall.second, wall.microsecond), tzinfo=timezone.utc)
+        return _go_local(moved, tz) - timedelta(hours=self.hours)
+
+
+def _go_local(wall: datetime, tz: tzinfo) -> datetime:
+    """Return the instant of wall-clock time ``wall`` (given as if it were UTC) in ``tz``, resolved
+    as Go's ``time.Date`` does: a time the spring-forward night skips counts with the offset
+    before the change, a time the fall-back night repeats is its second (standard-time) instance."""
+    offset = wall.astimezone(tz).utcoffset()
+    assert offset is not None
+    second = (wall - offset).astimezone(tz).utcoffset()
+    assert second is not None
+    return wall - second
 
 
 def parse_span(value: object) -> Span:

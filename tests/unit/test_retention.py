@@ -103,6 +103,15 @@ def test_keep_within_subtracts_days_on_the_calendar_across_dst():
     assert kept(times, tz=UTC, keep_within="2d") == names(*times)
 
 
+def test_keep_within_resolves_a_repeated_or_skipped_wall_time_like_go():
+    # 2d before 2026-10-27 02:30 CET is 2026-10-25 02:30, which happens twice: Go takes the second (01:30Z)
+    times = [utc("2026-10-27 01:30"), utc("2026-10-25 01:45"), utc("2026-10-25 01:00"), utc("2026-10-25 00:45")]
+    assert kept(times, keep_within="2d") == names(utc("2026-10-27 01:30"), utc("2026-10-25 01:45"))
+    # 2d before 2026-03-31 02:30 CEST is 2026-03-29 02:30, which never happens: Go counts it as CET (01:30Z)
+    times = [utc("2026-03-31 00:30"), utc("2026-03-29 01:45"), utc("2026-03-29 01:30"), utc("2026-03-29 00:45")]
+    assert kept(times, keep_within="2d") == names(utc("2026-03-31 00:30"), utc("2026-03-29 01:45"))
+
+
 def test_keep_within_months_and_years():
     assert kept(YEAR, keep_within="1m") == {name(t) for t in YEAR if t > day("2027-01-04")}
     assert kept(YEAR, keep_within="1y") == {name(t) for t in YEAR if t > day("2026-02-04")}
