@@ -115,6 +115,8 @@ def _prune_target(config: Config, job: Job, target: Target, runner: Runner, say:
     journal = Journal.start(config.agent.state_dir, job.name, run_id)
     kept = any(v.kept for bid in result.remove for v in good[bid].manifest.volumes)
     driver = job.driver_cls(runner, job.options) if kept else None
+    if driver is not None:
+        driver.journal = journal
     try:
         for bid in result.remove:  # newest first
             err = _remove(good[bid], target, driver, journal)
