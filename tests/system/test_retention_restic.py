@@ -85,10 +85,18 @@ def _flags(policy: dict) -> list[str]:
     return [a for k, v in policy.items() for a in (f"--{k.replace('_', '-')}", str(v))]
 
 
-def _forget(restic, policy: dict) -> tuple[set[str], set[str]]:
+def _forget(restic, policy: dict) -> tuple[set[str], set[str], dict[str, list[str]]]:
+    """Return restic's (keep, remove, reasons as snapagent's rule names)."""
     groups = json.loads(restic("forget", "--no-lock", "--dry-run", "--json", *_flags(policy)))
     assert len(groups) == 1
-    return {s["id"] for s in groups[0]["keep"] or []}, {s["id"] for s in groups[0]["remove"] or []}
+    g = groups[0]
+    rule = {"last snapshot": "last", "hourly snapshot": "hourly", "daily snapshot": "daily",
+            "weekly snapshot": "weekly", "monthly snapshot": "monthly", "yearly snapshot": "yearly"}
+    keep = g["keep"] or []
+    assert len(g["reasons"] or []) == len(keep)  # in keep's order (0.14 leaves the id out of them)
+    reasons = {s["id"]: sorted(rule.get(m, "within" if m.startswith("within ") else m) for m in r["matches"])
+               for s, r in zip(keep, g["reasons"] or [])}
+    return {s["id"] for s in keep}, {s["id"] for s in g["remove"] or []}, reasons
 
 
 def test_same_keep_and_remove_as_restic_forget(repo):
@@ -96,15 +104,16 @@ def test_same_keep_and_remove_as_restic_forget(repo):
     with ThreadPoolExecutor(4) as pool:
         theirs = list(pool.map(lambda p: _forget(restic, p), POLICIES))
     berlin = ZoneInfo(TZ)
-    for policy, (keep, remove) in zip(POLICIES, theirs):
+    for policy, (keep, remove, reasons) in zip(POLICIES, theirs):
         ours = apply(backups, RetentionConfig(**policy), tz=berlin)
         assert (set(ours.keep), set(ours.remove)) == (keep, remove), f"policy {policy}"
+        assert {i: sorted(r) for i, r in ours.reasons.items()} == reasons, f"policy {policy}: the rules that kept each"
         assert 0 < len(keep) < len(backups), f"policy {policy} does not discriminate"
 
 
 def test_restic_0_14_has_no_unlimited(repo):
     restic, backups = repo
-    keep, remove = _forget(restic, {"keep_daily": -1})
+    keep, remove, _ = _forget(restic, {"keep_daily": -1})
     ours = apply(backups, RetentionConfig(keep_daily=-1), tz=ZoneInfo(TZ))
     assert len(set(ours.keep)) == len({b.created.astimezone(ZoneInfo(TZ)).date() for b in backups})
     if keep:  # a newer restic: -1 is unlimited there, as here
