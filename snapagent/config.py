@@ -18,12 +18,14 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from snapagent import registry
 from snapagent.errors import ConfigError
+from snapagent.retention.span import Span, parse_span
 from snapagent.util.durations import parse_duration
 from snapagent.util.names import NAME_RE
 
 DEFAULT_CONFIG = "/etc/snapagent/snapagent.toml"
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+Within = Annotated[Span, BeforeValidator(parse_span)]
 
 
 class Strict(BaseModel):
@@ -48,7 +50,8 @@ class AgentConfig(Strict):
 
 
 class RetentionConfig(Strict):
-    """``[jobs.X.retention]``: restic's ``forget --keep-*`` rules (-1 = unlimited)."""
+    """``[jobs.X.retention]``: restic's ``forget --keep-*`` rules (-1 = unlimited, 0 = no rule);
+    ``keep_within`` in restic's syntax (``2d``, ``1y6m``: m is months), see ``snapagent.retention``."""
 
     keep_last: int | None = Field(default=None, ge=-1)
     keep_hourly: int | None = Field(default=None, ge=-1)
@@ -56,7 +59,7 @@ class RetentionConfig(Strict):
     keep_weekly: int | None = Field(default=None, ge=-1)
     keep_monthly: int | None = Field(default=None, ge=-1)
     keep_yearly: int | None = Field(default=None, ge=-1)
-    keep_within: Duration | None = None
+    keep_within: Within | None = None
 
 
 class TargetEntry(BaseModel):

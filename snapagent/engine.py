@@ -2,7 +2,8 @@
 
 preflight all → lock job → sweep leftovers → journal → quiesce all (fixed order) → snapshot all →
 verify all → release all (reverse order; only those that quiesced) → export → target commit
-(artifacts, then manifest) → release snapshots (or keep incremental bases). Everything taken is
+(artifacts, then manifest) → release snapshots (or keep incremental bases) → prune by the job's
+retention (the job lock still held; a prune failure is a warning). Everything taken is
 journaled before it is taken and undone from the journal on every exit path: exceptions and
 signals (``snapagent.signals``) included. Once the manifest is committed the backup exists: what
 fails afterwards (releasing a snapshot) is a warning that ``snapagent cleanup`` retries, and the
@@ -26,13 +27,14 @@ from pydantic import ValidationError
 
 from snapagent import __version__, cleanup, signals
 from snapagent.config import Config, Job
-from snapagent.errors import FreezeOverrun, OperationFailed, PreflightFailed, SnapshotFailed
+from snapagent.errors import FreezeOverrun, Interrupted, OperationFailed, PreflightFailed, SnapshotFailed
 from snapagent.joblock import JobLock
 from snapagent.journal import Journal, read_open
 from snapagent.manifest import ExtraRecord, Manifest, QuiescerRecord, Volume
 from snapagent.plugin.driver import Driver, IncrementalBase, Snapshot
 from snapagent.plugin.quiescer import QuiesceContext, Quiescer
 from snapagent.plugin.target import Stored, Writer
+from snapagent.retention.prune import prune
 from snapagent.util.fs import is_within
 from snapagent.util.names import check_abspath
 from snapagent.util.runner import Runner
@@ -159,7 +161,6 @@ class BackupRun:
             result: BackupResult | None = None
             try:
                 result = self._backup(backup_id, created, journal)
-                return result
             finally:
                 with signals.shielded(raise_after=False):
                     self._close_quiescers()
@@ -174,6 +175,23 @@ class BackupRun:
                         journal.finish()
                     if result is not None and signals.caught():
                         result.warnings.append(f"{signals.caught()} received after the backup was complete; it is kept")
+            if self.job.cfg.retention is not None and not signals.caught():
+                result.warnings += self._prune()
+            return result
+
+    def _prune(self) -> list[str]:
+        """Apply the job's retention after the commit, the job lock still held; return warnings
+        (a failing or interrupted prune never fails the backup)."""
+        try:
+            done = prune(self.config, self.job, self.runner, locked=True, say=self.say)
+        except Interrupted as e:
+            return [f"prune stopped ({e}); the backup is kept; `snapagent cleanup` finishes a begun removal"]
+        except Exception as e:  # noqa: BLE001 - the backup is committed: a prune failure is a warning
+            return [f"prune failed: {e}; the backup is kept; run `snapagent prune {self.job.name}`"]
+        for r in done:
+            if r.removed:
+                self.say(f"prune: removed {len(r.removed)} backup(s) of job {self.job.name!r} from target {r.target!r}")
+        return [f"prune: could not remove {f}" for r in done for f in r.failed]
 
     def _close_quiescers(self) -> None:
         for q in reversed(self.quiescers):

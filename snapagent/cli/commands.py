@@ -9,7 +9,7 @@ from snapagent import catalog, cleanup, registry, verify
 from snapagent import config as configmod
 from snapagent.drill import drill
 from snapagent.engine import BackupRun
-from snapagent.errors import EXIT_FAILED, EXIT_OK, SnapagentError
+from snapagent.errors import EXIT_FAILED, EXIT_OK, OperationFailed, SnapagentError
 from snapagent.manifest import iso
 from snapagent.monitor import check as checkmod
 from snapagent.monitor import facts as factsmod
@@ -17,6 +17,7 @@ from snapagent.monitor.status import job_status
 from snapagent.monitor.watch import watch
 from snapagent.plugin.target import Damaged, Stored
 from snapagent.restore import restore
+from snapagent.retention.prune import describe, prune
 from snapagent.util.durations import format_duration, parse_duration
 from snapagent.util.runner import Runner
 
@@ -168,6 +169,53 @@ def do_drill(args, out) -> int:
         if report["scratch"]:
             out.line(f"scratch copy kept at {report['scratch']}")
     return EXIT_OK if report["ok"] else EXIT_FAILED
+
+
+def do_prune(args, out) -> int:
+    cfg = _config(args)
+    jobs = [cfg.job(args.job)] if args.job else [cfg.jobs[n] for n in sorted(cfg.jobs)]
+    runner = _runner(cfg, out, args.dry_run)
+    results, failed = [], []
+    for job in jobs:
+        try:
+            done = prune(cfg, job, runner, say=out.say)
+        except OperationFailed as e:  # one job locked or failing: the others are still pruned
+            if args.job:
+                raise
+            failed.append(f"job {job.name!r}: {e}")
+            continue
+        results += done
+        if not out.json:
+            for r in done:
+                _print_prune(out, r, describe(job.cfg.retention), args.dry_run)
+    if out.json:
+        out.emit([r.as_dict() for r in results])
+    failed += [f for r in results for f in r.failed]
+    for r in results:
+        if r.damaged:
+            out.warn(f"job {r.job!r}, target {r.target!r}: {len(r.damaged)} damaged backup(s) left untouched: "
+                     + ", ".join(map(_printable, r.damaged)))
+    for f in failed:
+        out.warn(f"prune: {f}")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _print_prune(out, r, rules: str, dry_run: bool) -> None:
+    """Print one job's result in one target the way ``restic forget`` does."""
+    out.line(f"job {r.job}, target {r.target}: {rules}")
+    if r.empty_policy:
+        out.line(f"nothing removed: {len(r.keep)} backup(s) kept")
+        out.line()
+        return
+    out.line(f"keep {len(r.keep)} backup(s):")
+    for i in r.keep:
+        out.line(f"  {i:<36} {r.created[i]:<24} {', '.join(r.reasons[i])}")
+    verb = "would remove" if dry_run else "remove"
+    out.line(f"{verb} {len(r.remove)} backup(s):" if r.remove else "nothing to remove")
+    for i in r.remove:
+        state = "" if dry_run or i in r.removed else "  (FAILED, left for the next prune)"
+        out.line(f"  {i:<36} {r.created[i]:<24}{state}")
+    out.line()
 
 
 def do_cleanup(args, out) -> int:

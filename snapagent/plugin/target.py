@@ -125,10 +125,13 @@ class Target:
         raise NotImplementedError
 
     def delete(self, backup_id: str) -> None:
-        """Remove a backup: it disappears from listings atomically first (retention's primitive)."""
+        """Remove a backup: it disappears from listings atomically first, then its artifacts go
+        (retention's primitive). Prune journals a ``delete`` record keyed by the backup's
+        ``Stored.location`` (owner: this target's type) before calling it: ``undo`` of that record
+        must finish a delete that began and leave a backup it had not reached intact."""
         raise NotImplementedError
 
     @classmethod
     def undo(cls, record: dict, runner: Runner) -> str:
-        """Remove a temp place a killed run left behind; return what was done."""
+        """Undo a killed run's record — a temp place (``temp``) or a begun ``delete``; return what was done."""
         raise NotImplementedError

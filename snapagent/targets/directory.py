@@ -31,6 +31,7 @@ from snapagent.util.runner import Runner
 
 CHUNK = 1 << 20
 PARTIAL = ".partial-"
+DELETING = ".deleting-"
 
 
 class DirectoryConfig(Strict):
@@ -290,18 +291,35 @@ class DirectoryTarget(Target):
         return VerifyingReader(path, art)
 
     def delete(self, backup_id: str) -> None:
+        """Remove backup ``backup_id``: its directory is renamed to ``.deleting-<id>`` (the backup
+        stops existing in one step), then its manifest goes, then the artifacts. Crash-safe: a
+        leftover ``.deleting-`` directory is never listed and ``undo`` of a ``delete`` record
+        finishes it. Raise NotFound, TargetFailed."""
         found = self._find(backup_id)
         if found is None:
             raise NotFound(f"no backup {backup_id!r} in target {self.name!r}")
         d = found[1]
-        gone = d.with_name(f".deleting-{d.name}")
-        os.rename(d, gone)  # disappears from listings atomically
-        fsync_dir(d.parent)
-        shutil.rmtree(gone)
+        try:
+            os.rename(d, d.with_name(f"{DELETING}{d.name}"))
+            fsync_dir(d.parent)
+        except OSError as e:
+            raise TargetFailed(f"target {self.name!r} cannot remove {d}: {e.strerror or e}; the backup is intact") from None
+        _finish_delete(d)
 
     @classmethod
     def undo(cls, record: dict, runner: Runner) -> str:
+        """Undo a killed run's record: remove a partial backup (``temp``), or finish a ``delete``
+        that prune began (the backup was renamed away: remove the rest; it was not: it is intact
+        and stays for the next prune to decide)."""
         path = Path(record["key"])
+        if record.get("kind") == "delete":
+            gone = path.with_name(f"{DELETING}{path.name}")
+            if not BACKUP_ID_RE.match(path.name) or not os.path.lexists(gone):
+                return f"backup {path} was not being removed yet: left intact"
+            if runner.dry_run:
+                return f"would finish removing backup {path}"
+            _finish_delete(path)
+            return f"finished removing backup {path}"
         if not path.name.startswith(PARTIAL):
             raise ValueError(f"refusing to remove {path}: not a partial backup directory")
         if runner.dry_run:
@@ -309,3 +327,19 @@ class DirectoryTarget(Target):
         shutil.rmtree(path, ignore_errors=True)
         return f"removed partial backup {path}"
 
+
+def _finish_delete(d: Path) -> None:
+    """Remove what is left of backup directory ``d`` (already renamed to ``.deleting-<name>``):
+    the manifest first, then the artifacts, then the directory. Idempotent. Raise TargetFailed."""
+    gone = d.with_name(f"{DELETING}{d.name}")
+    try:
+        if not os.path.lexists(gone):
+            return
+        if gone.is_symlink() or not gone.is_dir():
+            raise OSError(0, f"{gone} is not a directory")
+        (gone / "manifest.json").unlink(missing_ok=True)
+        fsync_dir(gone)
+        shutil.rmtree(gone)
+        fsync_dir(d.parent)
+    except OSError as e:
+        raise TargetFailed(f"cannot remove {gone}: {e.strerror or e}; `snapagent cleanup` retries") from None
