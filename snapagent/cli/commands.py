@@ -12,6 +12,7 @@ from snapagent.errors import EXIT_FAILED, EXIT_OK
 from snapagent.manifest import iso
 from snapagent.plugin.target import Damaged, Stored
 from snapagent.restore import restore
+from snapagent.util import logfields
 from snapagent.util.durations import format_duration
 from snapagent.util.runner import Runner
 
@@ -33,6 +34,7 @@ def _size(n: int) -> str:
 
 
 def do_backup(args, out) -> int:
+    logfields.bind(job=args.job)
     cfg = _config(args)
     job = cfg.job(args.job)
     run = BackupRun(cfg, job, _runner(cfg, out, args.dry_run), say=out.say)
@@ -131,11 +133,14 @@ def do_verify(args, out) -> int:
 def do_restore(args, out) -> int:
     cfg = _config(args)
     summary = restore(cfg, _runner(cfg, out), args.id, Path(args.dest), force=args.force,
-                      allow_special=args.allow_special, say=out.say)
+                      allow_special=args.allow_special, say=out.say, paths=args.paths)
     if out.json:
         out.emit(summary)
     else:
         out.line(f"restored {summary['id']} into {summary['dest']}")
+        for v in summary["volumes"]:
+            for p in v.get("paths", []):
+                out.line(f"  {Path(v['path']) / p}")
         shown = set()
         for d in summary["databases"]:
             out.line(f"  {d['type']} database: {d['restored']}")
