@@ -92,6 +92,8 @@ class ScanReport:
     special: list[str] = field(default_factory=list)
     #: normalised name → the name as GNU tar listed it (what an extraction of one member names)
     names: dict[str, str] = field(default_factory=dict)
+    #: hard links: normalised name → normalised name of the member it links to
+    links: dict[str, str] = field(default_factory=dict)
 
 
 def unquote(text: str) -> tuple[str, str]:
@@ -189,6 +191,7 @@ def check(members: Iterable[Member], allow_special: bool = False) -> ScanReport:
                 raise RestoreRefused(f"hard link {m.name!r} points at {m.link!r}, which is not an earlier member")
             if target in symlinks:
                 symlinks.add(name)  # a hard link to a symlink is that symlink
+            rep.links[name] = target
         elif m.type in _SPECIAL:
             rep.special.append(m.name)
         elif m.type not in _REGULAR + _DIR:
@@ -203,6 +206,19 @@ def check(members: Iterable[Member], allow_special: bool = False) -> ScanReport:
         raise RestoreRefused(f"archive holds {len(rep.special)} device/FIFO member(s) ({shown}); "
                              "pass --allow-special to restore them")
     return rep
+
+
+def _with_link_targets(only: Sequence[str], report: ScanReport) -> list[str]:
+    """Return ``only`` plus the targets of the hard links it selects that it does not select."""
+    sel = list(only)
+
+    def covered(name: str) -> bool:
+        return any(name == p or name.startswith(p + "/") for p in sel)
+
+    for name, target in report.links.items():
+        if covered(name) and not covered(target):
+            sel.append(target)
+    return sel
 
 
 def _below_symlink(name: str, symlinks: set[str]) -> str | None:
@@ -237,7 +253,8 @@ def extract(runner: Runner, stream: IO[bytes], dest: Path, report: ScanReport | 
             allow_special: bool = False, only: Sequence[str] | None = None) -> None:
     """Extract the checked tar ``stream`` (``report`` is its ``scan``) into existing directory
     ``dest`` with GNU tar — only the normalised paths ``only`` (keys of ``report.names``) and
-    what is below them when given; clear the setuid/setgid bits noted in ``report`` unless
+    what is below them when given, plus the member each selected hard link links to (GNU tar
+    cannot make the link otherwise); clear the setuid/setgid bits noted in ``report`` unless
     ``allow_special``. Raises RestoreRefused without a report or for a path ``report`` does not
     hold, CommandFailed when tar fails."""
     if report is None:
@@ -247,6 +264,7 @@ def extract(runner: Runner, stream: IO[bytes], dest: Path, report: ScanReport | 
         missing = [p for p in only if p not in report.names]
         if missing:
             raise RestoreRefused(f"{missing[0]!r} is not in the archive")
+        only = _with_link_targets(only, report)
         members = [report.names[p] for p in only]
     proc = runner.stream(extract_argv(dest, allow_special, members), mutating=True, stdin=subprocess.PIPE,
                          stdout=subprocess.DEVNULL)

@@ -4,6 +4,7 @@ archive does not hold, send exports refused) with nothing written."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 
 import pytest
@@ -102,3 +103,19 @@ def test_send_export_is_refused(subvol, workdir):
     r = snapagent("restore", bid, "--to", str(dest), "--path", "app.db", config=cfg)
     assert r.returncode == 2 and "--path 'app.db'" in r.stderr and "'send'" in r.stderr, r.stderr
     assert not dest.exists()
+
+
+def test_a_hard_link_brings_the_member_it_links_to(subvol, workdir):
+    vol = subvol("links")
+    (vol / "d1").mkdir()
+    (vol / "d2").mkdir()
+    (vol / "d1" / "f").write_text("same inode\n")
+    os.link(vol / "d1" / "f", vol / "d2" / "g")  # one of them is a hard-link member, which is tar's choice
+    cfg = write_config(workdir, _job("lnk", [vol]))
+    bid = snapagent("backup", "lnk", config=cfg, check=True).stdout.split()[-1]
+    for i, rel in enumerate(["d1/f", "d2/g", "d2"]):
+        dest = workdir / f"dest{i}"
+        snapagent("restore", bid, "--to", str(dest), "--path", rel, config=cfg, check=True)
+        root = dest / vol.name
+        assert (root / rel).exists() and (root / "d1/f").read_text() == "same inode\n", _files(dest)
+        assert set(_files(root)) <= {"d1", "d1/f", "d2", "d2/g"}, _files(dest)
