@@ -6,6 +6,7 @@ from pathlib import Path
 
 from snapagent import catalog, cleanup, registry, verify
 from snapagent import config as configmod
+from snapagent.cli.output import human_size as _size
 from snapagent.drill import drill
 from snapagent.engine import BackupRun
 from snapagent.errors import EXIT_FAILED, EXIT_OK
@@ -23,14 +24,6 @@ def _config(args) -> configmod.Config:
 
 def _runner(cfg: configmod.Config, out, dry_run: bool = False) -> Runner:
     return Runner(dry_run=dry_run, tools=dict(cfg.agent.tools), echo=out.line)
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def do_backup(args, out) -> int:

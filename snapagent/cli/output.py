@@ -12,7 +12,8 @@ alike) and the one handler ``setup`` puts on the root logger:
 - ``--log-format json``: one JSON object per line (time, level, logger, message, and the job /
   backup id when known) for log shippers; it wins over the journal prefixes.
 - a progress bar (tqdm, imported only then) for long streams when stderr is a terminal, in the
-  text format, without ``-q``.
+  text format, without ``-q``; where say lines are shown but no bar can be, progress lines
+  (``LogTask``: one a minute, one at the end).
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ import json
 import logging
 import os
 import sys
+import time
 from datetime import datetime, timezone
 from typing import IO, Any, Mapping
 
 from snapagent.util import logfields, progress
+from snapagent.util.durations import format_duration
 
 log = logging.getLogger("snapagent")
 say_log = logging.getLogger("snapagent.say")
@@ -125,6 +128,47 @@ class _TqdmTask:
         self.bar.close()
 
 
+class LogTask:
+    """Progress as log lines where no bar can be drawn (the journal, ``-v`` off a terminal): one
+    every ``every`` seconds with bytes, rate and (with a total) percentage and ETA; one at the end."""
+
+    every = 60.0
+
+    def __init__(self, label: str, total: int | None, clock=time.monotonic):
+        self.label, self.total, self.n, self.clock = label, total, 0, clock
+        self.start = self.last = clock()
+
+    def update(self, n: int) -> None:
+        self.n += n
+        now = self.clock()
+        if now - self.last >= self.every:
+            self.last = now
+            say_log.info(self.line(now))
+
+    def close(self) -> None:
+        say_log.info(self.line(self.clock(), done=True))
+
+    def line(self, now: float, done: bool = False) -> str:
+        took = max(now - self.start, 1e-3)
+        rate = f"{human_size(self.n / took)}/s"
+        if done:
+            return f"{self.label}: {human_size(self.n)} in {format_duration(took)} ({rate})"
+        text = f"{self.label}: {human_size(self.n)}"
+        if self.total and self.n <= self.total:
+            eta = (self.total - self.n) / max(self.n / took, 1e-9)
+            text += f" of {human_size(self.total)} ({100 * self.n / self.total:.0f}%), ETA {format_duration(eta)}"
+        return f"{text}, {rate}"
+
+
+def human_size(n: float) -> str:
+    """Return ``n`` bytes as ``512 B``, ``1.5 KiB`` … ``2.0 TiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
 def setup(verbose: int = 0, quiet: bool = False, log_format: str = "text", stream: IO[str] | None = None,
           environ: Mapping[str, str] = os.environ) -> None:
     """Send every log line of this process to ``stream`` (default: the current stderr) as the
@@ -143,7 +187,10 @@ def setup(verbose: int = 0, quiet: bool = False, log_format: str = "text", strea
     chatter = not quiet and (verbose > 0 or tty or journal)
     say_log.setLevel(logging.INFO if chatter else logging.WARNING)
     show_bar = tty and not quiet and log_format == "text"
-    progress.install((lambda label, total: _TqdmTask(label, total, stream)) if show_bar else None)
+    if show_bar:
+        progress.install(lambda label, total: _TqdmTask(label, total, stream))
+    else:
+        progress.install(LogTask if chatter else None)
 
 
 def json_logs() -> bool:

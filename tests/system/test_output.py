@@ -104,9 +104,10 @@ def test_progress_bar_in_a_terminal_silence_without(job, workdir, tmux):
         p = subprocess.run(_cli(cfg, "restore", bid, "--to", str(workdir / "dest2")), stdout=subprocess.PIPE,
                            stderr=err, text=True, cwd=ROOT)
     assert p.returncode == 0 and (workdir / "err.log").read_text() == "", p
-    # -v brings the chatter back (still no bar)
+    # -v brings the chatter back: no bar, a progress line instead
     r = snapagent("-v", "backup", "app", config=cfg, check=True)
-    assert "exported " in r.stderr and "\r" not in r.stderr and "B/s" not in r.stderr, r.stderr
+    assert "exported " in r.stderr and "\r" not in r.stderr and "%|" not in r.stderr, r.stderr
+    assert re.search(r"^export \S+: 48\.0 MiB in \S+ \(\d+\.\d (K|M|G)iB/s\)$", r.stderr, re.M), r.stderr
 
 
 def _damage_one(workdir):
@@ -130,6 +131,7 @@ def test_journal_stream_gets_priority_prefixes(job, workdir):
     rc, lines = run("backup", "app")  # default verbosity: the journal shows info (progress) lines
     assert rc == 0 and lines and all(ln.startswith("<6>") for ln in lines), lines
     assert any(ln.startswith("<6>exported ") for ln in lines), lines
+    assert any(re.match(r"<6>export \S+: 48\.0 MiB in ", ln) for ln in lines), lines  # progress, as lines
     _damage_one(workdir)
     rc, lines = run("list")
     assert rc == 0 and lines == ["<4>snapagent: warning: 1 backup(s) damaged: their manifests cannot be trusted; "

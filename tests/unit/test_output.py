@@ -90,3 +90,22 @@ def test_path_syntax_refused_naming_it(rel, words):
     with pytest.raises(UsageError, match=words) as ei:
         restore_paths.normalise(rel)
     assert f"--path {rel!r}" in str(ei.value)
+
+
+def test_progress_as_log_lines_where_no_bar_can_be_drawn(caplog):
+    now = [100.0]
+    task = output.LogTask("export v", 4 << 20, clock=lambda: now[0])
+    with caplog.at_level(logging.INFO, logger="snapagent.say"):
+        task.update(1 << 20)  # within the minute: nothing
+        now[0] += 61
+        task.update(1 << 20)
+        now[0] += 1
+        task.update(1 << 20)  # a line a minute at most
+        now[0] += 61
+        task.update(2 << 20)  # past the estimate: no percentage, no ETA
+        task.close()
+    assert [r.getMessage() for r in caplog.records] == [
+        "export v: 2.0 MiB of 4.0 MiB (50%), ETA 1m01s, 33.6 KiB/s",
+        "export v: 5.0 MiB, 41.6 KiB/s",
+        "export v: 5.0 MiB in 2m03s (41.6 KiB/s)",
+    ]
