@@ -109,3 +109,13 @@ def test_progress_as_log_lines_where_no_bar_can_be_drawn(caplog):
         "export v: 5.0 MiB, 41.6 KiB/s",
         "export v: 5.0 MiB in 2m03s (41.6 KiB/s)",
     ]
+
+
+def test_bar_drops_an_estimate_that_proves_too_small():
+    screen = io.StringIO()
+    task = output._TqdmTask("export v", 1000, screen)
+    task.update(600)
+    task.update(600)  # past the estimate: bytes and rate only from now on
+    task.close()
+    last = screen.getvalue().split("\r")[-1]
+    assert "1.17kiB [" in last and "%" not in last and "iB/s" in last, repr(screen.getvalue())
