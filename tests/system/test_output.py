@@ -39,7 +39,8 @@ def job(subvol, workdir):
 
 
 class Tmux:
-    """Runs one command at a time in a 200x50 pane of its own private tmux server (own socket)."""
+    """Runs one command at a time in a 200x50 pane of its own private tmux server (own socket in
+    the test's tmp dir)."""
 
     def __init__(self, tmp):
         need(shutil.which("tmux") is not None, "needs tmux (scripts/setup-tmux.sh)")
@@ -49,7 +50,7 @@ class Tmux:
         """Run ``argv`` in a fresh pane; return (exit code, the screen once it finished)."""
         script = self.tmp / f"pane-{uuid.uuid4().hex[:6]}.sh"
         script.write_text(f"cd {shlex.quote(str(ROOT))}\n{shlex.join(argv)}\necho \"EXIT=$?\"\nsleep 600\n")
-        tmux = ["tmux", "-L", f"snapagent-test-{uuid.uuid4().hex[:8]}"]
+        tmux = ["tmux", "-S", str(self.tmp / f"tmux-{uuid.uuid4().hex[:8]}")]  # a private server
         subprocess.run([*tmux, "new-session", "-d", "-s", "t", "-x", "200", "-y", "50", "bash", str(script)],
                        check=True, env={**os.environ, "TERM": "screen"})
         try:
