@@ -28,8 +28,9 @@ def sh(*argv: str, **kw) -> subprocess.CompletedProcess:
 
 
 def snapagent(cfg: Path, *args: str, show: bool = True) -> subprocess.CompletedProcess:
-    print(f"\n$ snapagent -c {cfg} {' '.join(args)}", flush=True)
-    r = subprocess.run([sys.executable, "-m", "snapagent", "-c", str(cfg), *args], capture_output=True, text=True)
+    # -v: stderr is a pipe here, which otherwise shows only warnings and errors (as under cron)
+    print(f"\n$ snapagent -c {cfg} -v {' '.join(args)}", flush=True)
+    r = subprocess.run([sys.executable, "-m", "snapagent", "-c", str(cfg), "-v", *args], capture_output=True, text=True)
     for line in (r.stderr + (r.stdout if show else "(JSON manifest read)\n")).rstrip().splitlines():
         print(f"  {line}")
     if r.returncode != 0:

@@ -35,6 +35,7 @@ from snapagent.plugin.driver import Driver, IncrementalBase, Snapshot
 from snapagent.plugin.quiescer import QuiesceContext, Quiescer
 from snapagent.plugin.target import Stored, Writer
 from snapagent.retention.prune import prune
+from snapagent.util import logfields, progress
 from snapagent.util.fs import is_within
 from snapagent.util.names import check_abspath
 from snapagent.util.runner import Runner
@@ -156,6 +157,7 @@ class BackupRun:
                 created = utcnow()
                 backup_id = f"{self.job.name}-{created:%Y%m%dT%H%M%SZ}"
             journal = Journal.start(self.state_dir, self.job.name, backup_id)
+            logfields.bind(job=self.job.name, backup_id=backup_id)
             self.driver.journal = journal
             self.ctx.journal = journal
             result: BackupResult | None = None
@@ -214,11 +216,13 @@ class BackupRun:
         with self.phases("extra"):
             artifacts, extras = self._export_extras(writer, qrecords, taken)
         volumes = []
+        estimates = self._estimates(fmt) if progress.enabled() else {}
         with self.phases("export"):
             for i, snap in enumerate(snaps):
                 base = prev.manifest.volume(snap.volume) if prev else None
-                with driver.export(snap, fmt, base if base is not None and base.kept else None) as stream:
-                    art = writer.add_artifact(f"{i:02d}-{labels[i]}.{fmt}", stream)
+                with driver.export(snap, fmt, base if base is not None and base.kept else None) as stream, \
+                        progress.reading(stream, f"export {labels[i]}", estimates.get(snap.volume)) as counted:
+                    art = writer.add_artifact(f"{i:02d}-{labels[i]}.{fmt}", counted)
                 artifacts.append(art)
                 volumes.append(dict(volume=snap.volume, label=labels[i], snapshot=snap.handle, artifact=art.name,
                                     format=fmt, kept=keeps, info=snap.info,
@@ -253,6 +257,15 @@ class BackupRun:
         """Return the newest good backup of this job in its target (the incremental base), if any."""
         good = [b for b in self.target.list(self.job.name) if isinstance(b, Stored)]
         return good[-1] if good else None
+
+    def _estimates(self, fmt: str) -> dict[str, int]:
+        """Return {volume: raw bytes of its export in the newest good backup of this job in
+        ``fmt``}: the progress bar's expected total (an estimate; none without such a backup)."""
+        prev = self._previous()
+        if prev is None or prev.manifest.export_format != fmt:
+            return {}
+        m = prev.manifest
+        return {v.volume: m.artifact(v.artifact).raw_size for v in m.volumes}
 
     def _after_commit(self, snaps: list[Snapshot], keeps: bool, prev: Stored | None) -> list[str]:
         """Release (or keep) the snapshots and the previous bases; never raise. What fails stays

@@ -22,9 +22,9 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
-from snapagent import catalog, cleanup, registry, signals, verify
+from snapagent import catalog, cleanup, registry, restore_paths, signals, verify
 from snapagent.config import Config
 from snapagent.errors import ConfigError, NotFound, OperationFailed, RestoreRefused, VerifyFailed
 from snapagent.held import Held
@@ -33,7 +33,7 @@ from snapagent.manifest import Manifest, QuiescerRecord, Volume
 from snapagent.plugin.driver import DatasetDest, DatasetRestore, DirectoryDest, Driver, RestoreDirectoryCheck
 from snapagent.plugin.quiescer import Locate, RestoreContext
 from snapagent.plugin.target import Stored
-from snapagent.util import tar
+from snapagent.util import logfields, progress, tar
 from snapagent.util.runner import Runner
 from snapagent.util.tar import ScanReport
 
@@ -147,19 +147,26 @@ class Scope:
 
 
 def restore(config: Config, runner: Runner, backup_id: str, dest: Path | str, force: bool = False,
-            allow_special: bool = False, say: Say = lambda s: None) -> dict[str, Any]:
+            allow_special: bool = False, say: Say = lambda s: None, paths: Sequence[str] = ()) -> dict[str, Any]:
     """Verify, then restore backup ``backup_id`` into ``dest``; return a summary for the user.
 
     ``dest`` is a directory, or the name of a new dataset for a DatasetRestore driver's backup.
-    Raises NotFound, BackupDamaged, VerifyFailed / RestoreRefused (nothing written),
-    OperationFailed / Interrupted (what was written is removed again).
+    ``paths``: restore only these (``snapagent.restore_paths``; tar exports only).
+    Raises UsageError (a bad path), NotFound, BackupDamaged, VerifyFailed / RestoreRefused
+    (nothing written), OperationFailed / Interrupted (what was written is removed again).
     """
-    checked = check(config, runner, catalog.find(config, backup_id), allow_special, say)
+    stored = catalog.find(config, backup_id)
+    logfields.bind(job=stored.manifest.job, backup_id=stored.id)
+    selection = restore_paths.select(stored.manifest, paths) if paths else None
+    checked = check(config, runner, stored, allow_special, say)
+    if selection is not None:
+        restore_paths.resolve(stored.manifest, selection, {v.label: checked.scans[(stored.id, v.artifact)]
+                                                           for v in stored.manifest.volumes if v.label in selection})
     with signals.raising():
         scope = Scope.start(config, runner, RESTORE_GROUP, f"{checked.stored.id}.{os.getpid()}")
         done = False
         try:
-            result = restore_into(config, runner, checked, dest, force, allow_special, scope, say)
+            result = restore_into(config, runner, checked, dest, force, allow_special, scope, say, selection)
             done = True
         finally:
             scope.end(keep=lambda rec: done)
@@ -167,12 +174,15 @@ def restore(config: Config, runner: Runner, backup_id: str, dest: Path | str, fo
 
 
 def restore_into(config: Config, runner: Runner, checked: Checked, dest: Path | str, force: bool,
-                 allow_special: bool, scope: Scope, say: Say) -> Restored:
-    """Restore a checked backup into ``dest`` within ``scope`` (which journals what is taken)."""
+                 allow_special: bool, scope: Scope, say: Say, selection: dict[str, list[str]] | None = None) -> Restored:
+    """Restore a checked backup into ``dest`` within ``scope`` (which journals what is taken);
+    with ``selection`` ({label: paths}, tar only), only those paths of those volumes."""
     m = checked.stored.manifest
     driver = driver_for(config, m, runner)
     driver.journal = scope.journal
-    prepared = driver.prepare_dataset(str(dest), m, force) if isinstance(driver, DatasetRestore) else None
+    prepared = None
+    if isinstance(driver, DatasetRestore) and selection is None:
+        prepared = driver.prepare_dataset(str(dest), m, force)
     if prepared is not None:
         dest_shown, files_root, moved = prepared.name, prepared.files, prepared.moved_aside
     else:
@@ -184,13 +194,17 @@ def restore_into(config: Config, runner: Runner, checked: Checked, dest: Path | 
         dest_shown, files_root = str(dest), dest
     if moved:
         say(f"moved the previous content of {dest_shown} to {moved}")
+    if selection is not None:
+        return _restore_paths(runner, checked, Path(dest), moved, selection, allow_special, say)
     out_vols, roots = [], {}
     for vol in m.volumes:
         vdest = DatasetDest(f"{prepared.name}/{vol.label}") if prepared else DirectoryDest(Path(dest) / vol.label)
         for link, item in checked.chains[vol.volume]:
-            with link.target.open_artifact(link.id, link.manifest.artifact(item.artifact)) as r:
-                roots[vol.label] = driver.restore(r, item.format, vdest, item, checked.scans.get((link.id, item.artifact)),
-                                                  allow_special)
+            art = link.manifest.artifact(item.artifact)
+            with link.target.open_artifact(link.id, art) as r:
+                with progress.reading(r, f"restore {vol.label}", art.raw_size) as counted:
+                    roots[vol.label] = driver.restore(counted, item.format, vdest, item,
+                                                      checked.scans.get((link.id, item.artifact)), allow_special)
                 r.finish()
         shown = vdest.name if isinstance(vdest, DatasetDest) else str(vdest.path)
         out_vols.append({"volume": vol.volume, "path": str(roots[vol.label]),
@@ -209,6 +223,34 @@ def restore_into(config: Config, runner: Runner, checked: Checked, dest: Path | 
             say(f"{q.type} database {live} restored as {locate(live)}")
     summary = {"id": m.id, "dest": dest_shown, "moved_aside": moved, "volumes": out_vols, "databases": dbs}
     return Restored(summary, locate, records)
+
+
+def _restore_paths(runner: Runner, checked: Checked, dest: Path, moved: str | None, selection: dict[str, list[str]],
+                   allow_special: bool, say: Say) -> Restored:
+    """Extract only the selected paths of the selected (tar) volumes into ``DEST/<label>``; skip
+    the quiescers' extras and hand-over notes (they are about whole databases)."""
+    stored, m = checked.stored, checked.stored.manifest
+    out_vols, roots = [], {}
+    for vol in m.volumes:
+        if vol.label not in selection:
+            continue
+        vdest = dest / vol.label
+        vdest.mkdir(mode=0o700)
+        art = m.artifact(vol.artifact)
+        with stored.target.open_artifact(stored.id, art) as r:
+            with progress.reading(r, f"restore {vol.label}", art.raw_size) as counted:
+                tar.extract(runner, counted, vdest, checked.scans[(stored.id, vol.artifact)], allow_special,
+                            only=selection[vol.label])
+            r.finish()
+        roots[vol.label] = vdest
+        out_vols.append({"volume": vol.volume, "path": str(vdest), "paths": selection[vol.label]})
+        for p in selection[vol.label]:
+            say(f"restored {vol.volume}: {p} -> {vdest / p}")
+    if m.quiescers:
+        say("path restore: the databases' extra artifacts and hand-over steps are skipped "
+            "(restore the whole backup for a database to start as it was)")
+    summary = {"id": m.id, "dest": str(dest), "moved_aside": moved, "volumes": out_vols, "databases": []}
+    return Restored(summary, locator(m, roots))
 
 
 def _prepare_directory(dest: Path, force: bool, held: Held, driver: str) -> str | None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from snapagent.errors import RestoreRefused, VerifyFailed
 from snapagent.manifest import Manifest
 from snapagent.plugin.target import Stored
-from snapagent.util import tar
+from snapagent.util import progress, tar
 from snapagent.util.runner import Runner
 from snapagent.util.tar import ScanReport
 
@@ -61,7 +61,8 @@ def check(stored: Stored, names: list[str] | None = None, scan: bool = False,
             with stored.target.open_artifact(m.id, art) as r:
                 if scan and formats.get(name) == "tar":
                     try:
-                        report = tar.scan(r, allow_special, runner)
+                        with progress.reading(r, f"check {name}", art.raw_size) as counted:
+                            report = tar.scan(counted, allow_special, runner)
                     except RestoreRefused as e:
                         refusal = RestoreRefused(f"artifact {name}: {e}")
                 r.finish()  # a damaged file explains a refusal better than the refusal itself

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from snapagent import catalog, cleanup, registry, verify
 from snapagent import config as configmod
+from snapagent.cli.output import human_size as _size
 from snapagent.drill import drill
 from snapagent.engine import BackupRun
 from snapagent.errors import EXIT_FAILED, EXIT_OK, OperationFailed, SnapagentError
@@ -18,6 +19,7 @@ from snapagent.monitor.watch import watch
 from snapagent.plugin.target import Damaged, Stored
 from snapagent.restore import restore
 from snapagent.retention.prune import describe, prune
+from snapagent.util import logfields
 from snapagent.util.durations import format_duration, parse_duration
 from snapagent.util.runner import Runner
 
@@ -30,15 +32,8 @@ def _runner(cfg: configmod.Config, out, dry_run: bool = False) -> Runner:
     return Runner(dry_run=dry_run, tools=dict(cfg.agent.tools), echo=out.line)
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
 def do_backup(args, out) -> int:
+    logfields.bind(job=args.job)
     cfg = _config(args)
     job = cfg.job(args.job)
     run = BackupRun(cfg, job, _runner(cfg, out, args.dry_run), say=out.say)
@@ -139,11 +134,14 @@ def do_verify(args, out) -> int:
 def do_restore(args, out) -> int:
     cfg = _config(args)
     summary = restore(cfg, _runner(cfg, out), args.id, Path(args.dest), force=args.force,
-                      allow_special=args.allow_special, say=out.say)
+                      allow_special=args.allow_special, say=out.say, paths=args.paths)
     if out.json:
         out.emit(summary)
     else:
         out.line(f"restored {summary['id']} into {summary['dest']}")
+        for v in summary["volumes"]:
+            for p in v.get("paths", []):
+                out.line(f"  {Path(v['path']) / p}")
         shown = set()
         for d in summary["databases"]:
             out.line(f"  {d['type']} database: {d['restored']}")

@@ -1,49 +1,32 @@
-"""Command line: ``snapagent [-c CONFIG] [--json] [-v|-q] COMMAND``.
+"""Command line: ``snapagent [-c CONFIG] [--json] [--log-format text|json] [-v|-q] COMMAND``.
 
 ``main()`` is the only place that turns errors into exit codes: 0 ok, 1 operation failed,
-2 usage or config error. Human output goes to stdout; progress and logs to stderr.
+2 usage or config error. Human output goes to stdout; progress and logs to stderr, as
+``snapagent.cli.output`` says (terminal, journal, cron; text or JSON).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
-from typing import Any, Sequence
+from typing import Sequence
 
 from snapagent import __version__
-from snapagent.cli import commands
+from snapagent.cli import commands, output
+from snapagent.cli.output import Output
 from snapagent.errors import EXIT_FAILED, EXIT_USAGE, Interrupted, SnapagentError
+from snapagent.util import logfields, progress
 
 EXIT_UNKNOWN = 3  # Nagios UNKNOWN, `check` only
-
-
-class Output:
-    """Where a command writes: ``data`` (stdout; JSON with --json) and ``say`` (stderr progress)."""
-
-    def __init__(self, json_mode: bool, quiet: bool):
-        self.json = json_mode
-        self.quiet = quiet
-
-    def say(self, line: str) -> None:
-        if not self.quiet:
-            print(line, file=sys.stderr, flush=True)
-
-    def warn(self, line: str) -> None:
-        print(f"snapagent: warning: {line}", file=sys.stderr, flush=True)
-
-    def line(self, text: str = "") -> None:
-        print(text, flush=True)
-
-    def emit(self, obj: Any) -> None:
-        print(json.dumps(obj, indent=2, sort_keys=True, default=str), flush=True)
+LOG_FORMATS = ("text", "json")
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # exit 2 with one clear line, as for every usage error
-        self.print_usage(sys.stderr)
-        print(f"snapagent: error: {message}", file=sys.stderr)
+        if not output.json_logs():
+            self.print_usage(sys.stderr)
+        _error(message)
         raise SystemExit(EXIT_USAGE)
 
 
@@ -56,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("-c", "--config", default=d(None),
                        help="config file (default: $SNAPAGENT_CONFIG or /etc/snapagent/snapagent.toml)")
         c.add_argument("--json", action="store_true", default=d(False), help="machine-readable output")
+        c.add_argument("--log-format", choices=LOG_FORMATS, default=d("text"),
+                       help="stderr log lines as text (default) or one JSON object per line")
         g = c.add_mutually_exclusive_group()
         g.add_argument("-v", "--verbose", action="count", default=d(0), help="more logging (-vv: every command run)")
         g.add_argument("-q", "--quiet", action="store_true", default=d(False), help="only errors")
@@ -88,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--to", required=True, dest="dest", metavar="DEST", help="destination directory (created; must be empty); for a ZFS send backup, the name of a new dataset (e.g. tank/restored)")
     sp.add_argument("--force", action="store_true", help="move DEST's current content aside to DEST.pre-restore-<time>")
     sp.add_argument("--allow-special", action="store_true", help="restore device/FIFO members and keep setuid/setgid bits")
+    sp.add_argument("--path", action="append", default=[], dest="paths", metavar="REL",
+                    help="restore only this file or directory (relative to the volume root; LABEL/REL with "
+                         "several volumes); repeatable; tar exports only")
     sp = cmd("drill", "restore into scratch space and run the databases' own integrity checks", commands.do_drill)
     sp.add_argument("id")
     sp.add_argument("--keep", action="store_true", help="keep the scratch copy and print where it is")
@@ -113,9 +101,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _setup_logging(verbose: int, quiet: bool) -> None:
-    level = logging.ERROR if quiet else {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
-    logging.basicConfig(level=level, stream=sys.stderr, format="snapagent: %(levelname)s: %(message)s")
+def _error(message: str, tag: str = "error") -> None:
+    logging.getLogger("snapagent").error(message, extra={"tag": tag})
+
+
+def _log_format(argv: Sequence[str]) -> str:
+    """Return the ``--log-format`` that ``argv`` asks for, read before parsing so that usage
+    errors are written in it too (the parsed value is authoritative afterwards)."""
+    for i, a in enumerate(argv):
+        if a == "--":
+            break
+        if a.startswith("--log-format="):
+            return a.split("=", 1)[1]
+        if a == "--log-format" and i + 1 < len(argv):
+            return argv[i + 1]
+    return "text"
 
 
 def _command_word(argv: Sequence[str]) -> str | None:
@@ -131,33 +131,38 @@ def _command_word(argv: Sequence[str]) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logfields.clear()
+    output.setup(log_format=_log_format(argv))
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:
-        if e.code == EXIT_USAGE and _command_word(sys.argv[1:] if argv is None else argv) == "check":
+        if e.code == EXIT_USAGE and _command_word(argv) == "check":
             # a monitoring system reads 2 as CRITICAL: a bad check command line is UNKNOWN
             print("SNAPAGENT UNKNOWN - invalid arguments (see the usage message on stderr)", flush=True)
             raise SystemExit(EXIT_UNKNOWN) from None
         raise
-    _setup_logging(args.verbose, args.quiet)
+    output.setup(args.verbose, args.quiet, args.log_format)
     out = Output(args.json, args.quiet)
     try:
         return args.func(args, out) or 0
     except (SnapagentError, Interrupted) as e:
-        print(f"snapagent: error: {e}", file=sys.stderr)
+        _error(str(e))
         return e.exit_code
     except KeyboardInterrupt:
-        print("snapagent: error: interrupted", file=sys.stderr)
+        _error("interrupted")
         return EXIT_FAILED
     except OSError as e:  # a system error no step turned into its own message: still one line
         where = f": {e.filename}" if e.filename else ""
-        print(f"snapagent: error: {e.strerror or e}{where}", file=sys.stderr)
+        _error(f"{e.strerror or e}{where}")
         logging.getLogger("snapagent").debug("traceback", exc_info=True)
         return EXIT_FAILED
     except Exception as e:  # noqa: BLE001 - a bug: one line for the operator, the traceback with -vv
-        print(f"snapagent: internal error: {type(e).__name__}: {e} (run with -vv for the traceback)", file=sys.stderr)
+        _error(f"{type(e).__name__}: {e} (run with -vv for the traceback)", tag="internal error")
         logging.getLogger("snapagent").debug("traceback", exc_info=True)
         return EXIT_FAILED
+    finally:
+        progress.install(None)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -28,7 +28,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Iterable
+from typing import IO, Iterable, Sequence
 
 from snapagent.errors import CommandFailed, RestoreRefused
 from snapagent.util.runner import Runner
@@ -57,13 +57,16 @@ def list_argv() -> list[str]:
     return ["tar", "--list", "--verbose", "--file=-", "--numeric-owner", "--full-time", "--quoting-style=c"]
 
 
-def extract_argv(dest: Path, allow_special: bool = False) -> list[str]:
+def extract_argv(dest: Path, allow_special: bool = False, members: Sequence[str] | None = None) -> list[str]:
     """Return the tar argv that extracts stdin into ``dest`` preserving owners, modes, xattrs,
-    ACLs (file capabilities only with ``allow_special``)."""
+    ACLs (file capabilities only with ``allow_special``); only ``members`` (names exactly as GNU
+    tar listed them, directories with what is below them) when given."""
     argv = ["tar", "--extract", "--file=-", "--directory", str(dest), "--numeric-owner", "--same-owner",
             "--preserve-permissions", "--xattrs", "--xattrs-include=*", "--acls"]
     if not allow_special:
         argv.append("--xattrs-exclude=security.capability")
+    if members is not None:
+        argv += ["--no-wildcards", "--", *members]
     return argv
 
 
@@ -87,6 +90,10 @@ class ScanReport:
     bytes: int = 0
     setid: list[str] = field(default_factory=list)
     special: list[str] = field(default_factory=list)
+    #: normalised name → the name as GNU tar listed it (what an extraction of one member names)
+    names: dict[str, str] = field(default_factory=dict)
+    #: hard links: normalised name → normalised name of the member it links to
+    links: dict[str, str] = field(default_factory=dict)
 
 
 def unquote(text: str) -> tuple[str, str]:
@@ -184,6 +191,7 @@ def check(members: Iterable[Member], allow_special: bool = False) -> ScanReport:
                 raise RestoreRefused(f"hard link {m.name!r} points at {m.link!r}, which is not an earlier member")
             if target in symlinks:
                 symlinks.add(name)  # a hard link to a symlink is that symlink
+            rep.links[name] = target
         elif m.type in _SPECIAL:
             rep.special.append(m.name)
         elif m.type not in _REGULAR + _DIR:
@@ -191,11 +199,26 @@ def check(members: Iterable[Member], allow_special: bool = False) -> ScanReport:
         if m.type in _REGULAR + _HARDLINK and (m.mode[2] in "sS" or m.mode[5] in "sS"):
             rep.setid.append(name)
         seen.add(name)
+        if name:
+            rep.names[name] = m.name
     if rep.special and not allow_special:
         shown = ", ".join(repr(s) for s in rep.special[:5])
         raise RestoreRefused(f"archive holds {len(rep.special)} device/FIFO member(s) ({shown}); "
                              "pass --allow-special to restore them")
     return rep
+
+
+def _with_link_targets(only: Sequence[str], report: ScanReport) -> list[str]:
+    """Return ``only`` plus the targets of the hard links it selects that it does not select."""
+    sel = list(only)
+
+    def covered(name: str) -> bool:
+        return any(name == p or name.startswith(p + "/") for p in sel)
+
+    for name, target in report.links.items():
+        if covered(name) and not covered(target):
+            sel.append(target)
+    return sel
 
 
 def _below_symlink(name: str, symlinks: set[str]) -> str | None:
@@ -227,13 +250,23 @@ def scan(stream: IO[bytes], allow_special: bool = False, runner: Runner | None =
 
 
 def extract(runner: Runner, stream: IO[bytes], dest: Path, report: ScanReport | None,
-            allow_special: bool = False) -> None:
+            allow_special: bool = False, only: Sequence[str] | None = None) -> None:
     """Extract the checked tar ``stream`` (``report`` is its ``scan``) into existing directory
-    ``dest`` with GNU tar; clear the setuid/setgid bits noted in ``report`` unless
-    ``allow_special``. Raises RestoreRefused without a report, CommandFailed when tar fails."""
+    ``dest`` with GNU tar — only the normalised paths ``only`` (keys of ``report.names``) and
+    what is below them when given, plus the member each selected hard link links to (GNU tar
+    cannot make the link otherwise); clear the setuid/setgid bits noted in ``report`` unless
+    ``allow_special``. Raises RestoreRefused without a report or for a path ``report`` does not
+    hold, CommandFailed when tar fails."""
     if report is None:
         raise RestoreRefused("refusing to extract an archive that was not checked first")
-    proc = runner.stream(extract_argv(dest, allow_special), mutating=True, stdin=subprocess.PIPE,
+    members = None
+    if only is not None:
+        missing = [p for p in only if p not in report.names]
+        if missing:
+            raise RestoreRefused(f"{missing[0]!r} is not in the archive")
+        only = _with_link_targets(only, report)
+        members = [report.names[p] for p in only]
+    proc = runner.stream(extract_argv(dest, allow_special, members), mutating=True, stdin=subprocess.PIPE,
                          stdout=subprocess.DEVNULL)
     try:
         proc.feed(stream, CHUNK)
@@ -242,6 +275,8 @@ def extract(runner: Runner, stream: IO[bytes], dest: Path, report: ScanReport | 
         proc.kill()
     if not allow_special:
         for rel in report.setid:
+            if only is not None and not any(rel == p or rel.startswith(p + "/") for p in only):
+                continue  # not extracted
             p = dest / rel
             st = os.lstat(p)
             if stat.S_ISREG(st.st_mode):

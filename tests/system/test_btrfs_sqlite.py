@@ -330,7 +330,7 @@ def test_next_run_cleans_up_after_a_killed_one(big_app, workdir):
     proc.kill()
     proc.wait()
     assert len(snapshots_left(vol)) == 1
-    r = snapagent("backup", "app", config=cfg, check=True)
+    r = snapagent("-v", "backup", "app", config=cfg, check=True)  # -v: progress lines off a terminal
     assert "cleaned up after an earlier run: deleted btrfs snapshot" in r.stderr
     assert "removed partial backup" in r.stderr
     assert snapshots_left(vol) == [] and len(listed(cfg)) == 1

@@ -86,7 +86,7 @@ def test_failure_after_commit_is_a_warning_and_cleanup_retries(subvol, workdir):
     switch.touch()
     bid2 = last_line(snapagent("backup", "app", config=cfg, check=True))
     switch.unlink()
-    r = snapagent("backup", "app", config=cfg, check=True)
+    r = snapagent("-v", "backup", "app", config=cfg, check=True)  # -v: progress lines off a terminal
     assert "cleaned up after an earlier run: deleted btrfs snapshot" in r.stderr and bid2 not in snapshots(vol)
 
 

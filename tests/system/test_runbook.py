@@ -3,6 +3,7 @@ volume with a live SQLite database (placeholders JOB, ID, DEST substituted)."""
 
 import re
 import shlex
+import shutil
 import sqlite3
 
 import pytest
@@ -44,6 +45,8 @@ def test_every_runbook_command_runs(subvol, workdir):
         if bid is None and "ID" in argv:
             bid = snapagent("backup", "app", config=cfg, check=True).stdout.split()[-1]
         argv = [{"JOB": "app", "ID": bid, "DEST": str(dest)}.get(a, a.replace("JOB@", "app@")) for a in argv]
+        if argv[0] == "restore" and "--force" not in argv and dest.exists():
+            shutil.rmtree(dest)  # each section restores into an absent DEST, as an operator would
         r = snapagent(*argv, config=cfg)
         assert r.returncode == 0, f"runbook command failed: {cmd}\n{r.stdout}\n{r.stderr}"
     conn.close()
