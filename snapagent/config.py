@@ -17,6 +17,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from snapagent import registry
 from snapagent.errors import ConfigError
+from snapagent.schedule import calendar
 from snapagent.util.durations import parse_duration
 from snapagent.util.names import NAME_RE
 
@@ -78,6 +79,13 @@ class JobConfig(Strict):
     retention: RetentionConfig | None = None
     ping_url: str | None = None  # healthchecks.io style: /start, success, /fail
     check_max_age: Duration | None = None
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, v: str | None) -> str | None:
+        if v is not None:
+            calendar.validate(v)  # ValueError → "jobs.X.schedule: <why>", exit 2
+        return v
 
     @field_validator("volumes")
     @classmethod
