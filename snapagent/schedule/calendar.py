@@ -112,7 +112,8 @@ def _weekdays(text: str) -> frozenset[int]:
     for part in text.split(","):
         names = part.split("..")
         if len(names) > 2 or any(n.lower() not in _DAY_NAMES for n in names):
-            raise ValueError(f"invalid weekday {part!r} (Mon..Sun, lists with ',', ranges with '..')")
+            raise ValueError(f"invalid weekday {part!r} (Mon..Sun, lists with ',', ranges with '..'; or one of the "
+                             "shorthands minutely, hourly, daily, weekly, monthly, quarterly, semiannually, yearly)")
         a, b = _DAY_NAMES[names[0].lower()], _DAY_NAMES[names[-1].lower()]
         if a > b:
             raise ValueError(f"invalid weekday range {part!r} (a range must not wrap past Sunday)")
