@@ -146,7 +146,9 @@ def parse(expr: str) -> Spec:
         raise ValueError("empty calendar expression")
     if any(not c.isprintable() for c in expr):
         raise ValueError("calendar expression contains control characters")
-    words = expr.split()
+    if expr != expr.strip() or "  " in expr:
+        raise ValueError(f"{expr!r}: leading, trailing or double spaces (systemd refuses some of them)")
+    words = expr.split(" ")
     zone = _zone(words)
     if len(words) == 1 and words[0].lower() in SHORTHANDS:
         words = SHORTHANDS[words[0].lower()].split()

@@ -18,7 +18,7 @@ from tests.helpers.caps import need
 
 ACCEPTED = [
     "minutely", "hourly", "daily", "weekly", "monthly", "quarterly", "semiannually", "yearly", "annually",
-    "Daily", "hourly Europe/Berlin", "daily UTC", "monthly America/New_York",
+    "Daily", "hourly Europe/Berlin", "daily UTC", "monthly America/New_York", "semi-annually", "bi-annually",
     "Mon..Fri 02:30", "mon,tue,wed,fri,sat,sun 3:4", "Sat,Sun 03:15", "Monday 00:00",
     "*-*-* 02:30", "*-*-* 02:30:00", "*:30", "*:0/15", "*:0..10/5", "*:30,15,15", "*-*-* 02:00/20:00",
     "*-*-* 02/1:00:00", "*-*-* 01..03:00,30", "Mon,Wed,Fri *-*-* 01..03:00,30", "*-*-* *:*:*",
@@ -31,7 +31,8 @@ REFUSED = [
     "", "never", "*", "Sat..Mon", "*-05~1/2", "*:5/0", "*:60", "8..3:00", "25:00", "*-13-01", "*-*-32",
     "2027-01-01 4", "Mon-", "Mon,,Tue", "1969-01-01", "2200-01-01", "12:00 Mars/Olympus", "12:00:00:00",
     "*-*-* 12", "hourly daily", "Funday", "*-*-0", "*:*:61", "00:00/0", "*-*~29", "; rm -rf /",
-    "--help", "12:00\n", "*:1..", "*:..5", "*:/5", "*-*-* 1-2:00",
+    "--help", "12:00\n", "*:1..", "*:..5", "*:/5", "*-*-* 1-2:00", " daily", "daily ", "12:00  UTC",
+    "hourly  UTC", "12:00  Europe/Berlin", "daily\tUTC",
 ]
 
 BASES = ["2027-03-27 12:00:00 UTC", "2027-03-28 00:30:00 UTC", "2027-10-30 12:00:00 UTC",

@@ -52,7 +52,7 @@ def test_normalized_form(expr, norm):
     ("2200-01-01", "out of range"),
 ])
 def test_refused_with_reason(expr, why):
-    with pytest.raises(ValueError, match="") as ei:
+    with pytest.raises(ValueError) as ei:
         calendar.validate(expr)
     assert why in str(ei.value)
 
