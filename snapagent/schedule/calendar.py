@@ -77,12 +77,12 @@ class Spec:
 
 
 def _field(text: str, what: str, lo: int, hi: int, eom: bool = False, unit: int = 1) -> tuple[Item, ...] | None:
-    """Parse one field (``*`` or a list of items) and check it as systemd does; None for ``*``."""
+    """Parse one field (``*`` or a list of items), normalize and check it as systemd does; None for ``*``."""
     if text == "*":
         return (Item(0, -1, USEC),) if unit == USEC else None
     if not text:
         raise ValueError(f"empty {what}")
-    items = []
+    items = set()
     for part in text.split(","):
         m = _ITEM.match(part)
         if not m:
@@ -93,18 +93,32 @@ def _field(text: str, what: str, lo: int, hi: int, eom: bool = False, unit: int 
             rep = 1
         if m[3] and rep == 0:
             raise ValueError(f"invalid {what} {part!r}: a repetition must not be 0")
-        top = hi - 3 if eom else hi  # systemd: at most 28 days from the end of the month
-        if not lo <= start <= top or (stop >= 0 and not lo <= stop <= top):
-            raise ValueError(f"{what} {part!r} out of range ({lo}..{top})")
         if stop >= 0 and stop < start:
             raise ValueError(f"{what} {part!r}: the range ends before it starts")
-        if rep > top - lo or (stop >= 0 and start + rep > stop) or (
-                stop < 0 and rep and (start - rep < lo if eom else start + rep > top)):
-            raise ValueError(f"{what} {part!r}: the repetition does not fit the range")
         if stop > start and rep > 0:
             stop -= (stop - start) % rep
-        items.append(Item(start * unit, stop * unit if stop >= 0 else -1, rep * unit))
-    return tuple(sorted(set(items), key=lambda i: (i.start, i.stop, i.repeat)))
+        items.add((part, Item(start, stop, rep)))
+    out = sorted(items, key=lambda pi: (pi[1].start, pi[1].stop, pi[1].repeat))
+    top = hi
+    seen = []
+    for part, i in out:
+        if i in seen:
+            continue
+        seen.append(i)
+        if eom:  # systemd lowers the bound by 3 for each element of a '~' list, in sorted order
+            top -= 3
+        _check(i, part, what, lo, top, eom)
+    return tuple(Item(i.start * unit, i.stop * unit if i.stop >= 0 else -1, i.repeat * unit) for i in seen)
+
+
+def _check(i: Item, part: str, what: str, lo: int, top: int, eom: bool) -> None:
+    """systemd's chain_valid for one element; ``top`` already lowered for '~' lists."""
+    if not lo <= i.start <= top or (i.stop >= 0 and not lo <= i.stop <= top):
+        raise ValueError(f"{what} {part!r} out of range ({lo}..{top}"
+                         + (", lower for each further '~' element)" if eom else ")"))
+    if i.repeat > top - lo or (i.stop >= 0 and i.start + i.repeat > i.stop) or (
+            i.stop < 0 and i.repeat and (i.start - i.repeat < lo if eom else i.start + i.repeat > top)):
+        raise ValueError(f"{what} {part!r}: the repetition does not fit the range")
 
 
 def _weekdays(text: str) -> frozenset[int]:

@@ -95,15 +95,21 @@ class _Clock:
 
 
 def _within(clock: _Clock, f: list[int]) -> int:
-    """systemd's tm_within_bounds: -1 past MAX_YEAR, 0 when normalizing changed ``f`` (then ``f``
-    holds the normalized fields), 1 when ``f`` is a real wall time."""
+    """systemd's tm_within_bounds: 1 when ``f`` is a real wall time; 0 when normalizing moved it
+    forward (then ``f`` holds the normalized time with the field below the first changed one
+    reset, so that 03-33 → 04-02 does not skip 04-01); -1 past MAX_YEAR or when it moved back."""
     if f[0] > MAX_YEAR:
         return -1
     n = clock.normalize(f)
-    if n == f:
-        return 1
-    f[:] = n
-    return 0
+    for i in range(6):
+        if n[i] != f[i]:
+            if n[i] < f[i]:
+                return -1
+            if i < 5:
+                n[i + 1] = 1 if i + 1 in (1, 2) else 0
+            f[:] = n
+            return 0
+    return 1
 
 
 def _end_of_month(f: list[int], day: int) -> int:

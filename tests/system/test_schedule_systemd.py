@@ -6,6 +6,7 @@ fixed ``--base-time``s); the garbage systemd refuses, ``validate`` refuses too."
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -96,3 +97,54 @@ def test_refused_like_systemd(analyze, expr):
 
 def test_corpus_sizes():
     assert len(ACCEPTED) >= 40 and len(REFUSED) >= 30
+
+
+def _random_expr(rnd: random.Random) -> str:
+    """A random expression over the accepted grammar (lists, ranges, repetitions, '~', zones)."""
+    def item(lo: int, hi: int) -> str:
+        a, r = rnd.randint(lo, hi), rnd.random()
+        if r < 0.4:
+            return str(a)
+        if r < 0.6:
+            return f"{a}..{rnd.randint(a, hi)}"
+        if r < 0.8:
+            return f"{a}/{rnd.randint(1, max(1, (hi - lo) // 2))}"
+        return f"{a}..{rnd.randint(a, hi)}/{rnd.randint(1, 5)}"
+
+    def field(lo: int, hi: int) -> str:
+        return "*" if rnd.random() < 0.4 else ",".join(item(lo, hi) for _ in range(rnd.randint(1, 3)))
+
+    parts = []
+    if rnd.random() < 0.3:
+        days = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+        a = rnd.randint(0, 6)
+        parts.append(days[a] if rnd.random() < 0.5 else f"{days[a]}..{days[rnd.randint(a, 6)]}")
+    if rnd.random() < 0.6:
+        sep = "~" if rnd.random() < 0.15 else "-"
+        year = "*" if rnd.random() < 0.8 else field(2026, 2030)
+        parts.append(f"{year}-{field(1, 12)}{sep}{field(1, 28 if sep == '~' else 31)}")
+    if rnd.random() < 0.8:
+        parts.append(f"{field(0, 23)}:{field(0, 59)}" + (f":{field(0, 59)}" if rnd.random() < 0.5 else ""))
+    if rnd.random() < 0.2:
+        parts.append(rnd.choice(["UTC", "Europe/Berlin", "America/New_York"]))
+    return " ".join(parts) or "daily"
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_expressions_like_systemd(analyze, seed, monkeypatch):
+    """60 random expressions per seed: whatever validate accepts, systemd accepts, normalizes the
+    same way and elapses at the same times (validate may refuse more: that is allowed)."""
+    rnd = random.Random(seed)
+    accepted = 0
+    for _ in range(60):
+        expr, tz, base = _random_expr(rnd), rnd.choice(["Europe/Berlin", "UTC"]), rnd.choice(BASES)
+        monkeypatch.setenv("TZ", tz)
+        try:
+            mine = calendar.validate(expr)
+        except ValueError:
+            continue
+        accepted += 1
+        norm, times = systemd(analyze, expr, tz, base)
+        assert norm == mine, f"{expr!r}: systemd {norm!r}, ours {mine!r}"
+        assert ours(expr, base) == times, f"{expr!r} from {base} in {tz}"
+    assert accepted >= 20
