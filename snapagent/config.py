@@ -19,6 +19,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from snapagent import registry
 from snapagent.errors import ConfigError
 from snapagent.retention.span import Span, parse_span
+from snapagent.schedule import calendar
 from snapagent.util.durations import parse_duration
 from snapagent.util.names import NAME_RE
 
@@ -100,6 +101,13 @@ class JobConfig(Strict):
             parts = urlsplit(v)
             if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in v):
                 raise ValueError("must be an http:// or https:// URL with a host (e.g. https://hc-ping.com/<uuid>)")
+        return v
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, v: str | None) -> str | None:
+        if v is not None:
+            calendar.validate(v)  # ValueError → "jobs.X.schedule: <why>", exit 2
         return v
 
     @field_validator("volumes")

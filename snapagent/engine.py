@@ -145,9 +145,14 @@ class BackupRun:
         """Take the backup; return it once committed. Raise OperationFailed (nothing stored,
         everything released) or Interrupted."""
         assert not self.runner.dry_run, "use plan() for a dry run"
-        self._preflight_or_close()
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with signals.raising(), JobLock(self.state_dir, self.job.name):
+        # the lock first: a second run of a running job is refused before it touches anything
+        lock = JobLock(self.state_dir, self.job.name).take()
+        try:
+            self._preflight_or_close()
+        except BaseException:
+            lock.release()
+            raise
+        with signals.raising(), lock:
             for msg in cleanup.sweep(self.state_dir, self.runner, self.job.name):
                 self.say(f"cleaned up after an earlier run: {msg}")
             created = utcnow()

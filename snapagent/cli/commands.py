@@ -10,7 +10,7 @@ from snapagent import config as configmod
 from snapagent.cli.output import human_size as _size
 from snapagent.drill import drill
 from snapagent.engine import BackupRun
-from snapagent.errors import EXIT_FAILED, EXIT_OK, OperationFailed, SnapagentError
+from snapagent.errors import EXIT_FAILED, EXIT_OK, OperationFailed, SnapagentError, UsageError
 from snapagent.manifest import iso
 from snapagent.monitor import check as checkmod
 from snapagent.monitor import facts as factsmod
@@ -19,6 +19,8 @@ from snapagent.monitor.watch import watch
 from snapagent.plugin.target import Damaged, Stored
 from snapagent.restore import restore
 from snapagent.retention.prune import describe, prune
+from snapagent.schedule import calendar
+from snapagent.schedule import install as sched
 from snapagent.util import logfields
 from snapagent.util.durations import format_duration, parse_duration
 from snapagent.util.runner import Runner
@@ -320,4 +322,70 @@ def do_status(args, out) -> int:
         out.line(f"  next run:     {r['next_run']} ({r['schedule']})" if r["next_run"] else
                  "  next run:     not scheduled (no `schedule`)" if not r["schedule"] else
                  f"  next run:     never ({r['schedule']})")
+
+
+_STATE = {"new": "not installed", "changed": "installed, differs (install rewrites it)", "same": "installed",
+          "stale": "installed, its job has no schedule any more (install removes it)",
+          "foreign": "exists, NOT written by snapagent (install refuses to replace it)"}
+
+
+def do_schedule(args, out) -> int:
+    cfg = _config(args)
+    root = Path(args.root)
+    if args.action != "show" and not args.dry_run and not root.is_dir():
+        raise UsageError(f"--root {args.root}: not a directory")
+    if args.action == "remove":
+        return _schedule_remove(root, args, out)
+    try:
+        delay = 0 if args.randomized_delay in ("0", "") else round(parse_duration(args.randomized_delay))
+    except ValueError as e:
+        raise UsageError(f"--randomized-delay: {e}") from None
+    jobs = sched.scheduled(cfg)
+    changes = sched.plan(cfg, root, args.cron, sched.entry_point(), delay)
+    now = datetime.now(timezone.utc).astimezone()
+    nexts = {j: calendar.next_elapse(e, now) for j, e in jobs.items()}
+    if args.action == "show":
+        if out.json:
+            out.emit({"jobs": {j: {"schedule": e, "normalized": calendar.validate(e),
+                                   "next": nexts[j].isoformat() if nexts[j] else None} for j, e in jobs.items()},
+                      "files": [{"path": str(c.path), "state": c.state, "content": c.content} for c in changes]})
+            return EXIT_OK
+        for j, e in jobs.items():
+            out.line(f"# job {j}: {e} = {calendar.validate(e)}; next {nexts[j].isoformat() if nexts[j] else 'never'}")
+        if not jobs:
+            out.line("# no job has a schedule (jobs.NAME.schedule)")
+        for c in changes:
+            out.line(f"# {c.path}: {_STATE[c.state]}")
+            if c.content is not None:
+                out.line(c.content)
+        return EXIT_OK
+    if not jobs:
+        out.line("no job has a schedule (jobs.NAME.schedule): nothing to install")
+    if args.dry_run:
+        for c in changes:
+            verb = {"same": "keep", "stale": "remove", "foreign": "refuse to replace"}.get(c.state, "write")
+            out.line(f"would {verb} {c.path}")
+            if c.state in ("new", "changed"):
+                out.line(c.content)
+    else:
+        for line in sched.apply(changes):
+            out.line(line)
+    if jobs and args.cron:
+        out.line("next: nothing to reload; cron reads /etc/cron.d/snapagent by itself")
+    elif jobs:
+        timers = " ".join(sched.units.timer_name(j) for j in jobs)
+        out.line(f"next: systemctl daemon-reload && systemctl enable --now {timers}")
+    return EXIT_OK
+
+
+def _schedule_remove(root: Path, args, out) -> int:
+    mine, foreign = sched.removable(root, args.cron)
+    for p in foreign:
+        out.warn(f"left {p} alone: snapagent did not write it")
+    lines = [f"would remove {p}" for p in mine] if args.dry_run else sched.remove(mine)
+    for line in lines or ["nothing to remove"]:
+        out.line(line)
+    timers = " ".join(p.name for p in mine if p.name.endswith(".timer"))
+    if timers:
+        out.line(f"next: systemctl disable --now {timers}; systemctl daemon-reload")
     return EXIT_OK

@@ -98,6 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp = cmd("status", "per job: last run, last success, backups per target, next scheduled run", commands.do_status)
     sp.add_argument("job", nargs="?", help="only this job (default: every job)")
     cmd("plugins", "list the drivers, quiescers and targets found, and where from", commands.do_plugins)
+    sp = cmd("schedule", "write, remove or show the systemd timers (or the cron file) of the jobs' schedules",
+             commands.do_schedule)
+    sp.add_argument("action", choices=["install", "remove", "show"])
+    sp.add_argument("--root", default="/", metavar="DIR",
+                    help="install under DIR/etc/systemd/system or DIR/etc/cron.d (default: /)")
+    sp.add_argument("--dry-run", action="store_true", help="print what would be written or removed; write nothing")
+    sp.add_argument("--cron", action="store_true", help="DIR/etc/cron.d/snapagent instead of systemd timers")
+    sp.add_argument("--randomized-delay", default="0", metavar="DURATION",
+                    help="timers: RandomizedDelaySec, spreads the start of many hosts (e.g. 5m; default 0)")
     return p
 
 

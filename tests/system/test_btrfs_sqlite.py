@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
+import re
 import signal
 import sqlite3
 import stat
@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.cli import ROOT, snapagent, toml_str, write_config
+from tests.helpers.wrappers import slow_tool
 
 pytestmark = [pytest.mark.root, pytest.mark.btrfs]
 WRITER = ROOT / "tests" / "helpers" / "writer.py"
@@ -259,18 +260,60 @@ def test_freeze_overrun_is_abandoned(app, workdir):
     w.wait_for(n + 20)  # the writer goes on
 
 
-def test_second_run_of_a_job_is_refused(app, workdir):
+def _run_state(workdir: Path, vol: Path) -> dict:
+    """What a run may create: snapshots, stored and partial backups, journals and locks."""
+    def names(d: Path) -> list[str]:
+        return sorted(str(p.relative_to(d)) for p in d.rglob("*")) if d.exists() else []
+    return {"snapshots": names(vol / ".snapagent-snapshots"), "backups": names(workdir / "backups"),
+            "state": names(workdir / "state")}
+
+
+@pytest.mark.parametrize("phase", ["freeze", "export"])
+def test_second_run_of_a_job_is_refused(app, workdir, phase):
+    """A real first run is held (inside the freeze: SQLite's lock held by a slow command quiescer; or in
+    a slowed export); a second run of the job exits 1 at once naming the holder's pid and start time,
+    creates nothing and does not wait on the database; the first run's backup completes."""
     vol, db, _ = app
-    cfg = write_config(workdir, job_toml(vol, db))
-    lockfile = workdir / "state" / "locks" / "app.lock"
-    lockfile.parent.mkdir(parents=True)
-    with open(lockfile, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        f.write("4242\n")
-        f.flush()
+    marker = workdir / "marker"
+    if phase == "freeze":
+        agent, extra = "", (f'[[jobs.app.quiesce]]\ntype = "command"\nname = "hold"\n'
+                            f'pre = [{toml_str(sys.executable)}, {toml_str(ROOT / "tests/helpers/slowpre.py")}, '
+                            f'{toml_str(marker)}, "5"]\ntimeout = "30s"\n')
+    else:
+        slow = slow_tool(workdir / "slow-tar", "tar", marker, 5, when="--create")
+        agent, extra = f"tools.tar = {toml_str(slow)}\n", ""
+    cfg = write_config(workdir, job_toml(vol, db, extra='max_freeze = "20s"') + extra, agent=agent)
+    first = subprocess.Popen([sys.executable, "-m", "snapagent", "-c", str(cfg), "backup", "app"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        end = time.monotonic() + 60
+        while not marker.exists():
+            assert first.poll() is None, f"the first run ended early: {first.communicate()}"
+            assert time.monotonic() < end, "the first run never reached the held phase"
+            time.sleep(0.01)
+        before = _run_state(workdir, vol)
+        t0 = time.monotonic()
+        snapagent("config", "check", config=cfg, check=True)  # the cost of starting Python and reading the config
+        base = time.monotonic() - t0
+        t0 = time.monotonic()
         r = snapagent("backup", "app", config=cfg)
-    assert r.returncode == 1 and "already running" in r.stderr
-    assert not (vol / ".snapagent-snapshots").exists()
+        took = time.monotonic() - t0
+        after = _run_state(workdir, vol)
+        out, err = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    print(f"second run refused in {took:.2f}s, `config check` took {base:.2f}s ({phase})")
+    assert r.returncode == 1, r.stderr
+    assert re.search(rf"job 'app' is already running \(pid {first.pid}, started \d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\dZ\)",
+                     r.stderr), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and r.stdout == ""
+    assert took < base + 1.0, f"the second run took {took:.2f}s to give up ({base:.2f}s to start and read the config)"
+    assert after == before  # the first run is held in its phase: whatever changed, the second run did
+    assert first.returncode == 0, err
+    listed = json.loads(snapagent("list", "--json", config=cfg, check=True).stdout)
+    assert [b["id"] for b in listed] == [out.strip().splitlines()[-1]]
+    snapagent("verify", listed[0]["id"], config=cfg, check=True)
 
 
 def test_restore_refuses_nonempty_and_symlink_dest_and_force_moves_aside(app, workdir):

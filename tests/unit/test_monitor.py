@@ -45,7 +45,8 @@ def failed_run(ended: datetime, error: str = "export failed | badly") -> RunReco
 @pytest.mark.parametrize("kw, expected", [
     ({}, 25 * 3600), ({"check_max_age": "2h"}, 7200), ({"schedule": "hourly"}, 7200),
     ({"schedule": "daily"}, 2 * 86400), ({"schedule": "daily", "check_max_age": "30h"}, 30 * 3600),
-    ({"schedule": "Mon *-*-* 02:00"}, 25 * 3600),  # a syntax this calendar does not know: the default
+    ({"schedule": "Mon *-*-* 02:00"}, 2 * 7 * 86400),  # weekly: twice the longest gap
+    ({"schedule": "Mon..Fri 02:30"}, 2 * 3 * 86400),  # the weekend is the longest gap
 ])
 def test_max_age_sources(kw, expected):
     assert check.max_age_for(job(**kw), None) == expected

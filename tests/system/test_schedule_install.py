@@ -1,0 +1,162 @@
+"""`snapagent schedule install|remove|show` under a temp --root: the generated units pass
+`systemd-analyze verify --man=no` with empty stderr (job names with odd but valid characters, a
+config path that needs quoting), the cron file's owner/mode/format, the install → show → remove
+round trip, files snapagent did not write are never touched, --dry-run writes nothing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.caps import need
+from tests.helpers.cli import snapagent, toml_str
+
+JOBS = {"db-1.main_x": "Mon..Fri 02:30", "A_b.c-9": "*-*-* 00/6:15 Europe/Berlin", "app": "hourly"}
+
+
+def config(path: Path, schedules: dict[str, str | None]) -> Path:
+    """Write a config with one job per entry (None: no schedule) at ``path``; return it."""
+    text = (f"[agent]\nstate_dir = {toml_str(path.parent / 'state')}\n"
+            f"[targets.local]\ntype = \"directory\"\npath = {toml_str(path.parent / 'backups')}\n")
+    for job, expr in schedules.items():
+        text += f'[jobs."{job}"]\ndriver = "btrfs"\nvolumes = ["/srv/{job}"]\ntarget = "local"\n'
+        if expr:
+            text += f"schedule = {toml_str(expr)}\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else b"<dir>" for p in sorted(root.rglob("*"))}
+
+
+@pytest.fixture
+def analyze():
+    exe = shutil.which("systemd-analyze")
+    need(exe is not None, "systemd-analyze missing (scripts/setup-systemd-tools.sh)")
+    return exe
+
+
+def verify(analyze: str, unit_dir: Path, names: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([analyze, "verify", "--man=no", *[f"./{n}" for n in names]], cwd=unit_dir,
+                          capture_output=True, text=True)
+
+
+def test_generated_units_pass_systemd_analyze_verify(tmp_path, analyze):
+    cfg = config(tmp_path / "conf dir" / "snap$agent%1.toml", JOBS)
+    root = tmp_path / "root"
+    root.mkdir()
+    r = snapagent("schedule", "install", "--root", str(root), "--randomized-delay", "2m", config=cfg)
+    assert r.returncode == 0, r.stderr
+    units = root / "etc/systemd/system"
+    names = sorted(p.name for p in units.iterdir())
+    assert names == sorted(["snapagent@.service"] + [f"snapagent@{j}.timer" for j in JOBS])
+    for p in units.iterdir():
+        assert stat.S_IMODE(p.stat().st_mode) == 0o644
+    timers = [f"snapagent@{j}.timer" for j in JOBS]
+    services = [f"snapagent@{j}.service" for j in JOBS]  # instances of the template: ExecStart checked
+    v = verify(analyze, units, timers + services)
+    assert v.returncode == 0 and v.stderr == "", v.stderr
+    service = (units / "snapagent@.service").read_text()
+    assert f'-c "{cfg}"'.replace("%", "%%").replace("$", "$$") in service
+    assert "ExecStopPost=" in service and service.count(" -q cleanup") == 1
+    assert "OnCalendar=*-*-* 00/6:15:00 Europe/Berlin" in (units / "snapagent@A_b.c-9.timer").read_text()
+    assert "RandomizedDelaySec=120" in (units / "snapagent@app.timer").read_text()
+    assert "next: systemctl daemon-reload && systemctl enable --now snapagent@db-1.main_x.timer" in r.stdout
+
+    # the check can fail: a typo in the service makes verify speak
+    (units / "snapagent@.service").write_text(service.replace("NoNewPrivileges=", "NoNewPrivilege="))
+    bad = verify(analyze, units, services[:1])
+    assert "NoNewPrivilege" in bad.stderr
+
+
+def test_install_show_remove_round_trip_leaves_foreign_files(tmp_path):
+    cfg = config(tmp_path / "c" / "snapagent.toml", {"app": "hourly", "db-1": "daily", "plain": None})
+    root = tmp_path / "root"
+    units = root / "etc/systemd/system"
+    units.mkdir(parents=True)
+    foreign = units / "snapagent@other.timer"
+    foreign.write_text("[Timer]\nOnCalendar=daily\n")
+    assert snapagent("schedule", "install", "--root", str(root), config=cfg).returncode == 0
+    show = snapagent("schedule", "show", "--root", str(root), config=cfg)
+    assert show.returncode == 0
+    assert f"# {units / 'snapagent@app.timer'}: installed" in show.stdout
+    assert "# job db-1: daily = *-*-* 00:00:00; next " in show.stdout
+    assert "plain" not in show.stdout
+
+    # the job loses its schedule: install removes its (marked) timer, and only that
+    config(cfg, {"app": "hourly", "db-1": None})
+    r = snapagent("schedule", "install", "--root", str(root), config=cfg)
+    assert r.returncode == 0 and f"removed {units / 'snapagent@db-1.timer'}" in r.stdout
+    assert sorted(p.name for p in units.iterdir()) == ["snapagent@.service", "snapagent@app.timer", "snapagent@other.timer"]
+
+    r = snapagent("schedule", "remove", "--root", str(root), config=cfg)
+    assert r.returncode == 0, r.stderr
+    assert "left" in r.stderr and "snapagent@other.timer" in r.stderr
+    assert "next: systemctl disable --now snapagent@app.timer; systemctl daemon-reload" in r.stdout
+    assert [p.name for p in units.iterdir()] == ["snapagent@other.timer"]
+    assert foreign.read_text() == "[Timer]\nOnCalendar=daily\n"
+
+
+def test_install_refuses_to_replace_a_file_it_did_not_write(tmp_path):
+    cfg = config(tmp_path / "c" / "snapagent.toml", {"app": "hourly"})
+    units = tmp_path / "root/etc/systemd/system"
+    units.mkdir(parents=True)
+    (units / "snapagent@.service").write_text("[Service]\nExecStart=/bin/true\n")
+    before = tree(tmp_path / "root")
+    r = snapagent("schedule", "install", "--root", str(tmp_path / "root"), config=cfg)
+    assert r.returncode == 1 and "not written by snapagent" in r.stderr and len(r.stderr.splitlines()) == 1
+    assert tree(tmp_path / "root") == before
+
+
+def test_dry_run_writes_nothing(tmp_path):
+    cfg = config(tmp_path / "c" / "snapagent.toml", {"app": "hourly"})
+    root = tmp_path / "root"
+    root.mkdir()
+    for args in (["install"], ["install", "--cron"], ["remove"], ["remove", "--cron"]):
+        r = snapagent("schedule", *args, "--root", str(root), "--dry-run", config=cfg)
+        assert r.returncode == 0, r.stderr
+        assert tree(root) == {}
+    r = snapagent("schedule", "install", "--root", str(root), "--dry-run", config=cfg)
+    assert f"would write {root / 'etc/systemd/system/snapagent@app.timer'}" in r.stdout
+    assert "OnCalendar=*-*-* *:00:00" in r.stdout
+    # a root that does not exist is fine for a dry run, an error for the real thing
+    assert snapagent("schedule", "install", "--root", str(tmp_path / "nope"), "--dry-run", config=cfg).returncode == 0
+    r = snapagent("schedule", "install", "--root", str(tmp_path / "nope"), config=cfg)
+    assert r.returncode == 2 and "--root" in r.stderr and not (tmp_path / "nope").exists()
+
+
+@pytest.mark.root
+def test_cron_file_owner_mode_format_and_refusal(tmp_path):
+    need(os.geteuid() == 0, "needs root (the cron file must be root-owned)")
+    cfg = config(tmp_path / "c" / "snapagent.toml", JOBS)
+    root = tmp_path / "root"
+    root.mkdir()
+    # A_b.c-9 runs in Europe/Berlin: cron cannot say that — refused naming the job and key, nothing written
+    r = snapagent("schedule", "install", "--cron", "--root", str(root), config=cfg)
+    assert r.returncode == 2 and "jobs.A_b.c-9.schedule" in r.stderr and "time zone" in r.stderr
+    assert tree(root) == {}
+    cfg = config(cfg, {"db-1.main_x": "Mon..Fri 02:30", "app": "*:0/20"})
+    old = os.umask(0o077)  # the mode must not depend on the caller's umask
+    try:
+        r = snapagent("schedule", "install", "--cron", "--root", str(root), config=cfg)
+    finally:
+        os.umask(old)
+    assert r.returncode == 0, r.stderr
+    f = root / "etc/cron.d/snapagent"
+    st = f.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, 0, 0o644)
+    assert not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    assert "." not in f.name  # run-parts/cron ignore names with a dot
+    entries = [line.split() for line in f.read_text().splitlines()
+               if line.strip() and not line.startswith("#") and "=" not in line.split()[0]]
+    assert [(e[:6], e[-1]) for e in entries] == [
+        (["30", "2", "*", "*", "1,2,3,4,5", "root"], "db-1.main_x"), (["0-59/20", "*", "*", "*", "*", "root"], "app")]
+    r = snapagent("schedule", "remove", "--cron", "--root", str(root), config=cfg)
+    assert r.returncode == 0 and not f.exists()
