@@ -8,12 +8,10 @@ fail in one line naming the backup and the parent it needs."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import sqlite3
-import stat
 import subprocess
 import uuid
 from pathlib import Path
@@ -21,30 +19,11 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.cli import snapagent, toml_str, write_config
+from tests.helpers.trees import tree
 from tests.system.test_btrfs_sqlite import Writer
 
 pytestmark = [pytest.mark.root, pytest.mark.btrfs]
-SNAPDIR = ".snapagent-snapshots"
-
-
-def tree(root: Path) -> dict[str, tuple]:
-    """Return {relative path: (type, mode, content sha256 | link target | None)} of everything
-    below ``root`` but the snapshot directory (a nested subvolume, never part of a backup)."""
-    out = {}
-    for d, dirs, files in os.walk(root):
-        if Path(d) == root and SNAPDIR in dirs:
-            dirs.remove(SNAPDIR)
-        for name in dirs + files:
-            p = Path(d) / name
-            st = os.lstat(p)
-            rel = str(p.relative_to(root))
-            if stat.S_ISLNK(st.st_mode):
-                out[rel] = ("link", None, os.readlink(p))
-            elif stat.S_ISDIR(st.st_mode):
-                out[rel] = ("dir", stat.S_IMODE(st.st_mode), None)
-            else:
-                out[rel] = ("file", stat.S_IMODE(st.st_mode), hashlib.sha256(p.read_bytes()).hexdigest())
-    return out
+SNAPDIR = ".snapagent-snapshots"  # a nested subvolume: never part of a backup (tree() skips it)
 
 
 def job(vol: Path, db: Path, extra: str = "") -> str:
