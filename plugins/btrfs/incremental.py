@@ -82,7 +82,11 @@ class BtrfsChainMixin:
         if uuid and self._facts(snap)["uuid"] != uuid:
             log.warning("btrfs: not releasing %r: its UUID is not the one backup recorded", snap)
             return
+        if self.journal:  # a run killed while deleting it: `snapagent cleanup` finishes the job
+            self.journal.open("snapshot", snap, {"kind": "driver", "name": "btrfs"}, volume=record.volume)
         self._delete(self.runner, Path(snap))  # type: ignore[attr-defined]
+        if self.journal:
+            self.journal.close("snapshot", snap)
 
     def _facts(self, path: str) -> dict[str, Any]:
         try:

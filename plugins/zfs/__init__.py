@@ -183,7 +183,12 @@ class ZfsDriver(ZfsRestoreMixin, Driver):
         found = self.zfs.exists(snap, snapshot=True)
         if found is None or found["guid"] != str(guid):
             return
-        self._destroy(self.zfs, snap, bool(record.info.get("recursive")), release_hold=True)
+        recursive = bool(record.info.get("recursive"))
+        if self.journal:  # a run killed while releasing it: `snapagent cleanup` finishes the job
+            self.journal.open("snapshot", snap, OWNER, volume=record.volume, recursive=recursive)
+        self._destroy(self.zfs, snap, recursive, release_hold=True)
+        if self.journal:
+            self.journal.close("snapshot", snap)
 
     @classmethod
     def undo(cls, record: dict, runner: Runner) -> str:

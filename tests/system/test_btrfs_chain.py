@@ -3,8 +3,10 @@ subvolume whose files are created, modified, deleted and renamed between backups
 SQLite database is written (sqlite quiescer). The newest and a middle backup are restored through
 their chains and compared with what the volume held at that backup (the backup's own read-only
 snapshot, hashed right after it): file tree, types, modes, symlink targets and content hashes.
-``full_every = 2`` starts a new chain; a missing or corrupt link makes verify, restore and drill
-fail in one line naming the backup and the parent it needs."""
+A drill replays the chain on btrfs scratch space and leaves nothing behind. ``full_every = 2``
+starts a new chain; a missing or corrupt link makes verify, restore and drill fail in one line
+naming the backup and the parent it needs; a kept parent deleted by hand makes the next backup a
+full with a warning."""
 
 from __future__ import annotations
 
@@ -83,9 +85,11 @@ def chain_env(subvol, btrfs_root, workdir):
         shutil.rmtree(d, ignore_errors=True)
 
 
-def test_chain_restores_byte_identical_and_broken_links_are_named(chain_env, workdir):
+def test_chain_restores_byte_identical_and_broken_links_are_named(chain_env, workdir, btrfs_root):
     vol, db, writer, dest = chain_env
-    cfg = write_config(workdir, job(vol, db))
+    scratch = btrfs_root / f"drill-{uuid.uuid4().hex[:8]}"  # a drill of send backups receives on btrfs
+    scratch.mkdir()
+    cfg = write_config(workdir, job(vol, db), agent=f"scratch_dir = {toml_str(scratch)}")
     ms, states = [], []
 
     def take():
@@ -134,12 +138,16 @@ def test_chain_restores_byte_identical_and_broken_links_are_named(chain_env, wor
     assert conn.execute("SELECT count(*) FROM t").fetchone()[0] > 100
     conn.close()
 
+    d = json.loads(snapagent("--json", "drill", m4["id"], config=cfg, check=True).stdout)
+    assert d["ok"] and d["probes"][0]["integrity_check"] == ["ok"]
+    assert list(scratch.iterdir()) == [], "the drill left received links or its copy behind"
+
     r = snapagent("verify", m4["id"], config=cfg, check=True)
     assert r.stdout.splitlines()[-1] == f"backup {m4['id']} with the 3 earlier backup(s) of its chain: verified"
     assert all(f"{m['id']}/" in r.stdout for m in ms[:3])
 
     # full_every = 2: the chain of m4 holds 3 incrementals, so the next is a full, then one incremental
-    cfg = write_config(workdir, job(vol, db, "full_every = 2"))
+    cfg = write_config(workdir, job(vol, db, "full_every = 2"), agent=f"scratch_dir = {toml_str(scratch)}")
     m5, state5 = backup(cfg)
     m6, state6 = backup(cfg)
     assert m5["volumes"][0]["parent"] is None and not m5["volumes"][0]["incremental"]
@@ -172,3 +180,12 @@ def test_chain_restores_byte_identical_and_broken_links_are_named(chain_env, wor
     for cmd in (["verify", m4["id"]], ["restore", m4["id"], "--to", str(dest())], ["drill", m4["id"]]):
         assert expected in one_error(snapagent(*cmd, config=cfg))
     assert tree(restore(cfg, m1["id"], dest())) == states[0]  # what is left of the chain still restores
+
+    # the kept parent deleted by hand: the next backup is a full, with a warning saying why
+    base6 = m6["volumes"][0]["snapshot"]
+    subprocess.run(["btrfs", "subvolume", "delete", base6], check=True, capture_output=True)
+    r = snapagent("--json", "backup", "app", config=cfg, check=True)
+    m7 = json.loads(r.stdout)
+    assert m7["volumes"][0]["parent"] is None and m7["volumes"][0]["kept"]
+    assert f"snapagent: warning: {vol}: exported in full, not incrementally on {m6['id']}: its parent {base6} " \
+        "cannot be used: it no longer exists" in r.stderr

@@ -101,8 +101,11 @@ def test_keep_closes_the_journal_record_and_leaves_the_snapshot(vol):
 
 def test_release_base_deletes_only_snapagents_snapshot_with_the_recorded_uuid(vol):
     parent = vol / ".snapagent-snapshots" / "snapagent-app-1"
-    r = FakeRunner(lambda argv: show("U1") if argv[1] == "subvolume" and argv[2] == "show" else "")
-    BtrfsDriver(r).release_base(base_record(vol))
+    r, j = FakeRunner(lambda argv: show("U1") if argv[1] == "subvolume" and argv[2] == "show" else ""), Journal()
+    drv = BtrfsDriver(r)
+    drv.journal = j  # journaled while it is deleted: a kill in between leaves it to `snapagent cleanup`
+    drv.release_base(base_record(vol))
+    assert j.open_ == j.closed == [("snapshot", str(parent))]
     assert r.argvs() == [["btrfs", "subvolume", "show", "--", str(parent)],
                          ["btrfs", "subvolume", "delete", "--commit-after", str(parent)]]
     for rec in (base_record(vol, uuid="OTHER"),  # replaced by another subvolume of that name
