@@ -105,7 +105,8 @@ def do_show(args, out) -> int:
     out.line("phases:        " + ", ".join(f"{k} {v:.0f} ms" for k, v in m.phases_ms.items()))
     for v in m.volumes:
         out.line(f"volume:        {v.volume} -> {v.artifact} (restores to DEST/{v.label})"
-                 + (f", incremental on {v.parent}" if v.parent else ""))
+                 + (f", incremental on {v.parent}" if v.parent else ", full")
+                 + (f"; its snapshot {v.snapshot} was kept as the next backup's base" if v.kept else ""))
     for a in m.artifacts:
         out.line(f"artifact:      {a.name} {_size(a.size)} ({a.compression}, raw {_size(a.raw_size)}) sha256 {a.sha256}")
     for q in m.quiescers:

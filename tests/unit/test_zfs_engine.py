@@ -108,3 +108,20 @@ def test_a_base_gone_falls_back_to_a_full_with_a_warning(tmp_path):
     assert v2.parent is None and not v2.incremental and v2.kept
     assert r2.warnings == [f"{DS}: exported in full, not incrementally on {m1.id}: its base "
                            f"{m1.volumes[0].snapshot} cannot be used: it no longer exists"]
+
+
+def test_dry_run_says_whether_the_next_backup_is_incremental(tmp_path):
+    cfg = config(tmp_path, job='mode = "incremental"\nfull_every = 1')
+    fake = FakeZfs()
+    fake.add(DS, mountpoint=str(tmp_path / "live"))
+
+    def plan() -> str:
+        dry = zfs_runner(fake, dry_run=True)
+        BackupRun(cfg, cfg.job("db"), dry).plan()
+        return next(line for line in dry.echoed if line.startswith("would export"))
+
+    assert "as send in full (the job has no backup yet)" in plan()
+    m1 = BackupRun(cfg, cfg.job("db"), zfs_runner(fake)).run().manifest
+    assert f"as send incrementally on {m1.id} " in plan()
+    m2 = _backup(cfg, zfs_runner(fake)).manifest
+    assert f"in full (full_every = 1: the chain of {m2.id} holds 1 incremental(s))" in plan()
