@@ -189,3 +189,9 @@ def test_chain_restores_byte_identical_and_broken_links_are_named(chain_env, wor
     assert m7["volumes"][0]["parent"] is None and m7["volumes"][0]["kept"]
     assert f"snapagent: warning: {vol}: exported in full, not incrementally on {m6['id']}: its parent {base6} " \
         "cannot be used: it no longer exists" in r.stderr
+
+    # back to mode = "full": nothing is kept, and the last parent is deleted
+    cfg = write_config(workdir, job(vol, db).replace('mode = "incremental"', 'mode = "full"'))
+    m8 = json.loads(snapagent("--json", "backup", "app", config=cfg, check=True).stdout)
+    assert not m8["volumes"][0]["kept"] and not m8["volumes"][0]["incremental"]
+    assert list((vol / SNAPDIR).iterdir()) == []
