@@ -191,7 +191,9 @@ class BackupRun:
         driver = self.driver
         keeps = self.job.cfg.mode == "incremental" and isinstance(driver, IncrementalBase) and driver.keeps_base(fmt)
         backups = self.target.list(self.job.name)
-        newest = next((b for b in reversed(backups) if isinstance(b, Stored)), None)  # its bases are released
+        # their kept bases are released after the commit: the newest backup's, and the one before it
+        # in case a run was killed between its commit and releasing the older base
+        recent = [b for b in backups if isinstance(b, Stored)][-2:]
         prev = self._base(backups, created) if keeps else None
         writer = self.target.begin(self.job.name, backup_id, journal)
         taken: set[str] = set()
@@ -216,7 +218,7 @@ class BackupRun:
         manifest = self._manifest(backup_id, created, snap_name, window, volumes, qrecords, extras, artifacts, fmt)
         with self.phases("commit"), signals.shielded(raise_after=False):
             writer.commit(manifest)
-        return BackupResult(manifest, self.warnings + self._after_commit(snaps, keeps, newest))
+        return BackupResult(manifest, self.warnings + self._after_commit(snaps, keeps, recent))
 
     def _base(self, backups: list[Stored | Damaged], created: datetime) -> Stored | None:
         """Return the backup to export incrementally from (None: a full); say why a full is
@@ -251,11 +253,12 @@ class BackupRun:
         except ValidationError as e:  # a plugin recorded something the manifest cannot hold
             raise OperationFailed(f"the manifest of {backup_id} would be invalid, nothing was stored: {e}") from None
 
-    def _after_commit(self, snaps: list[Snapshot], keeps: bool, prev: Stored | None) -> list[str]:
-        """Release (or keep) the snapshots, and the bases ``prev`` (the newest backup before this
-        one) kept — whether this backup continued its chain or started a new one; never raise. What
-        fails stays open in the journal: the run's own undo retries it, then ``snapagent cleanup``.
-        Return warnings about what is not in the journal (a previous backup's base)."""
+    def _after_commit(self, snaps: list[Snapshot], keeps: bool, earlier: list[Stored]) -> list[str]:
+        """Release (or keep) the snapshots, and the bases the ``earlier`` backups kept (the newest
+        before this one, whether this backup continued its chain or started a new one, and the one
+        before it); never raise. What fails stays open in the journal: the run's own undo retries
+        it, then ``snapagent cleanup``. Return warnings about what is not in the journal (an
+        earlier backup's base)."""
         warnings = []
         with self.phases("release"), signals.shielded(raise_after=False):
             steps: list[tuple[str, Callable[[], None]]] = []
@@ -263,11 +266,12 @@ class BackupRun:
             for snap in snaps:
                 steps.append((f"{'keep' if keeps else 'release'} snapshot {snap.handle}",
                               (lambda s=snap: driver.keep(s)) if keeps else (lambda s=snap: driver.release(s))))
-            if prev is not None and isinstance(driver, IncrementalBase):
-                for v in prev.manifest.volumes:
-                    if v.kept:
-                        steps.append((f"release the base of {prev.id} ({v.snapshot})",
-                                      lambda v=v: driver.release_base(v)))
+            if isinstance(driver, IncrementalBase):
+                for prev in earlier:
+                    for v in prev.manifest.volumes:
+                        if v.kept:
+                            steps.append((f"release the base of {prev.id} ({v.snapshot})",
+                                          lambda v=v: driver.release_base(v)))
             for i, (what, step) in enumerate(steps):
                 try:
                     step()
