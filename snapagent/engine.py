@@ -227,8 +227,7 @@ class BackupRun:
         if choice.prev is not None:
             self.say(f"incremental on {choice.prev.id}")
         elif choice.warning:
-            self.warnings.append(f"full backup instead of an incremental: {choice.why_full}")
-            log.warning("full backup instead of an incremental: %s", choice.why_full)
+            self.warnings.append(f"full backup instead of an incremental: {choice.why_full}")  # printed at the end
         else:
             self.say(f"full backup: {choice.why_full}")
         return choice.prev
