@@ -49,20 +49,27 @@ def find(config: Config, backup_id: str) -> Stored:
 
 def chain(config: Config, stored: Stored, vol: Volume) -> list[tuple[Stored, Volume]]:
     """Return [(backup, volume record)] from the full export to ``vol`` of ``stored``: one element
-    unless the volume was exported incrementally. Raise NotFound on a broken chain."""
+    unless the volume was exported incrementally. Raise NotFound (a parent is gone),
+    BackupDamaged (a parent's manifest cannot be trusted) or VerifyFailed (the chain loops), in
+    one line naming the backup that needs the parent and the parent."""
     out = [(stored, vol)]
     seen = {stored.id}
     while vol.parent:
-        pid = vol.parent
+        pid, child = vol.parent, out[-1][0].id
+        of = "" if child == stored.id else f" (in the chain of {stored.id})"
         if pid in seen:
             raise VerifyFailed(f"backup chain of {stored.id} loops at {pid}")
         seen.add(pid)
         try:
             parent = find(config, pid)
         except NotFound:
-            raise NotFound(f"backup {stored.id} is incremental on {pid}, which is gone; it cannot be restored") from None
+            raise NotFound(f"backup {child}{of} is incremental on {pid}, which is missing from every target; "
+                           f"{stored.id} cannot be restored") from None
+        except BackupDamaged as e:
+            raise BackupDamaged(f"backup {child}{of} is incremental on {pid}, which is damaged: "
+                                f"{str(e).removeprefix(f'backup {pid} ')}") from None
         vol = parent.manifest.volume(vol.volume)
         if vol is None:
-            raise NotFound(f"parent backup {pid} holds no volume {out[-1][1].volume!r}")
+            raise NotFound(f"backup {child}{of} is incremental on {pid}, which holds no volume {out[-1][1].volume!r}")
         out.append((parent, vol))
     return list(reversed(out))

@@ -29,6 +29,21 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 Within = Annotated[Span, BeforeValidator(parse_span)]
 
 
+def _full_every(value: object) -> int | float:
+    """``full_every``: a TOML integer is a count of incrementals, a string an age (seconds)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        try:
+            return parse_duration(value)
+        except ValueError as e:
+            raise ValueError(f"{e}; or a count of incrementals, e.g. 7") from None
+    raise ValueError(f"{value!r} is neither a count of incrementals (7) nor an age (\"7d\")")
+
+
+FullEvery = Annotated[int | float, BeforeValidator(_full_every)]
+
+
 class Strict(BaseModel):
     """Base for every config model: unknown keys are errors."""
 
@@ -87,7 +102,7 @@ class JobConfig(Strict):
     # unattended operation (design note, "Contract, second part")
     schedule: str | None = None  # systemd OnCalendar expression
     mode: Literal["full", "incremental"] = "full"
-    full_every: int | Duration | None = None  # incremental: a full after N incrementals, or an age
+    full_every: FullEvery | None = None  # incremental: a full after N incrementals (int), or an age (str)
     retention: RetentionConfig | None = None
     ping_url: str | None = None  # healthchecks.io style: /start, success, /fail
     ping_timeout: Duration = 10.0  # bound of each ping, in total; a slow ping is a warning
@@ -253,6 +268,7 @@ def parse(data: dict, path: Path) -> Config:
             options = collect(lambda: validate_plugin(dcls.Options, j.options, f"{key}.options"))
             if j.export is not None and j.export not in dcls.export_formats:
                 problems.append(f"{key}.export: driver {j.driver!r} cannot export {j.export!r} (choose: {', '.join(dcls.export_formats)})")
+            problems.extend(_mode_problems(key, j, dcls, options))
         quiescers = [found for i, q in enumerate(j.quiesce)
                      if (found := typed("quiescer", q, f"{key}.quiesce[{i}]")) is not None]
         if dcls is not None:
@@ -260,6 +276,25 @@ def parse(data: dict, path: Path) -> Config:
     if problems:
         raise ConfigError(f"{path}: invalid configuration\n  " + "\n  ".join(problems))
     return Config(path, raw, targets, jobs)
+
+
+def _mode_problems(key: str, j: JobConfig, dcls: type, options: Any) -> list[str]:
+    """Return what is wrong with job ``key``'s ``mode``/``full_every`` for driver ``dcls``."""
+    from snapagent.plugin.driver import IncrementalBase
+
+    if j.mode != "incremental":
+        return [f"{key}.full_every: only meaningful with mode = \"incremental\" (mode is {j.mode!r})"] \
+            if j.full_every is not None else []
+    out = []
+    if isinstance(j.full_every, int) and j.full_every < 1:  # an age is positive already (parse_duration)
+        out.append(f"{key}.full_every: a count of incrementals must be at least 1 (got {j.full_every})")
+    fmt = j.export or dcls.export_formats[0]
+    if not issubclass(dcls, IncrementalBase):
+        out.append(f"{key}.mode: driver {j.driver!r} cannot export incrementally; use mode = \"full\"")
+    elif options is not None or dcls.Options is None:
+        if why := dcls.incremental_refusal(fmt, options):
+            out.append(f"{key}.mode: incremental mode is impossible here: {why}")
+    return out
 
 
 def config_path(cli_value: str | None) -> Path:

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 
 from pydantic import ValidationError
 
-from snapagent import __version__, cleanup, signals
+from snapagent import __version__, chains, cleanup, signals
 from snapagent.config import Config, Job
 from snapagent.errors import FreezeOverrun, Interrupted, OperationFailed, PreflightFailed, SnapshotFailed
 from snapagent.joblock import JobLock
@@ -33,7 +33,7 @@ from snapagent.journal import Journal, read_open
 from snapagent.manifest import ExtraRecord, Manifest, QuiescerRecord, Volume
 from snapagent.plugin.driver import Driver, IncrementalBase, Snapshot
 from snapagent.plugin.quiescer import QuiesceContext, Quiescer
-from snapagent.plugin.target import Stored, Writer
+from snapagent.plugin.target import Damaged, Stored, Writer
 from snapagent.retention.prune import prune
 from snapagent.util import logfields, progress
 from snapagent.util.fs import is_within
@@ -98,6 +98,7 @@ class BackupRun:
             ctx.protected["the agent's scratch_dir"] = config.agent.scratch_dir
         self.quiescers: list[Quiescer] = [cls(qcfg, ctx) for cls, qcfg in job.quiescers]
         self.phases = Phases()
+        self.warnings: list[str] = []  # before the commit: a chain that could not be continued
         self.locations: dict[str, tuple[int, str]] = {}
 
     # -- preflight ------------------------------------------------------------------------------
@@ -213,15 +214,19 @@ class BackupRun:
         self.say(f"snapshot {snap_name}: {len(snaps)} volume(s), freeze window {window * 1000:.0f} ms")
         fmt = self.job.export
         driver = self.driver
-        keeps = isinstance(driver, IncrementalBase) and driver.keeps_base(fmt)
-        prev = self._previous() if keeps else None
+        keeps = self.job.cfg.mode == "incremental" and isinstance(driver, IncrementalBase) and driver.keeps_base(fmt)
+        backups = self.target.list(self.job.name)
+        # their kept bases are released after the commit: the newest backup's, and the one before it
+        # in case a run was killed between its commit and releasing the older base
+        recent = [b for b in backups if isinstance(b, Stored)][-2:]
+        prev = self._base(backups, created) if keeps else None
         writer = self.target.begin(self.job.name, backup_id, journal)
         taken: set[str] = set()
         labels = [label_for(snap.volume, taken) for snap in snaps]
         with self.phases("extra"):
             artifacts, extras = self._export_extras(writer, qrecords, taken)
         volumes = []
-        estimates = self._estimates(fmt) if progress.enabled() else {}
+        estimates = self._estimates(fmt, recent) if progress.enabled() and prev is None else {}
         with self.phases("export"):
             for i, snap in enumerate(snaps):
                 base = prev.manifest.volume(snap.volume) if prev else None
@@ -229,14 +234,30 @@ class BackupRun:
                         progress.reading(stream, f"export {labels[i]}", estimates.get(snap.volume)) as counted:
                     art = writer.add_artifact(f"{i:02d}-{labels[i]}.{fmt}", counted)
                 artifacts.append(art)
+                parent = prev.id if prev and snap.info.get("parent_snapshot") else None
+                if prev and parent is None:  # the driver found the base unusable (gone, replaced)
+                    self.warnings.append(f"{snap.volume}: exported in full, not incrementally on {prev.id}: "
+                                         f"{snap.info.get('full_reason', 'its base snapshot cannot be used')}")
                 volumes.append(dict(volume=snap.volume, label=labels[i], snapshot=snap.handle, artifact=art.name,
-                                    format=fmt, kept=keeps, info=snap.info,
-                                    parent=prev.id if prev and snap.info.get("parent_snapshot") else None))
-                self.say(f"exported {snap.volume} -> {art.name} ({art.raw_size} bytes, stored {art.size})")
+                                    format=fmt, kept=keeps, info=snap.info, parent=parent, incremental=parent is not None))
+                kind = f"incremental on {parent}" if parent else "full"
+                self.say(f"exported {snap.volume} -> {art.name} ({kind}; {art.raw_size} bytes, stored {art.size})")
         manifest = self._manifest(backup_id, created, snap_name, window, volumes, qrecords, extras, artifacts, fmt)
         with self.phases("commit"), signals.shielded(raise_after=False):
             writer.commit(manifest)
-        return BackupResult(manifest, self._after_commit(snaps, keeps, prev))
+        return BackupResult(manifest, self.warnings + self._after_commit(snaps, keeps, recent))
+
+    def _base(self, backups: list[Stored | Damaged], created: datetime) -> Stored | None:
+        """Return the backup to export incrementally from (None: a full); say why a full is
+        taken, and keep a warning when it is a fallback (``chains.choose_base``)."""
+        choice = chains.choose_base(self.config, self.job, backups, created)
+        if choice.prev is not None:
+            self.say(f"incremental on {choice.prev.id}")
+        elif choice.warning:
+            self.warnings.append(f"full backup instead of an incremental: {choice.why_full}")  # printed at the end
+        else:
+            self.say(f"full backup: {choice.why_full}")
+        return choice.prev
 
     def _manifest(self, backup_id: str, created: datetime, snap_name: str, window: float, volumes: list[dict],
                   qrecords: list[dict], extras: list[list[ExtraRecord]], artifacts: list, fmt: str) -> Manifest:
@@ -258,24 +279,22 @@ class BackupRun:
         except ValidationError as e:  # a plugin recorded something the manifest cannot hold
             raise OperationFailed(f"the manifest of {backup_id} would be invalid, nothing was stored: {e}") from None
 
-    def _previous(self) -> Stored | None:
-        """Return the newest good backup of this job in its target (the incremental base), if any."""
-        good = [b for b in self.target.list(self.job.name) if isinstance(b, Stored)]
-        return good[-1] if good else None
-
-    def _estimates(self, fmt: str) -> dict[str, int]:
-        """Return {volume: raw bytes of its export in the newest good backup of this job in
-        ``fmt``}: the progress bar's expected total (an estimate; none without such a backup)."""
-        prev = self._previous()
-        if prev is None or prev.manifest.export_format != fmt:
+    @staticmethod
+    def _estimates(fmt: str, recent: list[Stored]) -> dict[str, int]:
+        """Return {volume: raw bytes of its full export in the newest good backup (of ``recent``)
+        in ``fmt``}: the progress bar's expected total of a full export (an estimate; none without
+        such a backup)."""
+        if not recent or recent[-1].manifest.export_format != fmt:
             return {}
-        m = prev.manifest
-        return {v.volume: m.artifact(v.artifact).raw_size for v in m.volumes}
+        m = recent[-1].manifest
+        return {v.volume: m.artifact(v.artifact).raw_size for v in m.volumes if not v.incremental}
 
-    def _after_commit(self, snaps: list[Snapshot], keeps: bool, prev: Stored | None) -> list[str]:
-        """Release (or keep) the snapshots and the previous bases; never raise. What fails stays
-        open in the journal: the run's own undo retries it, then ``snapagent cleanup``. Return
-        warnings about what is not in the journal (a previous backup's base)."""
+    def _after_commit(self, snaps: list[Snapshot], keeps: bool, earlier: list[Stored]) -> list[str]:
+        """Release (or keep) the snapshots, and the bases the ``earlier`` backups kept (the newest
+        before this one, whether this backup continued its chain or started a new one, and the one
+        before it); never raise. What fails stays open in the journal: the run's own undo retries
+        it, then ``snapagent cleanup``. Return warnings about what is not in the journal (an
+        earlier backup's base)."""
         warnings = []
         with self.phases("release"), signals.shielded(raise_after=False):
             steps: list[tuple[str, Callable[[], None]]] = []
@@ -283,11 +302,12 @@ class BackupRun:
             for snap in snaps:
                 steps.append((f"{'keep' if keeps else 'release'} snapshot {snap.handle}",
                               (lambda s=snap: driver.keep(s)) if keeps else (lambda s=snap: driver.release(s))))
-            if prev is not None and isinstance(driver, IncrementalBase):
-                for v in prev.manifest.volumes:
-                    if v.kept:
-                        steps.append((f"release the base of {prev.id} ({v.snapshot})",
-                                      lambda v=v: driver.release_base(v)))
+            if isinstance(driver, IncrementalBase):
+                for prev in earlier:
+                    for v in prev.manifest.volumes:
+                        if v.kept:
+                            steps.append((f"release the base of {prev.id} ({v.snapshot})",
+                                          lambda v=v: driver.release_base(v)))
             for i, (what, step) in enumerate(steps):
                 try:
                     step()
@@ -384,7 +404,11 @@ class BackupRun:
         self.driver.snapshot(list(self.job.cfg.volumes), f"snapagent-{backup_id}", time.monotonic() + 3600)
         for q in reversed(self.quiescers):
             echo(f"would release: {q.describe()}")
-        echo(f"would export {len(self.job.cfg.volumes)} volume(s) as {self.job.export} "
+        how = ""
+        if self.job.cfg.mode == "incremental":
+            choice = chains.choose_base(self.config, self.job, self.target.list(self.job.name), utcnow())
+            how = f" incrementally on {choice.prev.id}" if choice.prev else f" in full ({choice.why_full})"
+        echo(f"would export {len(self.job.cfg.volumes)} volume(s) as {self.job.export}{how} "
              f"to {self.target.describe()} as backup {backup_id}")
         echo("would release the snapshots")
         return {"dry_run": True, "id": backup_id, "job": self.job.name, "preflight": "ok",

@@ -83,8 +83,10 @@ class Volume(_Model):
     """One volume of the job as exported: restored into ``DEST/<label>`` from ``artifact``.
 
     ``kept``: its snapshot was kept as the base of the next incremental export. ``parent``: the
-    backup this export is incremental on (restore replays the chain from the full one). ``info``:
-    the driver's own facts (snapshot path, dataset guid, COW size …), never used as a path.
+    backup this export is incremental on (restore replays the chain from the full one);
+    ``incremental`` says the same in words (a manifest without it: incremental iff it names a
+    parent). ``info``: the driver's own facts (snapshot path, dataset guid, COW size …), never
+    used as a path.
     """
 
     volume: Text
@@ -94,7 +96,21 @@ class Volume(_Model):
     format: Component
     kept: bool = False
     parent: BackupId | None = None
+    incremental: bool = False
     info: dict[str, JsonValue] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _incremental_from_parent(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "incremental" not in data:
+            data = {**data, "incremental": data.get("parent") is not None}
+        return data
+
+    @model_validator(mode="after")
+    def _parent_iff_incremental(self) -> "Volume":
+        if self.incremental != (self.parent is not None):
+            raise ValueError("an incremental export names its parent backup, a full one names none")
+        return self
 
 
 class Location(_Model):

@@ -5,7 +5,9 @@
 2. Prepare DEST: a new or empty directory (``--force`` moves old content aside to
    ``DEST.pre-restore-<time>``), or a new dataset (a DatasetRestore driver's send backup).
    Never through a symlink.
-3. Restore each volume into ``DEST/<label>``, its chain in order; extract the quiescers' extra
+3. Restore each volume into ``DEST/<label>``, its chain in order, full first (a ChainRestore
+   driver finishes the volume after its last link: btrfs keeps each received link until the
+   next one is received, then leaves only the newest state); extract the quiescers' extra
    artifacts into ``DEST/<restore_dir>``; let each quiescer make its database start as it is.
 
 Everything a restore takes — DEST itself, the moved-aside content, datasets — is journaled first
@@ -25,12 +27,20 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from snapagent import catalog, cleanup, registry, restore_paths, signals, verify
+from snapagent.chains import check_links
 from snapagent.config import Config
 from snapagent.errors import ConfigError, NotFound, OperationFailed, RestoreRefused, VerifyFailed
 from snapagent.held import Held
 from snapagent.journal import RESTORE_GROUP, Journal, read_open
 from snapagent.manifest import Manifest, QuiescerRecord, Volume
-from snapagent.plugin.driver import DatasetDest, DatasetRestore, DirectoryDest, Driver, RestoreDirectoryCheck
+from snapagent.plugin.driver import (
+    ChainRestore,
+    DatasetDest,
+    DatasetRestore,
+    DirectoryDest,
+    Driver,
+    RestoreDirectoryCheck,
+)
 from snapagent.plugin.quiescer import Locate, RestoreContext
 from snapagent.plugin.target import Stored
 from snapagent.util import logfields, progress, tar
@@ -66,14 +76,9 @@ def check(config: Config, runner: Runner, stored: Stored, allow_special: bool = 
     raise VerifyFailed or RestoreRefused (nothing written) naming each problem."""
     m = stored.manifest
     results = verify.check(stored, scan=True, allow_special=allow_special, runner=runner)
-    scans = {(stored.id, r.name): r.scan for r in results if r.scan is not None}
-    chains = {}
-    for vol in m.volumes:
-        chains[vol.volume] = links = catalog.chain(config, stored, vol)
-        for link, item in links[:-1]:
-            more = verify.check(link, [item.artifact], scan=True, allow_special=allow_special, runner=runner)
-            scans.update({(link.id, r.name): r.scan for r in more if r.scan is not None})
-            results += more
+    chains, more = check_links(config, stored, scan=True, allow_special=allow_special, runner=runner)
+    results += more
+    scans = {(r.link or stored.id, r.name): r.scan for r in results if r.scan is not None}
     bad = [r for r in results if not r.ok]
     if bad:
         cls = RestoreRefused if any(r.refused for r in bad) else VerifyFailed
@@ -206,6 +211,8 @@ def restore_into(config: Config, runner: Runner, checked: Checked, dest: Path | 
                     roots[vol.label] = driver.restore(counted, item.format, vdest, item,
                                                       checked.scans.get((link.id, item.artifact)), allow_special)
                 r.finish()
+        if isinstance(driver, ChainRestore):
+            roots[vol.label] = driver.finish_chain(vdest, vol)
         shown = vdest.name if isinstance(vdest, DatasetDest) else str(vdest.path)
         out_vols.append({"volume": vol.volume, "path": str(roots[vol.label]),
                          **({"restored_as": shown} if prepared else {})})

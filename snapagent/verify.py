@@ -26,9 +26,12 @@ class ArtifactCheck:
     seconds: float = 0.0
     refused: bool = False
     scan: ScanReport | None = None
+    link: str | None = None  # the chain link (an earlier backup) this artifact belongs to
 
     def as_dict(self) -> dict:
         out = {"name": self.name, "ok": self.ok, "size": self.size, "message": self.message}
+        if self.link:
+            out["backup"] = self.link
         if self.ok:
             out["seconds"] = self.seconds
         if self.refused:

@@ -1,4 +1,6 @@
-"""btrfs driver: read-only snapshots of subvolumes, exported as tar or ``btrfs send`` streams.
+"""btrfs driver: read-only snapshots of subvolumes, exported as tar or ``btrfs send`` streams
+(full, or in ``mode = "incremental"`` ``btrfs send -p`` from the previous backup's kept snapshot:
+``incremental.py``).
 
 Snapshots live in ``<subvolume>/<snapshot_dir>/<name>`` (default ``.snapagent-snapshots``, excluded
 from tar exports). btrfs cannot snapshot several subvolumes atomically; the engine holds every
@@ -26,6 +28,8 @@ from snapagent.util.names import check_component
 from snapagent.util.runner import Runner
 from snapagent.util.tar import ScanReport
 
+from .incremental import BtrfsChainMixin
+
 BTRFS_SUPER_MAGIC = 0x9123683E
 OWNER = {"kind": "driver", "name": "btrfs"}
 
@@ -52,11 +56,15 @@ def _fs_magic(path: Path) -> int | None:
     return buf.f_type & 0xFFFFFFFF
 
 
-class BtrfsDriver(Driver):
+class BtrfsDriver(BtrfsChainMixin, Driver):
     name = "btrfs"
     atomic = False
     export_formats = ("tar", "send")
     Options = BtrfsOptions
+
+    def __init__(self, runner: Runner, options: BtrfsOptions | None = None):
+        super().__init__(runner, options)
+        self._links: dict[Path, Path] = {}
 
     # -- preflight ------------------------------------------------------------------------------
     def preflight(self, volumes: list[str]) -> list[Path]:
@@ -137,7 +145,7 @@ class BtrfsDriver(Driver):
                 excludes.append(self.options.snapshot_dir)
             argv = tar.create_argv(Path(snap.handle), excludes)
         elif fmt == "send":
-            argv = ["btrfs", "send", "--", snap.handle]
+            argv = self.send_argv(snap, base)
         else:
             raise ExportFailed(f"btrfs cannot export {fmt!r}")
         with stream_of(self.runner, argv, snap.volume) as stream:
@@ -181,12 +189,8 @@ class BtrfsDriver(Driver):
             recv.wait()
         finally:
             recv.kill()
-        # the received subvolume is read-only; make a writable one under the requested name
-        self.runner.run(["btrfs", "subvolume", "snapshot", str(received), str(path)], mutating=True)
-        self._delete(self.runner, received)
-        if self.journal:
-            self.journal.close("received", str(received))
-        return path
+        self.received_link(path, received)  # finish_chain makes DEST/<label> of the newest link
+        return received
 
     @classmethod
     def discard(cls, path: Path, runner: Runner) -> None:

@@ -153,8 +153,16 @@ class ZfsDriver(ZfsRestoreMixin, Driver):
         return "destroyed (deferred while someone else holds or clones it)"
 
     # -- IncrementalBase ------------------------------------------------------------------------
+    @classmethod
+    def incremental_refusal(cls, fmt: str, options: ZfsOptions | None) -> str | None:
+        if fmt != "send":
+            return f'export = "{fmt}" is always a full copy; incremental needs export = "send" (zfs send -i)'
+        if options is not None and options.incremental is False:
+            return 'options.incremental = false contradicts mode = "incremental" (drop the option)'
+        return None
+
     def keeps_base(self, fmt: str) -> bool:
-        return fmt == "send" and self.options.incremental
+        return self.incremental_refusal(fmt, self.options) is None
 
     def keep(self, snap: Snapshot) -> None:
         """Hold ``snap`` (tag ``snapagent``) as the next incremental's base; close its journal entry."""
@@ -175,7 +183,12 @@ class ZfsDriver(ZfsRestoreMixin, Driver):
         found = self.zfs.exists(snap, snapshot=True)
         if found is None or found["guid"] != str(guid):
             return
-        self._destroy(self.zfs, snap, bool(record.info.get("recursive")), release_hold=True)
+        recursive = bool(record.info.get("recursive"))
+        if self.journal:  # a run killed while releasing it: `snapagent cleanup` finishes the job
+            self.journal.open("snapshot", snap, OWNER, volume=record.volume, recursive=recursive)
+        self._destroy(self.zfs, snap, recursive, release_hold=True)
+        if self.journal:
+            self.journal.close("snapshot", snap)
 
     @classmethod
     def undo(cls, record: dict, runner: Runner) -> str:
@@ -216,6 +229,7 @@ class ZfsDriver(ZfsRestoreMixin, Driver):
                 why = "its guid changed (a different snapshot of the same name)"
         if why:
             log.warning("zfs: full send of %s: the previous base %s cannot be used: %s", snap.volume, base, why)
+            snap.info["full_reason"] = f"its base {base} cannot be used: {why}"
             return None
         return base
 

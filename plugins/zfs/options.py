@@ -17,9 +17,10 @@ class ZfsOptions(Strict):
     #: refuses such a job. True: one ``zfs snapshot`` per pool, in sequence, while every quiescer
     #: still holds (each pool's group is atomic; across pools the instants differ by milliseconds).
     cross_pool: bool = False
-    #: Send exports after the first are incremental (``zfs send -i``) from the previous backup's
-    #: snapshot, which is kept with a ``zfs hold`` until the next backup replaces it.
-    incremental: bool = True
+    #: Deprecated: the job's ``mode = "incremental"`` decides (``zfs send -i`` from the previous
+    #: backup's snapshot, kept with a ``zfs hold`` until the next backup replaces it). Accepted for
+    #: old configs; ``false`` together with ``mode = "incremental"`` is refused.
+    incremental: bool | None = None
     #: ``zfs send`` flags: -w (raw: encrypted datasets stay encrypted), -c (compressed), -L (large blocks).
     raw: bool = False
     compressed: bool = False

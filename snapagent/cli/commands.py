@@ -7,6 +7,7 @@ from pathlib import Path
 
 from snapagent import catalog, cleanup, registry, verify
 from snapagent import config as configmod
+from snapagent.chains import check_links
 from snapagent.cli.output import human_size as _size
 from snapagent.drill import drill
 from snapagent.engine import BackupRun
@@ -109,7 +110,8 @@ def do_show(args, out) -> int:
     out.line("phases:        " + ", ".join(f"{k} {v:.0f} ms" for k, v in m.phases_ms.items()))
     for v in m.volumes:
         out.line(f"volume:        {v.volume} -> {v.artifact} (restores to DEST/{v.label})"
-                 + (f", incremental on {v.parent}" if v.parent else ""))
+                 + (f", incremental on {v.parent}" if v.parent else ", full")
+                 + (f"; its snapshot {v.snapshot} was kept as the next backup's base" if v.kept else ""))
     for a in m.artifacts:
         out.line(f"artifact:      {a.name} {_size(a.size)} ({a.compression}, raw {_size(a.raw_size)}) sha256 {a.sha256}")
     for q in m.quiescers:
@@ -122,14 +124,19 @@ def do_show(args, out) -> int:
 def do_verify(args, out) -> int:
     cfg = _config(args)
     b = catalog.find(cfg, args.id)
-    results = verify.check(b)
+    chains, links = check_links(cfg, b)  # a missing or damaged link: one line naming both ids, exit 1
+    results = links + verify.check(b)
     ok = all(r.ok for r in results)
+    backups = sorted({link.id for chain in chains.values() for link, _ in chain[:-1]})
     if out.json:
-        out.emit({"id": b.id, "ok": ok, "artifacts": [r.as_dict() for r in results]})
+        out.emit({"id": b.id, "ok": ok, "chain": backups, "artifacts": [r.as_dict() for r in results]})
     else:
         for r in results:
-            out.line(f"{'OK  ' if r.ok else 'FAIL'} {r.name} ({_size(r.size)}) {'' if r.ok else r.message}".rstrip())
-        out.line(f"backup {b.id}: {'verified' if ok else 'VERIFICATION FAILED'}")
+            name = f"{r.link}/{r.name}" if r.link else r.name
+            out.line(f"{'OK  ' if r.ok else 'FAIL'} {name} ({_size(r.size)}) {'' if r.ok else r.message}".rstrip())
+        chained = f" with the {len(backups)} earlier backup(s) of its chain" if backups else ""
+        bad = "; ".join(r.message for r in results if not r.ok)
+        out.line(f"backup {b.id}{chained}: " + ("verified" if ok else f"VERIFICATION FAILED: {bad}"))
     return EXIT_OK if ok else EXIT_FAILED
 
 

@@ -5,7 +5,9 @@ undo and tool versions. What only some backends can do is an optional capability
 protocol below that a driver class implements and the engine detects with ``isinstance``:
 
 - ``IncrementalBase``: keep a snapshot after a backup as the base of the next incremental export
-  (``zfs send -i``);
+  (``zfs send -i``, ``btrfs send -p``) when the job's ``mode = "incremental"``;
+- ``ChainRestore``: finish a volume once every link of its chain was restored (btrfs: make the
+  newest received state writable, remove the intermediate received subvolumes);
 - ``DatasetRestore``: restore a backup into a new dataset instead of a directory (``zfs receive``);
 - ``RestoreDirectoryCheck``: refuse a restore directory before anything is written (a ``btrfs
   send`` stream needs a btrfs directory);
@@ -140,10 +142,17 @@ class Driver:
 
 @runtime_checkable
 class IncrementalBase(Protocol):
-    """Keeps each snapshot after a backup as the base of the next incremental export."""
+    """Keeps each snapshot after a backup as the base of the next incremental export. The engine
+    uses it only for jobs with ``mode = "incremental"``; with ``mode = "full"`` nothing is kept."""
+
+    @classmethod
+    def incremental_refusal(cls, fmt: str, options: Any) -> str | None:
+        """Return why a job exporting ``fmt`` with ``options`` cannot run in incremental mode
+        (config check refuses it), or None when it can."""
 
     def keeps_base(self, fmt: str) -> bool:
-        """Return True when snapshots exported in ``fmt`` are kept (``keep``) instead of released."""
+        """Return True when snapshots exported in ``fmt`` can be kept (``keep``) as the base of the
+        next incremental export (the job's mode aside)."""
 
     def keep(self, snap: Snapshot) -> None:
         """Keep ``snap`` as the next base (e.g. ``zfs hold``) and close its journal entry."""
@@ -151,6 +160,16 @@ class IncrementalBase(Protocol):
     def release_base(self, record: "Volume") -> None:
         """Release the base an earlier backup kept (its manifest volume record). Idempotent;
         never touches a snapshot that is not the one the record names."""
+
+
+@runtime_checkable
+class ChainRestore(Protocol):
+    """Finishes a volume after every link of its chain (full first) went through ``restore``."""
+
+    def finish_chain(self, dest: VolumeDest, record: "Volume") -> Path:
+        """Finish the restore of one volume into ``dest`` whose newest link is ``record``: leave
+        the newest state where ``dest`` says, remove what intermediate links left behind; return
+        the directory holding the restored files. Raise OperationFailed."""
 
 
 @runtime_checkable

@@ -54,7 +54,7 @@ def test_send_export_argv_uses_double_dash():
     r = FakeRunner()
     with BtrfsDriver(r).export(Snapshot("v", "-snap", "n"), "send") as s:
         s.read()
-    assert r.argvs() == [["btrfs", "send", "--", "-snap"]]
+    assert r.argvs() == [["btrfs", "subvolume", "show", "--", "-snap"], ["btrfs", "send", "--", "-snap"]]
 
 
 def test_release_argv(tmp_path):

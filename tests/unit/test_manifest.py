@@ -75,8 +75,23 @@ def test_forged_names_are_refused_even_with_a_valid_checksum(path, value, why):
     for p in path[:-1]:
         node = node[p]
     node[path[-1]] = value
+    if path[-1] == "parent":
+        node["incremental"] = True
     with pytest.raises(ManifestDamaged, match=why):
         M.loads(resealed(data))
+
+
+def test_incremental_and_parent_go_together():
+    for incremental, parent in ((True, None), (False, "app-20261201T050000Z")):
+        data = good()
+        data["volumes"][0].update(incremental=incremental, parent=parent)
+        with pytest.raises(ManifestDamaged, match="incremental export names its parent"):
+            M.loads(resealed(data))
+    data = good()
+    data["volumes"][0].update(incremental=True, parent="app-20261201T050000Z")
+    assert M.loads(resealed(data)).volumes[0].incremental
+    del data["volumes"][0]["incremental"]  # written before the field existed: derived from parent
+    assert M.loads(resealed(data)).volumes[0].incremental
 
 
 def test_forged_extra_artifact_restore_dir_and_duplicate_labels():

@@ -34,6 +34,10 @@ class BaseDriver:
     def __init__(self, runner, options):
         pass
 
+    @classmethod
+    def incremental_refusal(cls, fmt, options):
+        return None
+
     def keeps_base(self, fmt):
         return True
 

@@ -55,7 +55,7 @@ def test_sqlite_on_zfs_incremental_chain(zpool: ZPool, workdir, torture_backups)
     run(["zfs", "create", "-p", "--", ds])
     db = zpool.mountpoint(ds) / "bank.db"
     cfg = write_config(workdir, f'[jobs.db]\ndriver = "zfs"\nvolumes = [{toml_str(ds)}]\ntarget = "local"\n'
-                                f'max_freeze = "20s"\n[[jobs.db.quiesce]]\ntype = "sqlite"\npath = {toml_str(db)}\n')
+                                f'mode = "incremental"\nmax_freeze = "20s"\n[[jobs.db.quiesce]]\ntype = "sqlite"\npath = {toml_str(db)}\n')
     writer = Writer("sqlite", str(db), workdir / "acks", 0.005)
 
     def restore_and_read(m: dict):

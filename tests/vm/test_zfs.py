@@ -1,7 +1,8 @@
 """The zfs driver against real OpenZFS inside the test VM (pools on loop devices).
 
 Small and fast on purpose (TCG): a live SQLite writer in WAL mode backed up hot, full then
-incremental send, restored into a new dataset and drilled; two hostile-named datasets snapshotted
+incremental send, restored into a new dataset and drilled; an incremental chain restored
+byte-identical at its end and in the middle, restarted with a full by ``full_every``; two hostile-named datasets snapshotted
 by one atomic call; tar export; preflight errors parsed from real zfs; SIGKILL mid-export then
 `snapagent cleanup`.
 """
@@ -22,6 +23,7 @@ import pytest
 
 from tests.helpers import cli
 from tests.helpers.cli import ROOT, toml_str, write_config
+from tests.helpers.trees import tree
 from tests.vm.vmtools import ZPool, pipe, run
 
 
@@ -56,8 +58,8 @@ def snapagent_snapshots(pool: ZPool) -> list[str]:
     return [s for s in out if "@snapagent-" in s]
 
 
-def job(volumes: list[str], export: str | None = None, options: str = "", quiesce: str = "") -> str:
-    text = f'[jobs.db]\ndriver = "zfs"\nvolumes = [{", ".join(toml_str(v) for v in volumes)}]\ntarget = "local"\n'
+def job(volumes: list[str], export: str | None = None, options: str = "", quiesce: str = "", extra: str = "") -> str:
+    text = f'[jobs.db]\ndriver = "zfs"\nvolumes = [{", ".join(toml_str(v) for v in volumes)}]\ntarget = "local"\n{extra}\n'
     if export:
         text += f'export = "{export}"\n'
     text += f"{quiesce}\n[jobs.db.options]\n{options}\n"
@@ -121,7 +123,8 @@ def test_live_sqlite_full_and_incremental_send_restore_and_drill(zpool, workdir,
     ds, mp = create(zpool, "app db")  # a space in the name
     db = mp / "app.db"
     ack = writer(db)
-    cfg = write_config(workdir, job([ds], quiesce=f'[[jobs.db.quiesce]]\ntype = "sqlite"\npath = {toml_str(db)}\n'))
+    cfg = write_config(workdir, job([ds], quiesce=f'[[jobs.db.quiesce]]\ntype = "sqlite"\npath = {toml_str(db)}\n',
+                                    extra='mode = "incremental"'))
 
     m1 = backup(cfg)
     v1 = m1["volumes"][0]
@@ -172,6 +175,53 @@ def test_live_sqlite_full_and_incremental_send_restore_and_drill(zpool, workdir,
     assert report["ok"] and report["probes"][0]["integrity_check"] == ["ok"]
     leftovers = zfs("list", "-H", "-o", "name", "-r", zpool.dataset("snapagent-drill")).stdout.split("\n")
     assert [x for x in leftovers if x] == [zpool.dataset("snapagent-drill")], "drill left its scratch dataset"
+
+
+def test_incremental_chain_restores_byte_identical_and_full_every_restarts_it(zpool, workdir):
+    ds, mp = create(zpool, "chain me")
+    (mp / "keep.txt").write_text("unchanged\n")
+    (mp / "edit.txt").write_text("version 1\n")
+    (mp / "gone.txt").write_text("to be deleted\n")
+    (mp / "dir").mkdir()
+    (mp / "dir" / "blob").write_bytes(os.urandom(1 << 20))
+    cfg = write_config(workdir, job([ds], extra='mode = "incremental"\nfull_every = 2'))
+    ms, states = [], []
+
+    def take() -> dict:
+        m = backup(cfg)
+        ms.append(m)
+        states.append(tree(mp / ".zfs" / "snapshot" / m["snapshot_name"]))  # the held base: the backup's state
+        return m
+
+    take()
+    (mp / "edit.txt").write_text("version 2, longer\n")
+    (mp / "gone.txt").unlink()
+    os.rename(mp / "keep.txt", mp / "kept under another name.txt")
+    take()
+    (mp / "dir").rename(mp / "moved")
+    (mp / "new.txt").write_text("new in 3\n")
+    with open(mp / "moved" / "blob", "r+b") as f:
+        f.seek(1 << 19)
+        f.write(os.urandom(4096))
+    take()
+    take()  # full_every = 2: the chain holds 2 incrementals, so this one is a full
+    assert [(m["volumes"][0]["incremental"], m["volumes"][0]["parent"]) for m in ms] == [
+        (False, None), (True, ms[0]["id"]), (True, ms[1]["id"]), (False, None)]
+    assert snapagent_snapshots(zpool) == [ms[3]["volumes"][0]["snapshot"]]  # only the newest base is held
+    assert ms[2]["artifacts"][0]["raw_size"] < ms[0]["artifacts"][0]["raw_size"] / 4
+
+    for i in (2, 1):  # the end of the chain and a middle link, each replayed from the full
+        dest = zpool.dataset(f"chain restore {i}")
+        summary = json.loads(snapagent("restore", ms[i]["id"], "--to", dest, "--json", config=cfg, check=True).stdout)
+        assert tree(Path(summary["volumes"][0]["path"])) == states[i]
+        zfs("destroy", "-r", "--", dest)
+    r = snapagent("verify", ms[2]["id"], config=cfg, check=True)
+    assert r.stdout.splitlines()[-1] == f"backup {ms[2]['id']} with the 2 earlier backup(s) of its chain: verified"
+    art = workdir / "backups" / "db" / ms[1]["id"] / ms[1]["artifacts"][0]["name"]
+    art.unlink()
+    r = snapagent("restore", ms[2]["id"], "--to", zpool.dataset("never"), config=cfg)
+    assert r.returncode == 1 and f"backup {ms[2]['id']} is incremental on {ms[1]['id']}, whose artifact" in r.stderr
+    assert zfs("list", "-H", "--", zpool.dataset("never"), check=False).returncode != 0  # nothing written
 
 
 def test_two_hostile_datasets_in_one_atomic_snapshot(zpool, workdir):
