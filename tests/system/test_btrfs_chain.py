@@ -195,3 +195,35 @@ def test_chain_restores_byte_identical_and_broken_links_are_named(chain_env, wor
     m8 = json.loads(snapagent("--json", "backup", "app", config=cfg, check=True).stdout)
     assert not m8["volumes"][0]["kept"] and not m8["volumes"][0]["incremental"]
     assert list((vol / SNAPDIR).iterdir()) == []
+
+
+def test_retention_keeps_the_chain_a_kept_backup_needs_and_prunes_a_finished_one(chain_env, workdir):
+    """``keep_last = 1`` with incremental chains: while the newest backup is an incremental, every
+    link it needs is kept (rule ``chain``); once ``full_every`` starts a new chain, the old chain
+    is removed — with the read-only snapshots it kept — and the new full restores."""
+    vol, db, writer, dest = chain_env
+    cfg = write_config(workdir, job(vol, db, "full_every = 2\n[jobs.app.retention]\nkeep_last = 1"))
+    snapdir = vol / SNAPDIR
+
+    def kept_snapshots() -> set[str]:
+        return {p.name for p in snapdir.iterdir()} if snapdir.is_dir() else set()
+
+    ids = []
+    for i in range(3):  # a full and two incrementals: the post-backup prune must keep all three
+        (vol / f"file-{i}.txt").write_text(f"change {i}\n")
+        ids.append(backup(cfg)[0]["id"])
+        listed = [b["id"] for b in json.loads(snapagent("--json", "list", "app", config=cfg, check=True).stdout)]
+        assert listed == ids, f"prune broke a chain after backup {i + 1}: {listed}"
+    dry = json.loads(snapagent("--json", "prune", "app", "--dry-run", config=cfg, check=True).stdout)
+    assert dry[0]["remove"] == [] and sorted(dry[0]["keep"]) == sorted(ids)
+    assert "chain" in dry[0]["reasons"][ids[0]] and "last" in dry[0]["reasons"][ids[2]]
+    assert len(kept_snapshots()) == 1, kept_snapshots()  # only the newest is kept as the next parent
+
+    (vol / "file-3.txt").write_text("a new chain\n")
+    m4, state4 = backup(cfg)  # full_every = 2: a new full; the post-backup prune drops the old chain
+    assert not m4["volumes"][0]["incremental"]
+    listed = [b["id"] for b in json.loads(snapagent("--json", "list", "app", config=cfg, check=True).stdout)]
+    assert listed == [m4["id"]]
+    assert kept_snapshots() == {Path(m4["volumes"][0]["snapshot"]).name}
+    assert sorted(p.name for p in (workdir / "backups" / "app").iterdir()) == [m4["id"]]
+    assert tree(restore(cfg, m4["id"], dest())) == state4
