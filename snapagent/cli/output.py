@@ -70,6 +70,17 @@ def _priority(level: int) -> int:
     return _PRIORITY.get(level, 6 if level < logging.WARNING else 3)
 
 
+class _Shown(logging.Filter):
+    """What stderr shows: ``say`` lines from ``say_level``, every other record from ``level``."""
+
+    def __init__(self, level: int, say_level: int):
+        super().__init__()
+        self.level, self.say_level = level, say_level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= (self.say_level if record.name == say_log.name else self.level)
+
+
 class TextFormatter(logging.Formatter):
     """``snapagent: error: …`` for the CLI's own warnings and errors, ``snapagent: LEVEL: …`` for
     the modules' log records, the bare line for ``say``; with ``journal``, each line prefixed
@@ -183,9 +194,13 @@ def setup(verbose: int = 0, quiet: bool = False, log_format: str = "text", strea
     _handler = logging.StreamHandler(stream)
     _handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter(journal))
     root.addHandler(_handler)
-    root.setLevel(logging.ERROR if quiet else {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG))
+    level = logging.ERROR if quiet else {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
     chatter = not quiet and (verbose > 0 or tty or journal)
-    say_log.setLevel(logging.INFO if chatter else logging.WARNING)
+    # The loggers pass INFO on whatever is shown: the run's log tail (a failure ping's body) keeps
+    # the progress lines even where stderr shows only warnings. The handler decides what is shown.
+    root.setLevel(min(level, logging.INFO))
+    say_log.setLevel(logging.NOTSET)
+    _handler.addFilter(_Shown(level, logging.INFO if chatter else logging.WARNING))
     show_bar = tty and not quiet and log_format == "text"
     if show_bar:
         progress.install(lambda label, total: _TqdmTask(label, total, stream))

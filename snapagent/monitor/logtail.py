@@ -34,20 +34,37 @@ class _Tee:
         return getattr(self.inner, name)
 
 
+class _Keep(logging.Handler):
+    """Keeps every log record of INFO and above as a line of ``tee`` (what stderr shows or not)."""
+
+    def __init__(self, tee: _Tee):
+        super().__init__(logging.INFO)
+        self.tee = tee
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if record.name != "snapagent.say":
+            text = f"{record.levelname.lower()}: {text}"
+        self.tee.lines.extend(text.split("\n"))
+
+
 @contextlib.contextmanager
 def capture(lines: int = 50) -> Iterator[_Tee]:
-    """Within the block, keep the last ``lines`` lines written to stderr (``print(file=sys.stderr)``
-    and the logging handlers that write there); yield the keeper (``.text()``)."""
+    """Within the block, keep the last ``lines`` lines of the run's log — every log record of INFO
+    and above (progress lines included, even when stderr shows only warnings, as under cron) and
+    what is printed to stderr directly; yield the keeper (``.text()``)."""
     old = sys.stderr
     tee = _Tee(old, lines)
-    handlers = [h for h in logging.getLogger().handlers
-                if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) is old]
+    root = logging.getLogger()
+    keep = _Keep(tee)  # log handlers keep writing to the real stderr: their lines come through ``keep``
     sys.stderr = tee
-    for h in handlers:
-        h.setStream(tee)
+    root.addHandler(keep)
+    level = root.level
+    if root.getEffectiveLevel() > logging.INFO:
+        root.setLevel(logging.INFO)
     try:
         yield tee
     finally:
-        for h in handlers:
-            h.setStream(old)
+        root.setLevel(level)
+        root.removeHandler(keep)
         sys.stderr = old

@@ -4,6 +4,7 @@ parser), ping URLs and redaction, the stderr tail, and the run hook on every exi
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import sys
@@ -149,8 +150,23 @@ def test_logtail_keeps_the_last_lines_and_writes_through(capsys):
             sys.stderr.write("partial")
     finally:
         logging.getLogger().removeHandler(handler)
-    assert tail.text() == "line 3\nline 4\nlogged\npartial"
+    assert tail.text() == "line 3\nline 4\nwarning: logged\npartial"
     assert "line 0\n" in capsys.readouterr().err
+
+
+def test_logtail_keeps_progress_lines_that_stderr_does_not_show(capsys):
+    """Off a terminal (cron) stderr shows only warnings; the failure ping's tail has it all."""
+    from snapagent.cli import output
+    output.setup(0, False, "text", stream=sys.stderr, environ={})
+    try:
+        with logtail.capture(lines=10) as tail:
+            output.Output(False, False).say("exported /srv/app")
+            output.Output(False, False).warn("something odd")
+    finally:
+        output.setup(0, False, "text", stream=io.StringIO(), environ={})
+    assert tail.text() == "exported /srv/app\nwarning: something odd"
+    err = capsys.readouterr().err
+    assert "something odd" in err and "exported /srv/app" not in err
 
 
 def test_config_validation_never_echoes_the_ping_url(tmp_path):
