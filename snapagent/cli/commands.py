@@ -204,6 +204,12 @@ def do_prune(args, out) -> int:
                      + ", ".join(map(_printable, r.damaged)))
     for f in failed:
         out.warn(f"prune: {f}")
+    if cfg.agent.metrics_file is not None and not args.dry_run and any(r.removed for r in results):
+        from snapagent.monitor import metrics  # lazily: prometheus_client costs start-up time
+        try:  # snapagent_backups changed: keep the exporter's view true
+            metrics.write(cfg, cfg.agent.metrics_file)
+        except OSError as e:
+            out.warn(f"metrics file {cfg.agent.metrics_file} not written: {e.strerror or e}")
     return EXIT_FAILED if failed else EXIT_OK
 
 

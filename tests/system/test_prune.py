@@ -51,7 +51,9 @@ def test_prune_keeps_what_the_rules_keep(subvol, workdir):
     r = snapagent("prune", "app", config=plain, check=True)  # no rules: nothing is removed
     assert "no retention rules: nothing is removed" in r.stdout and listed(plain) == made
 
-    cfg = write_config(workdir, app_job(vol, "[jobs.app.retention]\nkeep_last = 2\n"))
+    prom = workdir / "snapagent.prom"
+    cfg = write_config(workdir, app_job(vol, "[jobs.app.retention]\nkeep_last = 2\n"),
+                       agent=f"metrics_file = {toml_str(prom)}")
     r = snapagent("prune", "app", "--dry-run", config=cfg, check=True)
     assert "would remove 2 backup(s):" in r.stdout and f"{made[3]}" in r.stdout
     assert listed(cfg) == made and dirs(workdir) == made
@@ -62,8 +64,10 @@ def test_prune_keeps_what_the_rules_keep(subvol, workdir):
     done = json.loads(snapagent("prune", "app", "--json", config=cfg, check=True).stdout)
     assert done[0]["removed"] == [made[1], made[0]]
     assert listed(cfg) == made[2:] and dirs(workdir) == made[2:]
+    # the exporter's view follows a prune by hand
+    assert 'snapagent_backups{backup_job="app",target="local"} 2.0' in prom.read_text()
 
-    r = snapagent("backup", "app", config=cfg, check=True)  # prunes after itself, under its lock
+    r = snapagent("-v", "backup", "app", config=cfg, check=True)  # prunes after itself, under its lock
     new = last_line(r)
     assert "prune: removed 1 backup(s)" in r.stderr and "warning" not in r.stderr
     assert listed(cfg) == [made[3], new] and dirs(workdir) == [made[3], new]
