@@ -73,7 +73,7 @@ def do_list(args, out) -> int:
                   {"id": b.id, "job": b.job, "target": b.target.name, "location": b.location, "damaged": b.reason}
                   for b in rows])
     elif not rows:
-        out.say("no backups")
+        out.note("no backups")
     else:
         out.line(f"{'ID':<36} {'JOB':<12} {'CREATED':<24} {'SIZE':>10} {'FREEZE':>8} TARGET")
         for b in rows:

@@ -45,6 +45,11 @@ class Output:
     def say(self, line: str) -> None:
         say_log.info(line)
 
+    def note(self, line: str) -> None:
+        """A short answer that is not data (``no backups``): on stderr wherever it runs, unless -q."""
+        if not self.quiet:
+            print(line, file=sys.stderr, flush=True)
+
     def warn(self, line: str) -> None:
         log.warning(line, extra={"tag": "warning"})
 
