@@ -168,10 +168,13 @@ def source_text() -> str:
     return re.sub(r"""(["'])\s*\n\s*f?\1""", "", text)
 
 
+VARIABLE = re.compile(r"'?(?:…|<[a-z]+>|\b(?:JOB|ID|N|TIME|T|LABEL|x)\b)'?")
+
+
 def fragments(message: str) -> list[str]:
-    """The literal parts of a documented message: ``…`` and ``<kind>`` are variable (with the quotes
-    a repr adds around them)."""
-    parts = [p.strip() for p in re.split(r"'?(?:…|<[a-z]+>)'?", message)]
+    """The literal parts of a documented message: ``…``, ``<kind>`` and the runbook's placeholders
+    are variable (with the quotes a repr adds around them); the ``warning:`` prefix is the logger's."""
+    parts = [p.strip() for p in VARIABLE.split(message.removeprefix("warning: "))]
     out = [p for p in parts if len(p) >= 3]
     assert out and max(map(len, out)) >= 8, f"message {message!r} has too little literal text to check"
     return out

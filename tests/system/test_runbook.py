@@ -83,6 +83,10 @@ def test_runbook_has_sections_and_commands():
     console = lines_of("console")
     assert any("pg_ctl" in ln for ln in console) and any(ln.startswith("mariadbd ") for ln in console)
     assert any(" drill " in ln for ln in lines_of("cron")), "no monthly drill line"
+    for doc, anchor in re.findall(r"\]\((\w+\.md)?#([\w-]+)\)", text):  # every link lands on a heading
+        headings = re.findall(r"(?m)^#+ (.+)$", (DOC.parent / doc).read_text() if doc else text)
+        assert anchor in {re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-") for h in headings}, \
+            f"broken link {doc}#{anchor}"
     for doc in ("databases.md", "lvm.md", "zfs.md", "btrfs.md"):
         assert f"]({doc}" in section("Configure a job"), f"'Configure a job' does not link {doc}"
     for name in ("btrfs", "lvm", "lvm-thin", "zfs", "sqlite", "postgresql", "mysql", "command", "fsfreeze"):
@@ -121,10 +125,13 @@ def test_toml_snippets_parse(tmp_path):
 
 
 def test_troubleshooting_messages_are_the_codes():
-    """Each quoted message (``…`` for a variable part) is what snapagent/ or plugins/ says."""
+    """Each message quoted in a ``| message |`` table (``…`` for a variable part) is what snapagent/
+    or plugins/ says."""
     source = rules.source_text()
-    rows = re.findall(r"(?m)^\| `([^`]+)`", section("Troubleshooting by error message"))
-    assert len(rows) >= 25
+    assert len(re.findall(r"(?m)^\| `", section("Troubleshooting by error message"))) >= 25
+    tables = re.findall(r"(?ms)^\| message \|.*?(?=^[^|]|\Z)", DOC.read_text())
+    rows = [msg for table in tables for msg in re.findall(r"(?m)^\| `([^`]+)`", table)]
+    assert len(tables) >= 3 and len(rows) >= 30
     for msg in rows:
         for frag in rules.fragments(msg):
             assert frag in source, f"troubleshooting message {msg!r}: {frag!r} is not in the code"
@@ -208,9 +215,12 @@ def test_every_runbook_command_runs(app_volume, workdir):
         for lang, lines in fenced_blocks():
             for line in lines:
                 if lang == "sh":
+                    assert shlex.split(line)[0] in SH_PROGRAMS, f"no rule to run this ```sh line here: {line}"
                     r = book.run(line)
                     if line.startswith("sqlite3 ") and "integrity_check" in line:
                         assert r.stdout.strip() == "ok", f"{line}: {r.stdout}"
+                    if line.startswith("snapagent restore ") and "--path" not in line:
+                        assert f"sqlite database: {book.values['DEST']}/app/app.db" in r.stdout, r.stdout
                     if line.startswith("sqlite3 ") and line.endswith(" .tables"):
                         assert r.stdout.split() == ["t"], f"{line}: {r.stdout}"
                     ran["sh"] += 1
