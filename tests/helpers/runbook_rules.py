@@ -29,17 +29,17 @@ def _help(program: str) -> str:
 
 
 def _unit_tokens(argv: list[str]) -> list[str]:
-    return [a for a in argv if a.startswith("snapagent@")]
+    return [a for a in argv if re.match(r"snapagent[@-]", a)]
 
 
 def _units_written(book, tokens: list[str]) -> None:
-    """Each unit (or glob) names a file `schedule install --root ROOT` wrote; an instance without a
-    file of its own is served by the template ``snapagent@.service``."""
+    """Each unit (or glob) names a file `schedule install --root ROOT` (or the runbook's own unit
+    files) wrote; an instance without a file of its own is served by the template ``snapagent@.service``."""
     unitdir = Path(book.values["ROOT"]) / "etc" / "systemd" / "system"
     files = [p.name for p in unitdir.iterdir() if p.is_file()]
     assert files, f"schedule install --root wrote nothing into {unitdir}"
     for tok in tokens:
-        name = tok if "." in tok.split("@", 1)[1] or "*" in tok else tok + ".service"
+        name = tok if re.search(r"\.(service|timer)$", tok) or "*" in tok else tok + ".service"
         template = re.sub(r"@[^.]*\.", "@.", name)
         assert fnmatch.filter(files, name) or (name.endswith(".service") and template in files), \
             f"{tok}: no such unit in what schedule install writes ({files})"
@@ -47,12 +47,16 @@ def _units_written(book, tokens: list[str]) -> None:
 
 def _systemctl(line: str, book) -> None:
     argv = shlex.split(book.substitute(line))
-    verbs = [a for a in argv[1:] if not a.startswith("-") and not a.startswith("snapagent@")]
+    verbs = [a for a in argv[1:] if not a.startswith("-") and not re.match(r"snapagent[@-]", a)]
     text = _help("systemctl")
     assert len(verbs) == 1 and re.search(rf"(?m)^\s+{re.escape(verbs[0])}\b", text), f"systemctl verb: {line}"
     for opt in (a for a in argv[1:] if a.startswith("--")):
         assert opt in text, f"systemctl has no option {opt}: {line}"
     _units_written(book, _unit_tokens(argv))
+    if verbs[0] in ("enable", "disable"):  # the offline form does the same to the unit files
+        r = subprocess.run(["systemctl", f"--root={book.values['ROOT']}", verbs[0], *_unit_tokens(argv)],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, f"systemctl --root {verbs[0]}: {line}\n{r.stderr}"
 
 
 def _journalctl(line: str, book) -> None:
@@ -160,6 +164,36 @@ def cron_command(line: str) -> str:
     assert parts[5] == "root", f"cron.d needs the user field: {line}"
     assert "/usr/local/bin/snapagent " in parts[6], f"cron runs the CLI by its installed path: {line}"
     return parts[6].replace("/usr/local/bin/snapagent ", "snapagent ")
+
+
+def unit_files(doc: str) -> list[tuple[str, str]]:
+    """Return (path, text) of every ```ini block of ``doc``; its first line is ``# /etc/systemd/system/NAME``."""
+    out = []
+    for body in re.findall(r"(?m)^```ini\n(.*?)^```", doc, re.S):
+        first, _, text = body.partition("\n")
+        m = re.fullmatch(r"# (/etc/systemd/system/[\w@.-]+\.(?:service|timer))", first.strip())
+        assert m, f"a ```ini block must start with '# /etc/systemd/system/NAME': {first!r}"
+        out.append((m.group(1), text))
+    return out
+
+
+def install_units(units: list[tuple[str, str]], book) -> list[str]:
+    """Write the runbook's unit files below ROOT (JOB substituted, the CLI at the test's path), check
+    them with `systemd-analyze verify --man=no` (empty stderr), run each ExecStart; return the names."""
+    unitdir = Path(book.values["ROOT"]) / "etc" / "systemd" / "system"
+    exe = str(Path(sys.executable).parent / "snapagent")
+    names = []
+    for path, text in units:
+        text = text.replace("/usr/local/bin/snapagent ", exe + " ").replace("JOB", book.values["JOB"])
+        (unitdir / Path(path).name).write_text(text)
+        names.append(Path(path).name)
+        for command in re.findall(r"(?m)^ExecStart=(.*)$", text):
+            book.run(shlex.join(["snapagent", *shlex.split(command)[1:]]))
+    r = subprocess.run(["systemd-analyze", "verify", "--man=no", *[f"./{n}" for n in names]], cwd=unitdir,
+                       capture_output=True, text=True, timeout=120,
+                       env={"SYSTEMD_LOG_LEVEL": "warning", "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0 and r.stderr == "", f"systemd-analyze verify {names}:\n{r.stderr}"
+    return names
 
 
 def source_text() -> str:

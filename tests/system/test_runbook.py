@@ -5,6 +5,7 @@
 - ```console lines (they need a systemd manager, a fresh machine or a database server) are checked
   by the rule that fits each (tests/helpers/runbook_rules.py);
 - ```cron lines are checked for cron's format and their command is run;
+- ```ini unit files pass `systemd-analyze verify` below ROOT and their ExecStart is run;
 - ```toml snippets are parsed by snapagent's own config parser;
 - the troubleshooting table's messages are found in the code.
 """
@@ -27,6 +28,7 @@ import pytest
 
 from snapagent.config import parse
 from tests.helpers import runbook_rules as rules
+from tests.helpers.caps import need
 from tests.helpers.cli import ROOT, toml_str, write_config
 
 pytestmark = [pytest.mark.root, pytest.mark.btrfs]
@@ -58,7 +60,7 @@ def section(title: str) -> str:
     return m.group(1)
 
 
-def test_runbook_has_sections_and_commands():
+def test_runbook_has_commands():
     text = DOC.read_text()
     titles = re.findall(r"(?m)^## (.+)$", text)
     for want in ["Install", "Configure a job", "First backup", "Schedule", "Monitor and alert", "Retention",
@@ -97,7 +99,7 @@ def test_runbook_has_sections_and_commands():
 def test_every_block_has_a_rule():
     """A fenced block in a language the test does not know would go unchecked: refuse it."""
     for lang, lines in fenced_blocks():
-        assert lang in {"sh", "console", "cron", "toml", "text", "yaml"}, f"no rule for a ```{lang} block: {lines[:1]}"
+        assert lang in {"sh", "console", "cron", "ini", "toml", "text", "yaml"}, f"no rule for a ```{lang} block: {lines[:1]}"
     for line in lines_of("sh"):
         assert shlex.split(line)[0] in SH_PROGRAMS, f"no rule to run this ```sh line here: {line}"
         if line.startswith("systemctl "):
@@ -229,6 +231,9 @@ def test_every_runbook_command_runs(app_volume, workdir):
                     r = book.run(command)
                     assert r.stdout == "" and r.stderr == "", f"cron would mail this on success: {r.stdout}{r.stderr}"
                     ran["cron"] += 1
+        need(shutil.which("systemd-analyze") is not None, "systemd-analyze missing (scripts/setup-systemd-tools.sh)")
+        units = rules.install_units(rules.unit_files(DOC.read_text()), book)
+        assert units == ["snapagent-drill.service", "snapagent-drill.timer"], units
         for line in lines_of("console"):
             rules.console_rule(line)(line, book)
     finally:
@@ -236,5 +241,6 @@ def test_every_runbook_command_runs(app_volume, workdir):
     assert ran["sh"] >= 30 and ran["cron"] >= 1, ran
     wants = workdir / "image" / "etc" / "systemd" / "system" / "timers.target.wants" / "snapagent@app.timer"
     assert wants.is_symlink(), "systemctl --root=ROOT enable did not enable the timer"
+    assert wants.with_name("snapagent-drill.timer").is_symlink(), "the drill timer was not enabled"
     with sqlite3.connect(db) as c:  # the copy-back left the live database whole
         assert c.execute("SELECT count(*) FROM t").fetchone() == (100,)
