@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from snapagent.config import parse
+from snapagent.schedule.units import cron_file
 from tests.helpers import runbook_rules as rules
 from tests.helpers.caps import need
 from tests.helpers.cli import ROOT, toml_str, write_config
@@ -239,6 +240,12 @@ def test_every_runbook_command_runs(app_volume, workdir):
     finally:
         conn.close()
     assert ran["sh"] >= 30 and ran["cron"] >= 1, ran
+    # "Unattended": the line `schedule install --cron` writes mails nothing on success (run by /bin/sh, as cron does)
+    cron = cron_file({"app": "daily"}, str(Path(sys.executable).parent / "snapagent"), str(book.cfg))
+    line = next(ln for ln in cron.splitlines() if ln.startswith("0 0 * * * root "))
+    r = subprocess.run(["/bin/sh", "-c", line.removeprefix("0 0 * * * root ")], capture_output=True, text=True,
+                       env=book.env, timeout=300)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", ""), f"cron would mail: {r}"
     wants = workdir / "image" / "etc" / "systemd" / "system" / "timers.target.wants" / "snapagent@app.timer"
     assert wants.is_symlink(), "systemctl --root=ROOT enable did not enable the timer"
     assert wants.with_name("snapagent-drill.timer").is_symlink(), "the drill timer was not enabled"
