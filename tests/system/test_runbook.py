@@ -16,9 +16,11 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 import tomllib
 import uuid
 from collections.abc import Callable
@@ -160,6 +162,7 @@ class Runbook:
 
     def __init__(self, workdir: Path, vol: Path, stop_app: Callable[[], None]):
         self.workdir, self.vol, self.stop_app = workdir, vol, stop_app
+        self.crashed: list[str] | None = None  # the snapshots a killed run left, once the test killed one
         self.cfg = write_config(workdir, f'[jobs.app]\ndriver = "btrfs"\nvolumes = [{toml_str(vol)}]\ntarget = "local"\n'
                                          f'schedule = "daily"\n[jobs.app.retention]\nkeep_last = 3\nkeep_daily = 7\n'
                                          f'[[jobs.app.quiesce]]\ntype = "sqlite"\npath = {toml_str(vol / "app.db")}\n')
@@ -180,6 +183,8 @@ class Runbook:
         'new host' a config pointing at a copy of the target; the application stopped before files
         are copied onto its volume."""
         argv = shlex.split(line)
+        if argv[:2] == ["snapagent", "cleanup"] and self.crashed is None:
+            self.crash()
         if argv[0] == "cp" and argv[-1].startswith("VOL"):
             self.stop_app()
         if "restore" in argv and "--force" not in argv and Path(self.values["DEST"]).exists():
@@ -192,6 +197,28 @@ class Runbook:
             text = text.replace(str(self.workdir / "state"), str(new / "state"))
             assert str(self.workdir) + "/state" not in text and "backup-copy" in text
             Path(self.values["NEWCONF"]).write_text(text)
+
+    def crash(self) -> None:
+        """Leave what a run killed mid-export leaves (its snapshot, its journal): start a backup whose
+        `tar` waits, and SIGKILL the whole run once the export has begun, as a power loss would."""
+        wrap, marker = self.workdir / "slow-tar", self.workdir / "export-started"
+        wrap.mkdir()
+        (wrap / "tar").write_text(f'#!/bin/sh\ncase " $* " in *" --version "*) exec {shutil.which("tar")} "$@";; esac\n'
+                                  f'echo started > {shlex.quote(str(marker))}\nexec sleep 120\n')
+        (wrap / "tar").chmod(0o755)
+        env = dict(self.env, PATH=f"{wrap}:{self.env['PATH']}")
+        agent = subprocess.Popen(["snapagent", "backup", "app"], env=env, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 60
+            while not marker.exists() and agent.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert marker.exists(), f"the backup never reached its export (exit {agent.poll()})"
+        finally:
+            os.killpg(agent.pid, signal.SIGKILL)
+            agent.wait()
+        self.crashed = sorted(p.name for p in (self.vol / ".snapagent-snapshots").iterdir())
+        assert self.crashed, "the killed run left no snapshot to clean up"
 
     def run(self, line: str) -> subprocess.CompletedProcess:
         self.prepare(line)
@@ -224,6 +251,10 @@ def test_every_runbook_command_runs(app_volume, workdir):
                         assert r.stdout.strip() == "ok", f"{line}: {r.stdout}"
                     if line.startswith("snapagent restore ") and "--path" not in line:
                         assert f"sqlite database: {book.values['DEST']}/app/app.db" in r.stdout, r.stdout
+                    if line == "snapagent cleanup --dry-run":
+                        assert all(s in r.stdout + r.stderr for s in book.crashed), (book.crashed, r)
+                    if line == "snapagent cleanup":
+                        assert not list((app_volume / ".snapagent-snapshots").iterdir()), "cleanup left a snapshot"
                     if line.startswith("sqlite3 ") and line.endswith(" .tables"):
                         assert r.stdout.split() == ["t"], f"{line}: {r.stdout}"
                     ran["sh"] += 1
