@@ -205,7 +205,8 @@ class Runbook:
         wrap, marker = self.workdir / "slow-tar", self.workdir / "export-started"
         wrap.mkdir()
         (wrap / "tar").write_text(f'#!/bin/sh\ncase " $* " in *" --version "*) exec {shutil.which("tar")} "$@";; esac\n'
-                                  f'echo started > {shlex.quote(str(marker))}\nexec sleep 120\n')
+                                  f'echo $$ > {shlex.quote(str(marker))}.tmp && mv {shlex.quote(str(marker))}.tmp '
+                                  f'{shlex.quote(str(marker))}\nexec sleep 120\n')
         (wrap / "tar").chmod(0o755)
         env = dict(self.env, PATH=f"{wrap}:{self.env['PATH']}")
         agent = subprocess.Popen(["snapagent", "backup", "app"], env=env, stdout=subprocess.DEVNULL,
@@ -216,8 +217,11 @@ class Runbook:
                 time.sleep(0.05)
             assert marker.exists(), f"the backup never reached its export (exit {agent.poll()})"
         finally:
-            with contextlib.suppress(ProcessLookupError):  # the run may have died on its own: the assert says so
-                os.killpg(agent.pid, signal.SIGKILL)
+            # the agent's group, and its tar (the runner starts children in their own process group)
+            pids = [-agent.pid] + ([int(marker.read_text())] if marker.exists() else [])
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):  # the run may have died on its own: the assert says so
+                    os.kill(pid, signal.SIGKILL)
             agent.wait()
         self.crashed = sorted(p.name for p in (self.vol / ".snapagent-snapshots").iterdir())
         assert self.crashed, "the killed run left no snapshot to clean up"
