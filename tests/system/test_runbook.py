@@ -238,6 +238,10 @@ class Runbook:
 
 
 def test_every_runbook_command_runs(app_volume, workdir):
+    for tool, source in (("sqlite3", "scripts/bootstrap.sh"), ("systemctl", "scripts/setup-systemd-tools.sh"),
+                         ("journalctl", "scripts/setup-systemd-tools.sh"),
+                         ("systemd-analyze", "scripts/setup-systemd-tools.sh")):
+        need(shutil.which(tool) is not None, f"{tool} missing ({source})")
     db = app_volume / "app.db"
     conn = sqlite3.connect(db)  # the live application: WAL mode, connection open throughout
     conn.execute("PRAGMA journal_mode=WAL")
@@ -269,7 +273,6 @@ def test_every_runbook_command_runs(app_volume, workdir):
                     r = book.run(command)
                     assert r.stdout == "" and r.stderr == "", f"cron would mail this on success: {r.stdout}{r.stderr}"
                     ran["cron"] += 1
-        need(shutil.which("systemd-analyze") is not None, "systemd-analyze missing (scripts/setup-systemd-tools.sh)")
         units = rules.install_units(rules.unit_files(DOC.read_text()), book)
         assert units == ["snapagent-drill.service", "snapagent-drill.timer"], units
         for line in lines_of("console"):
