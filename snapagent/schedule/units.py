@@ -153,7 +153,8 @@ def cron_file(jobs: dict[str, str], exe: str, config: str | None) -> str:
     """Return ``/etc/cron.d/snapagent`` for ``jobs`` (name → OnCalendar): one line per job, user
     field ``root``. Raises ValueError naming the job whose schedule cron cannot express."""
     lines = [f"{MARK} edit the jobs' schedule keys and re-run install --cron.",
-             "# Times are local time (cron's zone). Output (errors only: -q) is mailed by cron.",
+             "# Times are local time (cron's zone). Errors (-q: only errors, on stderr) are mailed by cron;",
+             "# stdout (the new backup id) is discarded, so a successful run mails nothing.",
              "SHELL=/bin/sh", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
     for job, expr in jobs.items():
         try:
@@ -161,5 +162,5 @@ def cron_file(jobs: dict[str, str], exe: str, config: str | None) -> str:
         except ValueError as e:
             raise ValueError(f"jobs.{job}.schedule: {expr!r} cannot be expressed in cron: {e}") from None
         cmd = " ".join(_shell_arg(a) for a in _command(exe, config, "backup", job))
-        lines += [f"# job {job}: {expr}", f"{when} root {cmd}"]
+        lines += [f"# job {job}: {expr}", f"{when} root {cmd} >/dev/null"]
     return "\n".join(lines) + "\n"

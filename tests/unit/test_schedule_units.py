@@ -51,7 +51,7 @@ def test_cron_lines_have_the_user_field_and_quote_paths():
     text = units.cron_file({"app": "hourly", "db_2.x": "Mon 01:00"}, SAMPLE_EXE, "/etc/my conf.toml")
     jobs = [line.split() for line in text.splitlines() if line and not line.startswith("#") and "=" not in line]
     assert [j[5] for j in jobs] == ["root", "root"]
-    assert "0 * * * * root /usr/local/bin/snapagent -c '/etc/my conf.toml' -q backup app" in text
+    assert "0 * * * * root /usr/local/bin/snapagent -c '/etc/my conf.toml' -q backup app >/dev/null" in text
     with pytest.raises(ValueError, match="%"):
         units.cron_file({"app": "hourly"}, SAMPLE_EXE, "/etc/100%.toml")
 
