@@ -229,7 +229,8 @@ def test_two_hostile_datasets_in_one_atomic_snapshot(zpool, workdir):
     made = [create(zpool, "grp", n) for n in names]
     for i, (_, mp) in enumerate(made):
         (mp / f"file {i}").write_text(f"content {i}\n")
-    cfg = write_config(workdir, job([d for d, _ in made]))
+    # incremental mode keeps the snapshots: their real createtxg can be read back after the run
+    cfg = write_config(workdir, job([d for d, _ in made], extra='mode = "incremental"'))
     m = backup(cfg)
     snaps = [v["snapshot"] for v in m["volumes"]]
     txgs = {zfs("get", "-H", "-p", "-o", "value", "createtxg", "--", s).stdout.strip() for s in snaps}
