@@ -104,6 +104,7 @@ class JobConfig(Strict):
     mode: Literal["full", "incremental"] = "full"
     full_every: FullEvery | None = None  # incremental: a full after N incrementals (int), or an age (str)
     retention: RetentionConfig | None = None
+    copy_to: list[str] = Field(default_factory=list)  # targets that get a verified copy after the commit
     ping_url: str | None = None  # healthchecks.io style: /start, success, /fail
     ping_timeout: Duration = 10.0  # bound of each ping, in total; a slow ping is a warning
     check_max_age: Duration | None = None
@@ -262,6 +263,11 @@ def parse(data: dict, path: Path) -> Config:
         key = f"jobs.{jname}"
         if j.target not in raw.targets:
             problems.append(f"{key}.target: unknown target {j.target!r} (defined: {', '.join(sorted(raw.targets)) or 'none'})")
+        for i, c in enumerate(j.copy_to):
+            if c not in raw.targets:
+                problems.append(f"{key}.copy_to[{i}]: unknown target {c!r} (defined: {', '.join(sorted(raw.targets)) or 'none'})")
+            elif c == j.target or j.copy_to.index(c) != i:
+                problems.append(f"{key}.copy_to[{i}]: target {c!r} is the job's own target or listed twice")
         dcls = collect(lambda: registry.get("driver", j.driver, f"{key}.driver"))
         options = None
         if dcls is not None:
