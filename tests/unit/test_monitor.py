@@ -241,8 +241,8 @@ def test_metric_names_are_the_contract_and_the_docs_use_only_them():
     assert emitted == CONTRACT
     from tests.helpers.cli import ROOT
 
-    for doc in ("docs/runbook.md", "README.md"):
+    for doc in ("docs/runbook.md", "README.md", "docs/offsite.md", "etc/prometheus/snapagent.rules.yml"):
         used = set(re.findall(r"(?<![$\w])snapagent_[a-z_]+[a-z]\b", (ROOT / doc).read_text()))  # not $macros$
         assert used <= CONTRACT, f"{doc} names metrics that do not exist: {used - CONTRACT}"
-    rules = re.search(r"```yaml\n(groups:.*?)```", (ROOT / "docs/runbook.md").read_text(), re.S).group(1)
+    rules = (ROOT / "etc/prometheus/snapagent.rules.yml").read_text()  # proved by tests/system/test_prometheus_rules.py
     assert "snapagent_last_success_timestamp_seconds" in rules and "node_textfile_scrape_error" in rules
