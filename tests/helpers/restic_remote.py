@@ -4,7 +4,9 @@
 Debian's rclone 1.60 has no ``serve s3``) over the directory ``root``; ``sftp_server(root)`` runs
 OpenSSH's ``sshd`` with a throwaway host key, a throwaway client key and a private ``sshd_config``.
 Each yields a :class:`Remote`: ``url`` is a restic repository string, ``env`` what restic needs in
-its environment to reach it (merge it over ``os.environ``; the repository password is the caller's).
+its environment to reach it (merge it over ``os.environ``; the repository password is the caller's);
+``kill()`` crashes the server with its open connections (restic 0.14 then fails at once over SFTP,
+but retries a dead S3 endpoint for up to 15 minutes: bound the time of what runs it).
 Prerequisites come from ``scripts/setup-offsite.sh``; a missing one skips (fails under CI=true).
 
 How restic reaches the SFTP server without touching root's ``~/.ssh``: OpenSSH reads the home
@@ -56,6 +58,12 @@ class Remote:
     url: str
     env: dict[str, str]
     sftp_options: list[str] = field(default_factory=list)
+    process: subprocess.Popen | None = field(default=None, compare=False, repr=False)
+
+    def kill(self) -> None:
+        """Kill the server and its open connections at once (SIGKILL), as a crash mid-upload would."""
+        if self.process is not None:
+            _stop(self.process, signal.SIGKILL)
 
 
 def _die_with_parent() -> None:
@@ -79,24 +87,30 @@ def _server(argv: list[str], log: Path, ready) -> Iterator[subprocess.Popen]:
             time.sleep(0.05)
         yield proc
     finally:
+        _stop(proc, signal.SIGTERM)
+
+
+def _stop(proc: subprocess.Popen, sig: int) -> None:
+    """Send ``sig`` to ``proc``'s process group, SIGKILL to every descendant, reap ``proc`` (SIGKILL
+    after 10s). sshd's per-connection children call setsid(): the process group alone misses them,
+    and once sshd is gone they belong to init, so they are collected first."""
+    try:
+        stragglers = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        stragglers = []
+    for p in stragglers:
         try:
-            # sshd's per-connection children call setsid(): the process group alone misses them
-            stragglers = psutil.Process(proc.pid).children(recursive=True)
+            p.kill()
         except psutil.NoSuchProcess:
-            stragglers = []
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(10)
-        except ProcessLookupError:
             pass
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-        for p in stragglers:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
+    try:
+        os.killpg(proc.pid, sig)
+        proc.wait(10)
+    except ProcessLookupError:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
 
 
 def _http_answers(url: str) -> bool:
@@ -129,9 +143,9 @@ def s3_server(root: Path, bucket: str = "bucket", repo: str = "repo") -> Iterato
     port = free_port()
     argv = [str(VENV_RCLONE), "serve", "s3", "--addr", f"127.0.0.1:{port}", "--auth-key", f"{key},{secret}",
             "--config", "/dev/null", "--vfs-cache-mode", "off", str(data)]
-    with _server(argv, root / "rclone-s3.log", lambda: _http_answers(f"http://127.0.0.1:{port}/")):
+    with _server(argv, root / "rclone-s3.log", lambda: _http_answers(f"http://127.0.0.1:{port}/")) as proc:
         yield Remote(url=f"s3:http://127.0.0.1:{port}/{bucket}/{repo}",
-                     env={"AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret})
+                     env={"AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret}, process=proc)
 
 
 SSHD_CONFIG = """\
@@ -209,8 +223,8 @@ def sftp_server(root: Path, repo: str = "repo") -> Iterator[Remote]:
                                                        known_hosts=keys / "known_hosts"))
     _ssh_wrapper(keys / "bin", keys / "ssh_config")
     argv = [str(SSHD), "-D", "-e", "-f", str(keys / "sshd_config")]
-    with _server(argv, root / "sshd.log", lambda: _banner(port)):
+    with _server(argv, root / "sshd.log", lambda: _banner(port)) as proc:
         command = f"{SSH} -F {keys / 'ssh_config'} -p {port} 127.0.0.1 -s sftp"
         yield Remote(url=f"sftp://root@127.0.0.1:{port}/{data / repo}",
                      env={"PATH": f"{keys / 'bin'}{os.pathsep}{os.environ.get('PATH', os.defpath)}"},
-                     sftp_options=["-o", f"sftp.command={command}"])
+                     sftp_options=["-o", f"sftp.command={command}"], process=proc)

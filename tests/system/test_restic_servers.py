@@ -137,3 +137,38 @@ def test_server_is_gone_after_the_block(kind, tmp_path):
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
     assert not [p for p in mine if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+
+@pytest.mark.parametrize("kind", sorted(SERVERS))
+def test_kill_mid_upload(kind, tmp_path, password_file):
+    """``Remote.kill()`` is a server crash: its open connections die too. restic 0.14 over SFTP fails
+    at once; over S3 it retries a dead endpoint with backoff (for up to 15 minutes), so whoever runs
+    it must bound the time. No snapshot is stored either way."""
+    need(shutil.which("restic") is not None, "needs restic (run scripts/setup-offsite.sh)")
+    with SERVERS[kind](tmp_path) as r:
+        ok(restic(r, password_file, "init"))
+        env = {**os.environ, **r.env, "RESTIC_PASSWORD_FILE": str(password_file),
+               "RESTIC_CACHE_DIR": str(tmp_path / "cache")}
+        p = subprocess.Popen(["restic", "-r", r.url, "backup", "--stdin"], env=env, stdin=subprocess.PIPE,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            for _ in range(24):
+                p.stdin.write(os.urandom(1 << 20))
+            r.kill()
+            try:
+                for _ in range(24):
+                    p.stdin.write(os.urandom(1 << 20))
+                p.stdin.close()
+            except BrokenPipeError:
+                pass
+            if kind == "sftp":
+                assert p.wait(60) != 0
+            else:
+                with pytest.raises(subprocess.TimeoutExpired):
+                    p.wait(5)
+        finally:
+            p.kill()
+            p.wait()
+        repo = next(tmp_path.glob(f"{kind}/**/repo"))
+        assert (repo / "config").exists()
+        assert not list(repo.glob("snapshots/*"))  # S3 keeps no empty directory: none at all
