@@ -172,3 +172,20 @@ def test_kill_mid_upload(kind, tmp_path, password_file):
         repo = next(tmp_path.glob(f"{kind}/**/repo"))
         assert (repo / "config").exists()
         assert not list(repo.glob("snapshots/*"))  # S3 keeps no empty directory: none at all
+
+
+def test_sftp_takes_only_its_key(tmp_path):
+    """The throwaway sshd lets in the harness's client key and nothing else (another key, a password)."""
+    with sftp_server(tmp_path) as r:
+        port = r.url.split("127.0.0.1:")[1].split("/")[0]
+        keys = tmp_path / "ssh"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True)
+        base = ["ssh", "-F", "/dev/null", "-p", port, "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+                "-o", f"UserKnownHostsFile={keys / 'known_hosts'}", "-o", "StrictHostKeyChecking=yes",
+                "-l", "root", "127.0.0.1", "-s", "sftp"]
+        good = subprocess.run(base[:1] + ["-i", str(keys / "client_key")] + base[1:], input=b"",
+                              capture_output=True, timeout=30)
+        assert good.returncode == 0, good.stderr  # the sftp subsystem ends at EOF
+        for extra in (["-i", str(tmp_path / "other")], ["-o", "PubkeyAuthentication=no"]):
+            bad = subprocess.run(base[:1] + extra + base[1:], input=b"", capture_output=True, timeout=30)
+            assert bad.returncode == 255 and b"Permission denied" in bad.stderr, bad.stderr
