@@ -14,7 +14,8 @@ import pytest
 from snapagent import manifest as manifestmod
 from snapagent.errors import UsageError, VerifyFailed
 from snapagent.manifest import ManifestDamaged
-from snapagent.targets.directory import DirectoryConfig, DirectoryTarget, VerifyingReader
+from snapagent.targets.directory import DirectoryConfig, DirectoryTarget
+from snapagent.targets.streams import VerifyingReader
 from snapagent.util import age
 from tests.helpers.manifests import SHA, manifest
 
