@@ -65,8 +65,8 @@ def load_identities(path: Path, arg: str = "--identity") -> Identities:
         if not stat.S_ISREG(st.st_mode):
             raise UsageError(f"{arg} {path}: not a regular file")
         if st.st_mode & 0o077:
-            raise UsageError(f"{arg} {path}: mode {stat.S_IMODE(st.st_mode):04o} lets others read the secret key; "
-                             f"it must be 0600 (chmod 600 {path})")
+            mode = stat.S_IMODE(st.st_mode)
+            raise UsageError(f"{arg} {path}: mode {mode:04o} lets others read the secret key; it must be 0600 (chmod 600 {path})")
         raw = f.read(MAX_IDENTITY_BYTES + 1)
     if len(raw) > MAX_IDENTITY_BYTES:
         raise UsageError(f"{arg} {path}: larger than any age identity file")
