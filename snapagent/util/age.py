@@ -8,7 +8,6 @@ and its content never appears in a message, a log line or a child's argv (no chi
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import stat
@@ -24,7 +23,6 @@ HEADER = b"age-encryption.org/v1\n"
 RECIPIENT_RE = re.compile(r"^age1[02-9ac-hj-np-z]{58}$")
 SECRET_PREFIX = "AGE-SECRET-KEY-"
 MAX_IDENTITY_BYTES = 64 << 10
-BUFFER = 1 << 20
 
 
 def check_recipient(value: str) -> str:
@@ -115,34 +113,13 @@ class _Guarded:
         self.f.flush()
 
 
-class _Raw(io.RawIOBase):
-    """``src`` (anything with ``read(n)``) as a raw stream, to put an io.BufferedReader on it."""
-
-    def __init__(self, src):
-        self.src = src
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:
-        data = self.src.read(len(b))
-        b[: len(data)] = data
-        return len(data)
-
-
-def _buffered(src) -> io.BufferedReader:
-    """pyrage reads 8 KiB at a time: served from a C buffer, ``src`` sees 1 MiB reads (measured:
-    the per-call Python cost otherwise halves the throughput, bench/age_bench.py)."""
-    return io.BufferedReader(_Raw(src), BUFFER)
-
-
 def encrypt(src, sink, recipients: list[str]) -> None:
     """Encrypt everything read from ``src`` to ``recipients``, writing the age file to ``sink``
     (8 KiB at a time: constant memory). An exception raised by ``src`` or ``sink`` is re-raised as
     it was; any other failure raises OSError."""
     rsrc, rsink = _Guarded(src), _Guarded(sink)
     try:
-        pyrage.encrypt_io(_buffered(rsrc), rsink, [pyrage.x25519.Recipient.from_str(r) for r in recipients])
+        pyrage.encrypt_io(rsrc, rsink, [pyrage.x25519.Recipient.from_str(r) for r in recipients])
     except (pyrage.EncryptError, OSError) as e:
         if rsrc.error or rsink.error:
             raise (rsrc.error or rsink.error) from None
@@ -176,7 +153,7 @@ class Decrypting:
 
     def _run(self, keys) -> None:
         try:
-            pyrage.decrypt_io(_buffered(self._src), _PipeSink(self._w), keys)
+            pyrage.decrypt_io(self._src, _PipeSink(self._w), keys)
         except BaseException as e:  # handed to the reading thread
             self._error = self._src.error or e
         finally:
