@@ -12,7 +12,7 @@ import pyrage
 import pytest
 
 from snapagent import manifest as manifestmod
-from snapagent.errors import UsageError, VerifyFailed
+from snapagent.errors import ExportFailed, TargetFailed, UsageError, VerifyFailed
 from snapagent.manifest import ManifestDamaged
 from snapagent.targets.directory import DirectoryConfig, DirectoryTarget
 from snapagent.targets.streams import VerifyingReader
@@ -143,3 +143,23 @@ def test_reader_refuses_truncated_and_tampered_ciphertext(stored):
     with pytest.raises(VerifyFailed, match="sha256 mismatch"):
         with VerifyingReader(path, art, ids) as r:
             r.finish()
+
+
+def test_a_failing_export_or_disk_keeps_its_own_error(tmp_path):
+    _, pub, _ = _identity_file(tmp_path)
+    t = DirectoryTarget("local", DirectoryConfig(path=tmp_path / "b", encryption="age", recipients=[pub]))
+    w = t.begin("app", "app-20260101T000000Z", _Journal())
+
+    class Broken(io.RawIOBase):
+        def readable(self):
+            return True
+
+        def readinto(self, b):
+            raise OSError(5, "Input/output error")
+
+    with pytest.raises(ExportFailed, match="reading the exported stream failed: Input/output error"):
+        w.add_artifact("data.tar", Broken())
+    w2 = t.begin("app", "app-20260101T000001Z", _Journal())
+    w2.tmp.rmdir()  # the target cannot take the file (root ignores modes)
+    with pytest.raises(TargetFailed, match="cannot store data.tar.zst.age"):
+        w2.add_artifact("data.tar", io.BytesIO(b"x" * 100))
