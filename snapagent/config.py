@@ -165,6 +165,7 @@ class Config:
         self.agent = raw.agent
         self.targets = targets
         self.jobs = jobs
+        self.identities = None  # --identity (snapagent.util.age.Identities): runtime, never in the file
 
     def job(self, name: str) -> Job:
         """Return job ``name``; raise ConfigError listing the defined jobs when unknown."""
@@ -175,7 +176,9 @@ class Config:
     def target(self, name: str):
         """Return an instance of target ``name``."""
         cls, tcfg = self.targets[name]
-        return cls(name, tcfg)
+        target = cls(name, tcfg)
+        target.identities = self.identities
+        return target
 
     def all_targets(self):
         """Yield an instance of every configured target."""

@@ -70,13 +70,35 @@ class _Model(BaseModel):
 
 class Artifact(_Model):
     """One stored file of the backup: its name in the target, stored size and sha256 (of the
-    stored bytes), compression, and size before compression."""
+    stored bytes), compression, and size before compression.
+
+    ``encryption``: ``"none"`` or ``"age"``; an encrypted artifact also records ``plain_size`` and
+    ``plain_sha256`` of the age plaintext (the compressed stream), checked end to end with the
+    identity, while ``size``/``sha256`` (of the ciphertext, what is stored) are checked without
+    it. Unencrypted artifacts are written without these fields, as before they existed."""
 
     name: Component
     size: int = Field(ge=0)
     sha256: Sha256
     compression: Component
     raw_size: int = Field(ge=0)
+    encryption: Literal["none", "age"] = "none"
+    plain_size: int | None = Field(default=None, ge=0)
+    plain_sha256: Sha256 | None = None
+
+    @model_validator(mode="after")
+    def _plain_iff_encrypted(self) -> "Artifact":
+        if (self.encryption != "none") != (self.plain_sha256 is not None and self.plain_size is not None):
+            raise ValueError("an encrypted artifact records plain_size and plain_sha256, an unencrypted one neither")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_unencrypted(self, handler):
+        data = handler(self)
+        if data.get("encryption") == "none":
+            for k in ("encryption", "plain_size", "plain_sha256"):
+                data.pop(k, None)
+        return data
 
 
 class Volume(_Model):

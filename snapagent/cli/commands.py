@@ -22,13 +22,16 @@ from snapagent.restore import restore
 from snapagent.retention.prune import describe, prune
 from snapagent.schedule import calendar
 from snapagent.schedule import install as sched
-from snapagent.util import logfields
+from snapagent.util import age, logfields
 from snapagent.util.durations import format_duration, parse_duration
 from snapagent.util.runner import Runner
 
 
 def _config(args) -> configmod.Config:
-    return configmod.load(configmod.config_path(args.config))
+    cfg = configmod.load(configmod.config_path(args.config))
+    if getattr(args, "identity", None):
+        cfg.identities = age.load_identities(Path(args.identity))
+    return cfg
 
 
 def _runner(cfg: configmod.Config, out, dry_run: bool = False) -> Runner:
@@ -113,7 +116,8 @@ def do_show(args, out) -> int:
                  + (f", incremental on {v.parent}" if v.parent else ", full")
                  + (f"; its snapshot {v.snapshot} was kept as the next backup's base" if v.kept else ""))
     for a in m.artifacts:
-        out.line(f"artifact:      {a.name} {_size(a.size)} ({a.compression}, raw {_size(a.raw_size)}) sha256 {a.sha256}")
+        enc = f", {a.encryption}-encrypted" if a.encryption != "none" else ""
+        out.line(f"artifact:      {a.name} {_size(a.size)} ({a.compression}{enc}, raw {_size(a.raw_size)}) sha256 {a.sha256}")
     for q in m.quiescers:
         extra = {k: v for k, v in q.facts().items() if k not in ("type", "locations", "artifacts")}
         out.line(f"quiescer:      {q.type} {extra}")
@@ -137,6 +141,9 @@ def do_verify(args, out) -> int:
         chained = f" with the {len(backups)} earlier backup(s) of its chain" if backups else ""
         bad = "; ".join(r.message for r in results if not r.ok)
         out.line(f"backup {b.id}{chained}: " + ("verified" if ok else f"VERIFICATION FAILED: {bad}"))
+        if ok and cfg.identities is None and any(a.encryption != "none" for a in b.manifest.artifacts):
+            out.line("encrypted artifacts: their stored (encrypted) bytes were checked; "
+                     "with --identity FILE their decrypted content is checked too")
     return EXIT_OK if ok else EXIT_FAILED
 
 

@@ -30,6 +30,11 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
+def _identity(sp: argparse.ArgumentParser, more: str) -> None:
+    sp.add_argument("--identity", metavar="FILE",
+                    help="the age identity (0600) of a backup stored with encryption = \"age\"" + more)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of every command."""
     def common_options(suppress: bool) -> argparse.ArgumentParser:
@@ -68,8 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("id")
     sp = cmd("verify", "recompute every artifact's size and checksum", commands.do_verify)
     sp.add_argument("id")
+    _identity(sp, "; with it, encrypted artifacts are also decrypted and their plaintext checked")
     sp = cmd("restore", "verify, then restore a backup into an empty directory", commands.do_restore)
     sp.add_argument("id")
+    _identity(sp, "")
     sp.add_argument("--to", required=True, dest="dest", metavar="DEST", help="destination directory (created; must be empty); for a ZFS send backup, the name of a new dataset (e.g. tank/restored)")
     sp.add_argument("--force", action="store_true", help="move DEST's current content aside to DEST.pre-restore-<time>")
     sp.add_argument("--allow-special", action="store_true", help="restore device/FIFO members and keep setuid/setgid bits")
@@ -79,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = cmd("drill", "restore into scratch space and run the databases' own integrity checks", commands.do_drill)
     sp.add_argument("id")
     sp.add_argument("--keep", action="store_true", help="keep the scratch copy and print where it is")
+    _identity(sp, "")
     sp = cmd("prune", "apply each job's retention: remove the backups its rules no longer keep", commands.do_prune)
     sp.add_argument("job", nargs="?", help="only this job (default: every job)")
     sp.add_argument("--dry-run", action="store_true", help="print what would be kept and removed; remove nothing")

@@ -92,6 +92,9 @@ class Target:
 
     type: ClassVar[str] = "?"
     Config: ClassVar[type[BaseModel] | None] = None
+    # The age identities given with --identity (snapagent.util.age.Identities), set on every
+    # instance by Config.target: only reading an encrypted artifact's content needs them.
+    identities: Any = None
 
     def __init__(self, name: str, cfg: Any):
         self.name = name
@@ -121,7 +124,9 @@ class Target:
 
     def open_artifact(self, backup_id: str, art: Artifact) -> ArtifactReader:
         """Return a reader of the artifact's decompressed bytes that checks size and sha256 at
-        ``finish()``. Raise NotFound / VerifyFailed when it is missing or not a regular file."""
+        ``finish()``. Raise NotFound / VerifyFailed when it is missing or not a regular file. An
+        encrypted artifact is decrypted with ``self.identities``; without them ``finish()`` still
+        checks the stored bytes and ``read()`` raises UsageError."""
         raise NotImplementedError
 
     def delete(self, backup_id: str) -> None:

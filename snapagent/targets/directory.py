@@ -5,31 +5,35 @@ Layout: ``<path>/<job>/<id>/`` holding the artifacts and ``manifest.json``. A ba
 manifest last, then the directory is renamed into place and its parent fsynced: a backup exists iff
 its manifest exists. Artifacts are zstd-compressed by default; size and sha256 of the stored bytes
 are computed while streaming. Files are 0600, directories 0700.
+
+With ``encryption = "age"`` the compressed stream is encrypted to ``recipients`` (public keys
+only) on its way to disk (``NAME.zst.age``); the manifest records the sha256 of the ciphertext
+(checked without a key) and of the plaintext (checked with ``--identity``). See
+``docs/encryption.md``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import stat
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Annotated, Literal
 
 import psutil
-import zstandard
-from pydantic import Field
+from pydantic import AfterValidator, Field, model_validator
 
 from snapagent import manifest as manifestmod
 from snapagent.config import Strict
-from snapagent.errors import ExportFailed, NotFound, PreflightFailed, TargetFailed, VerifyFailed
+from snapagent.errors import NotFound, PreflightFailed, TargetFailed, VerifyFailed
 from snapagent.manifest import Artifact, Manifest, ManifestDamaged
-from snapagent.plugin.target import ArtifactReader, Damaged, Stored, Target, Writer, listing_order
+from snapagent.plugin.target import Damaged, Stored, Target, Writer, listing_order
+from snapagent.targets.streams import HashingSink, VerifyingReader, store_encrypted, store_plain
+from snapagent.util import age
 from snapagent.util.fs import fsync_dir, write_atomic
 from snapagent.util.names import BACKUP_ID_RE, NAME_RE
 from snapagent.util.runner import Runner
 
-CHUNK = 1 << 20
 PARTIAL = ".partial-"
 DELETING = ".deleting-"
 
@@ -39,89 +43,16 @@ class DirectoryConfig(Strict):
     compression: Literal["zstd", "none"] = "zstd"
     zstd_level: int = Field(default=3, ge=1, le=19)
     zstd_threads: int = Field(default=-1, ge=-1, le=64)  # -1: one per core
+    encryption: Literal["none", "age"] = "none"
+    recipients: list[Annotated[str, AfterValidator(age.check_recipient)]] = Field(default_factory=list)
 
-
-class _HashingSink:
-    """File-like sink that hashes and counts what it writes before writing it to ``f``."""
-
-    def __init__(self, f: IO[bytes]):
-        self.f = f
-        self.h = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data: bytes) -> int:
-        self.h.update(data)
-        self.size += len(data)
-        return self.f.write(data)
-
-    def flush(self) -> None:
-        self.f.flush()
-
-
-class _HashingSource:
-    """File-like source that hashes and counts what is read from ``f``."""
-
-    def __init__(self, f: IO[bytes]):
-        self.f = f
-        self.h = hashlib.sha256()
-        self.size = 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.f.read(n)
-        self.h.update(data)
-        self.size += len(data)
-        return data
-
-    def readable(self) -> bool:
-        return True
-
-
-class VerifyingReader(ArtifactReader):
-    """Reads an artifact's decompressed bytes; ``finish()`` drains it and checks size and sha256."""
-
-    def __init__(self, path: Path, art: Artifact):
-        self.art = art
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                os.close(fd)
-                raise OSError(0, "not a regular file")
-        except OSError as e:
-            raise VerifyFailed(f"artifact {art.name}: cannot be read ({e.strerror or e})") from None
-        self._raw = os.fdopen(fd, "rb")
-        self._src = _HashingSource(self._raw)
-        if art.compression == "zstd":
-            self._r = zstandard.ZstdDecompressor().stream_reader(self._src, read_size=CHUNK, closefd=False)
-        else:
-            self._r = self._src
-
-    def read(self, n: int = -1) -> bytes:
-        try:
-            return self._r.read(n)
-        except zstandard.ZstdError as e:
-            raise VerifyFailed(f"artifact {self.art.name}: corrupt compressed data ({e})") from None
-        except OSError as e:
-            raise VerifyFailed(f"artifact {self.art.name}: read error ({e.strerror or e})") from None
-
-    def readable(self) -> bool:
-        return True
-
-    def finish(self) -> None:
-        """Read what is left of the stored file and raise VerifyFailed on a size or sha256 mismatch."""
-        try:
-            while self._src.read(CHUNK):
-                pass
-        except OSError as e:
-            raise VerifyFailed(f"artifact {self.art.name}: read error ({e.strerror or e})") from None
-        name = self.art.name
-        if self._src.size != self.art.size:
-            raise VerifyFailed(f"artifact {name}: size {self._src.size} != {self.art.size} in manifest")
-        got = self._src.h.hexdigest()
-        if got != self.art.sha256:
-            raise VerifyFailed(f"artifact {name}: sha256 mismatch (manifest {self.art.sha256[:16]}…, file {got[:16]}…)")
-
-    def close(self) -> None:
-        self._raw.close()
+    @model_validator(mode="after")
+    def _recipients_iff_age(self) -> "DirectoryConfig":
+        if self.encryption == "age" and not self.recipients:
+            raise ValueError('encryption = "age" needs recipients = ["age1…"] (public keys; `age-keygen -y IDENTITY`)')
+        if self.encryption == "none" and self.recipients:
+            raise ValueError('recipients are used only with encryption = "age"')
+        return self
 
 
 class DirectoryWriter(Writer):
@@ -132,35 +63,31 @@ class DirectoryWriter(Writer):
         self.journal = journal
 
     def add_artifact(self, name: str, stream: IO[bytes]) -> Artifact:
-        """Store ``stream`` as artifact ``name`` (compressed, hashed, fsynced); return its record.
-        Raises TargetFailed when the target cannot take it (full, I/O error), ExportFailed when
-        the stream cannot be read."""
+        """Store ``stream`` as artifact ``name`` (compressed, encrypted when configured, hashed,
+        fsynced); return its record. Raises TargetFailed when the target cannot take it (full,
+        I/O error), ExportFailed when the stream cannot be read."""
         cfg = self.t.cfg
         comp = cfg.compression
-        fname = name + (".zst" if comp == "zstd" else "")
+        fname = name + (".zst" if comp == "zstd" else "") + (".age" if cfg.encryption == "age" else "")
         part = self.tmp / f".{fname}.part"
-        raw_size = 0
+        plain = None
         try:
             fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "wb") as f:
-                sink = _HashingSink(f)
-                if comp == "zstd":
-                    cctx = zstandard.ZstdCompressor(level=cfg.zstd_level, threads=cfg.zstd_threads, write_checksum=True)
-                    out = cctx.stream_writer(sink, closefd=False)
+                sink = HashingSink(f)
+                if cfg.encryption == "age":
+                    raw_size, plain = store_encrypted(stream, sink, cfg)
                 else:
-                    out = sink
-                while chunk := _read(stream):
-                    raw_size += len(chunk)
-                    out.write(chunk)
-                if comp == "zstd":
-                    out.flush(zstandard.FLUSH_FRAME)
+                    raw_size = store_plain(stream, sink, cfg)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(part, self.tmp / fname)
         except OSError as e:
             raise TargetFailed(f"target {self.t.name!r} cannot store {fname} in {self.tmp.parent}: "
                                f"{e.strerror or e}; nothing was stored") from None
-        return Artifact(name=fname, size=sink.size, sha256=sink.h.hexdigest(), compression=comp, raw_size=raw_size)
+        crypt = {"encryption": "age", "plain_size": plain.size, "plain_sha256": plain.h.hexdigest()} if plain else {}
+        return Artifact(name=fname, size=sink.size, sha256=sink.h.hexdigest(), compression=comp, raw_size=raw_size,
+                        **crypt)
 
     def commit(self, manifest: Manifest) -> None:
         """Write the manifest last and move the backup into place atomically. Raises TargetFailed."""
@@ -177,13 +104,6 @@ class DirectoryWriter(Writer):
 
 def _mib(n: int) -> str:
     return f"{n / (1 << 20):.1f} MiB ({n} bytes)"
-
-
-def _read(stream: IO[bytes]) -> bytes:
-    try:
-        return stream.read(CHUNK)
-    except OSError as e:
-        raise ExportFailed(f"reading the exported stream failed: {e.strerror or e}") from None
 
 
 class DirectoryTarget(Target):
@@ -288,7 +208,7 @@ class DirectoryTarget(Target):
         path = found[1] / art.name  # art.name is one safe component (validated by the manifest)
         if not os.path.lexists(path):
             raise VerifyFailed(f"artifact {art.name} of {backup_id} is missing")
-        return VerifyingReader(path, art)
+        return VerifyingReader(path, art, self.identities)
 
     def delete(self, backup_id: str) -> None:
         """Remove backup ``backup_id``: its directory is renamed to ``.deleting-<id>`` (the backup

@@ -1,0 +1,203 @@
+"""The directory target's data path: what goes to disk (compressed, optionally age-encrypted,
+hashed while streaming) and what comes back (``VerifyingReader``: decompressed, decrypted, every
+hash checked at ``finish``). Constant memory both ways."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+import zstandard
+
+from snapagent.errors import ExportFailed, UsageError, VerifyFailed
+from snapagent.manifest import Artifact
+from snapagent.plugin.target import ArtifactReader
+from snapagent.util import age
+
+if TYPE_CHECKING:
+    from snapagent.targets.directory import DirectoryConfig
+
+CHUNK = 1 << 20
+
+
+class HashingSink:
+    """File-like sink that hashes and counts what it writes before writing it to ``f``."""
+
+    def __init__(self, f: IO[bytes]):
+        self.f = f
+        self.h = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.h.update(data)
+        self.size += len(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+class HashingSource:
+    """File-like source that hashes and counts what is read from ``f``."""
+
+    def __init__(self, f: IO[bytes]):
+        self.f = f
+        self.h = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.h.update(data)
+        self.size += len(data)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+
+class VerifyingReader(ArtifactReader):
+    """Reads an artifact's decompressed (and decrypted) bytes; ``finish()`` drains it and checks
+    size and sha256 of the stored bytes — and of the age plaintext, when decrypting.
+
+    An encrypted artifact without ``identities`` can only be checked (``finish``: the ciphertext
+    against the manifest); ``read`` raises UsageError asking for ``--identity``. A wrong identity
+    is a UsageError too, a damaged age file VerifyFailed."""
+
+    def __init__(self, path: Path, art: Artifact, identities: age.Identities | None = None):
+        self.art = art
+        self.identities = identities
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise OSError(0, "not a regular file")
+        except OSError as e:
+            raise VerifyFailed(f"artifact {art.name}: cannot be read ({e.strerror or e})") from None
+        self._raw = os.fdopen(fd, "rb")
+        self._src = HashingSource(self._raw)
+        self._dec: age.Decrypting | None = None
+        self._plain: HashingSource | None = None
+        inner = self._src
+        if art.encryption == "age" and identities is not None:
+            self._dec = age.Decrypting(self._src, identities)
+            inner = self._plain = HashingSource(self._dec)
+        if art.compression == "zstd":
+            self._r = zstandard.ZstdDecompressor().stream_reader(inner, read_size=CHUNK, closefd=False)
+        else:
+            self._r = inner
+
+    def read(self, n: int = -1) -> bytes:
+        if self.art.encryption != "none" and self._dec is None:
+            raise UsageError(f"artifact {self.art.name} is encrypted with {self.art.encryption}: give --identity FILE "
+                             "(the identity of one of the target's recipients)")
+        try:
+            return self._r.read(n)
+        except age.DecryptFailed as e:
+            raise self._decrypt_error(e) from None
+        except zstandard.ZstdError as e:
+            raise VerifyFailed(f"artifact {self.art.name}: corrupt compressed data ({e})") from None
+        except OSError as e:
+            raise VerifyFailed(f"artifact {self.art.name}: read error ({e.strerror or e})") from None
+
+    def _decrypt_error(self, e: age.DecryptFailed) -> Exception:
+        if e.wrong_key:
+            return UsageError(f"--identity {self.identities.path}: cannot decrypt artifact {self.art.name}: {e}")
+        return VerifyFailed(f"artifact {self.art.name}: {e}")
+
+    def readable(self) -> bool:
+        return True
+
+    def finish(self) -> None:
+        """Read what is left of the stored file (through decryption, when decrypting) and raise
+        VerifyFailed on a size or sha256 mismatch of the stored bytes or of the plaintext."""
+        try:
+            if self._plain is not None:
+                while self._plain.read(CHUNK):
+                    pass
+            while self._src.read(CHUNK):
+                pass
+        except age.DecryptFailed as e:
+            try:  # a damaged file (the ciphertext's sha256) says more than the failure itself
+                while self._src.read(CHUNK):
+                    pass
+            except OSError:
+                pass
+            else:
+                self._check(self._src, self.art.size, self.art.sha256, "")
+            raise self._decrypt_error(e) from None
+        except OSError as e:
+            raise VerifyFailed(f"artifact {self.art.name}: read error ({e.strerror or e})") from None
+        self._check(self._src, self.art.size, self.art.sha256, "")
+        if self._plain is not None:
+            self._check(self._plain, self.art.plain_size, self.art.plain_sha256, " decrypted")
+
+    def _check(self, src: HashingSource, size: int | None, sha256: str | None, what: str) -> None:
+        name = self.art.name
+        if src.size != size:
+            raise VerifyFailed(f"artifact {name}{what}: size {src.size} != {size} in manifest")
+        got = src.h.hexdigest()
+        if got != sha256:
+            raise VerifyFailed(f"artifact {name}{what}: sha256 mismatch (manifest {sha256[:16]}…, file {got[:16]}…)")
+
+    def close(self) -> None:
+        if self._dec is not None:
+            self._dec.close()
+        self._raw.close()
+
+
+def store_plain(stream: IO[bytes], sink: HashingSink, cfg: DirectoryConfig) -> int:
+    """Copy ``stream`` (compressed as configured) into ``sink``; return the bytes read."""
+    raw_size = 0
+    if cfg.compression == "zstd":
+        cctx = zstandard.ZstdCompressor(level=cfg.zstd_level, threads=cfg.zstd_threads, write_checksum=True)
+        out = cctx.stream_writer(sink, closefd=False)
+    else:
+        out = sink
+    while chunk := _read(stream):
+        raw_size += len(chunk)
+        out.write(chunk)
+    if cfg.compression == "zstd":
+        out.flush(zstandard.FLUSH_FRAME)
+    return raw_size
+
+
+class _ExportSource:
+    """The export stream as a pull source: counts what is read; a read error is ExportFailed."""
+
+    def __init__(self, stream: IO[bytes]):
+        self.stream = stream
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            data = self.stream.read(n)
+        except OSError as e:
+            raise ExportFailed(f"reading the exported stream failed: {e.strerror or e}") from None
+        self.size += len(data)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+
+def store_encrypted(stream: IO[bytes], sink: HashingSink, cfg: DirectoryConfig) -> tuple[int, HashingSource]:
+    """Compress ``stream`` as configured, encrypt it to ``cfg.recipients`` into ``sink``, pulling
+    (constant memory); return the bytes read and the hashed plaintext (the compressed stream)."""
+    src = _ExportSource(stream)
+    inner = src
+    if cfg.compression == "zstd":
+        cctx = zstandard.ZstdCompressor(level=cfg.zstd_level, threads=cfg.zstd_threads, write_checksum=True)
+        inner = cctx.stream_reader(src, read_size=CHUNK)
+    plain = HashingSource(inner)
+    age.encrypt(plain, sink, cfg.recipients)
+    return src.size, plain
+
+
+def _read(stream: IO[bytes]) -> bytes:
+    try:
+        return stream.read(CHUNK)
+    except OSError as e:
+        raise ExportFailed(f"reading the exported stream failed: {e.strerror or e}") from None
