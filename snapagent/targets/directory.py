@@ -88,8 +88,13 @@ class VerifyingReader(ArtifactReader):
                 raise OSError(0, "not a regular file")
         except OSError as e:
             raise VerifyFailed(f"artifact {art.name}: cannot be read ({e.strerror or e})") from None
-        self._raw = os.fdopen(fd, "rb")
-        self._src = _HashingSource(self._raw)
+        self._wrap(os.fdopen(fd, "rb"))
+
+    def _wrap(self, raw: IO[bytes]) -> None:
+        """Read the stored bytes from ``raw``: hashed and counted, then decompressed."""
+        art = self.art
+        self._raw = raw
+        self._src = _HashingSource(raw)
         if art.compression == "zstd":
             self._r = zstandard.ZstdDecompressor().stream_reader(self._src, read_size=CHUNK, closefd=False)
         else:
@@ -108,11 +113,19 @@ class VerifyingReader(ArtifactReader):
 
     def finish(self) -> None:
         """Read what is left of the stored file and raise VerifyFailed on a size or sha256 mismatch."""
+        self._drain()
+        self._check()
+
+    def _drain(self) -> None:
+        """Read what is left of the stored bytes (hashing them); raise VerifyFailed on a read error."""
         try:
             while self._src.read(CHUNK):
                 pass
         except OSError as e:
             raise VerifyFailed(f"artifact {self.art.name}: read error ({e.strerror or e})") from None
+
+    def _check(self) -> None:
+        """Raise VerifyFailed when what was read differs from the manifest in size or sha256."""
         name = self.art.name
         if self._src.size != self.art.size:
             raise VerifyFailed(f"artifact {name}: size {self._src.size} != {self.art.size} in manifest")
