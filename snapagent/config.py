@@ -173,9 +173,12 @@ class Config:
         return self.jobs[name]
 
     def target(self, name: str):
-        """Return an instance of target ``name``."""
+        """Return an instance of target ``name`` (told the agent's state dir: where a target keeps
+        its locks)."""
         cls, tcfg = self.targets[name]
-        return cls(name, tcfg)
+        t = cls(name, tcfg)
+        t.state_dir = self.agent.state_dir
+        return t
 
     def all_targets(self):
         """Yield an instance of every configured target."""

@@ -92,6 +92,8 @@ class Target:
 
     type: ClassVar[str] = "?"
     Config: ClassVar[type[BaseModel] | None] = None
+    #: the agent's state dir (set by ``Config.target``): where a target may keep its own locks
+    state_dir: Path | None = None
 
     def __init__(self, name: str, cfg: Any):
         self.name = name

@@ -42,6 +42,7 @@ def wait_port(port: int, proc: subprocess.Popen, timeout: float = 20) -> None:
 class RestServer:
     url: str
     proc: subprocess.Popen
+    port: int
     env: dict[str, str] = field(default_factory=dict)
 
     def kill(self) -> None:
@@ -60,7 +61,7 @@ def rest_server(root: Path, append_only: bool = False, port: int | None = None) 
     if append_only:
         argv.append("--append-only")
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    srv = RestServer(f"rest:http://127.0.0.1:{port}/repo/", proc)
+    srv = RestServer(f"rest:http://127.0.0.1:{port}/repo/", proc, port)
     try:
         wait_port(port, proc)
         yield srv

@@ -68,3 +68,26 @@ def test_public_hides_url_credentials():
 def test_explain(tmp_path, stderr, expect):
     cfg = ResticConfig(repository="/r", password_file=secret(tmp_path / "pw"))
     assert expect in explain(cfg, stderr, "pruning")
+
+
+def test_repository_lock_serialises_writers(tmp_path):
+    import threading
+    import time
+
+    from snapagent.targets.restic.repo import lock_path, repo_lock
+    path = lock_path(tmp_path / "state", "rest:http://h/r/")
+    assert path == lock_path(tmp_path / "state", "rest:http://h/r/") != lock_path(tmp_path / "state", "/other")
+    order = []
+
+    def second():
+        with repo_lock(path):
+            order.append("second")
+
+    with repo_lock(path):
+        t = threading.Thread(target=second)
+        t.start()
+        time.sleep(0.3)
+        order.append("first")
+    t.join(5)
+    assert order == ["first", "second"]
+    assert oct(path.stat().st_mode & 0o777) == "0o600" and oct(path.parent.stat().st_mode & 0o777) == "0o700"

@@ -8,14 +8,21 @@ append-only) — never a secret, never restic's full stderr dump.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
+import logging
+import os
 import re
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Iterator, Sequence
 
 from snapagent.errors import CommandFailed, CommandNotFound, TargetFailed
 from snapagent.targets.restic.config import ResticConfig, parse_env_file
 from snapagent.util.runner import Runner
 
+log = logging.getLogger("snapagent.restic")
 TAG = "snapagent"
 
 
@@ -56,12 +63,43 @@ def explain(cfg: ResticConfig, stderr: str, doing: str) -> str:
     return f"restic repository {repo}: {doing} failed: {last[0][:300]}"
 
 
-class Repo:
-    """One restic repository reached through ``runner``."""
+def lock_path(state_dir: Path, repository: str) -> Path:
+    """Return the file whose flock serialises snapagent's writes to ``repository`` on this host."""
+    return state_dir / "locks" / f"restic-{hashlib.sha256(repository.encode()).hexdigest()[:16]}.lock"
 
-    def __init__(self, cfg: ResticConfig, runner: Runner):
+
+@contextlib.contextmanager
+def repo_lock(path: Path | None) -> Iterator[None]:
+    """Hold the exclusive flock ``path`` (created 0600, its directory 0700) while the block runs,
+    waiting for another snapagent that holds it; no lock when ``path`` is None."""
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another snapagent writing to the same restic repository (%s)", path)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+class Repo:
+    """One restic repository reached through ``runner``; ``lock`` (a path) serialises the
+    mutating commands of every snapagent on this host that writes to it (restic's own locks
+    would make a prune fail while a backup runs, instead of waiting)."""
+
+    def __init__(self, cfg: ResticConfig, runner: Runner, lock: Path | None = None):
         self.cfg = cfg
         self.runner = runner
+        self.lock = lock
+
+    def locked(self):
+        return repo_lock(self.lock)
 
     def env(self) -> dict[str, str]:
         return restic_env(self.cfg)
@@ -69,7 +107,8 @@ class Repo:
     def run(self, args: Sequence[str], doing: str, *, mutating: bool, timeout: float | None = 600) -> str:
         """Run ``restic ARGS``; return its stdout. Raise TargetFailed (explained)."""
         try:
-            return self.runner.run(["restic", *args], mutating=mutating, env=self.env(), timeout=timeout).stdout
+            with repo_lock(self.lock if mutating else None):
+                return self.runner.run(["restic", *args], mutating=mutating, env=self.env(), timeout=timeout).stdout
         except CommandNotFound:
             raise TargetFailed("restic is not installed (apt install restic)") from None
         except CommandFailed as e:

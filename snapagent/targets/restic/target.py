@@ -29,7 +29,7 @@ from snapagent.manifest import Artifact, Manifest, ManifestDamaged
 from snapagent.plugin.target import Damaged, Stored, Target, Writer, listing_order
 from snapagent.targets.directory import VerifyingReader, _HashingSink, _read
 from snapagent.targets.restic.config import ResticConfig
-from snapagent.targets.restic.repo import TAG, Repo, explain, public
+from snapagent.targets.restic.repo import TAG, Repo, explain, lock_path, public
 from snapagent.util.names import BACKUP_ID_RE, NAME_RE
 from snapagent.util.runner import Runner, Stream
 
@@ -64,6 +64,11 @@ class ResticWriter(Writer):
                 "--tag", TAG, "--tag", f"job={self.job}", "--tag", f"backup={self.id}", "--json"]
         for t in tags:
             argv += ["--tag", t]
+        with repo.locked():
+            return self._send(repo, argv, fname, stream)
+
+    def _send(self, repo: Repo, argv: list[str], fname: str, stream: IO[bytes]) -> tuple[int, str, int]:
+        cfg = self.t.cfg
         out = tempfile.TemporaryFile()  # --json status lines: a file, so restic never blocks on them
         try:
             st = repo.runner.stream(argv, mutating=True, stdin=subprocess.PIPE, stdout=out, env=repo.env())
@@ -146,7 +151,12 @@ class ResticTarget(Target):
 
     def __init__(self, name: str, cfg: ResticConfig, runner: Runner | None = None):
         super().__init__(name, cfg)
-        self.repo = Repo(cfg, runner or Runner())
+        self._runner = runner or Runner()
+
+    @property
+    def repo(self) -> Repo:
+        lock = lock_path(self.state_dir, self.cfg.repository) if self.state_dir else None
+        return Repo(self.cfg, self._runner, lock)
 
     def describe(self) -> str:
         return f"restic repository {public(self.cfg.repository)}"
@@ -164,7 +174,9 @@ class ResticTarget(Target):
     def begin(self, job: str, backup_id: str, journal) -> ResticWriter:
         key = self._key(job, backup_id)
         cfg = self.cfg
+        lock = self.repo.lock
         journal.open("temp", key, OWNER, repository=cfg.repository, password_file=str(cfg.password_file),
+                     lock=str(lock) if lock else None,
                      environment_file=str(cfg.environment_file) if cfg.environment_file else None,
                      backup=backup_id, job=job)
         return ResticWriter(self, job, backup_id, journal, key)
@@ -277,7 +289,7 @@ class ResticTarget(Target):
         cfg = ResticConfig.model_construct(
             repository=record["repository"], password_file=Path(record["password_file"]),
             environment_file=Path(record["environment_file"]) if record.get("environment_file") else None)
-        repo = Repo(cfg, runner)
+        repo = Repo(cfg, runner, Path(record["lock"]) if record.get("lock") else None)
         if runner.dry_run:
             return f"would forget the snapshots of unfinished backup {record['key']}"
         repo.run(["unlock"], "removing stale locks", mutating=True)
