@@ -209,3 +209,26 @@ def test_server_killed_mid_upload_then_next_run_succeeds(big_app, workdir):
         assert [b["id"] for b in json.loads(snapagent("list", "--json", config=cfg, check=True).stdout)] == [bid]
         snaps = json.loads(restic(srv.url, pwfile, "snapshots", "--json").stdout)
         assert {s["tags"][2] for s in snaps} == {f"backup={bid}"}, "the killed run's snapshots are left"
+
+
+def test_export_that_fails_after_restic_stored_it_leaves_no_snapshot(app, workdir):
+    """tar writes part of the volume, then fails: restic 0.14 has stored a truncated snapshot by
+    then (its input just ended); the run forgets it before it exits."""
+    vol, db, _ = app
+    pwfile = secret(workdir / "pw", PASSWORD)
+    repo = str(workdir / "repo")
+    restic(repo, pwfile, "init")
+    tar = workdir / "truncating-tar"
+    tar.write_text(f"#!{sys.executable}\nimport subprocess, sys\n"
+                   "p = subprocess.Popen(['/usr/bin/tar', *sys.argv[1:]], stdout=subprocess.PIPE)\n"
+                   "if '--create' not in sys.argv:\n    sys.stdout.buffer.write(p.stdout.read()); sys.exit(p.wait())\n"
+                   "sys.stdout.buffer.write(p.stdout.read(20000)); sys.stdout.flush(); p.kill()\n"
+                   "sys.exit(print('tar: injected failure', file=sys.stderr) or 2)\n")
+    tar.chmod(0o755)
+    cfg = config(workdir, vol, db, repo, pwfile)
+    cfg.write_text(cfg.read_text().replace("[agent]\n", f"[agent]\ntools.tar = {toml_str(tar)}\n", 1))
+    r = snapagent("backup", "app", "-v", config=cfg)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, (r.stdout, r.stderr)
+    assert "forgot 1 snapshot(s) of unfinished backup" in r.stderr, r.stderr
+    assert json.loads(restic(repo, pwfile, "snapshots", "--json").stdout) in ([], None), "a truncated snapshot is left"
+    assert json.loads(snapagent("list", "--json", config=cfg, check=True).stdout) == []
