@@ -192,7 +192,7 @@ def test_server_killed_mid_upload_then_next_run_succeeds(big_app, workdir):
     with rest_server(workdir / "srv") as srv:
         restic(srv.url, pwfile, "init")
         port = srv.port
-        cfg = config(workdir, vol, db, srv.url, pwfile)
+        cfg = config(workdir, vol, db, srv.url, pwfile, "stall_timeout = 15\n")
         proc = subprocess.Popen([sys.executable, "-m", "snapagent", "-c", str(cfg), "backup", "app"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         _restic_backup_of(proc.pid)

@@ -79,6 +79,8 @@ class ResticConfig(Strict):
     zstd_level: int = Field(default=3, ge=1, le=19)
     #: what ``verify`` asks ``restic check --read-data-subset`` to read (``n/t``, ``x%``, a size)
     check_subset: str = Field(default="10%", pattern=r"^(\d+/\d+|\d+(\.\d+)?%|\d+[KMGT]?)$")
+    #: seconds an upload may make no progress (restic retrying a dead server) before it is stopped
+    stall_timeout: float = Field(default=300, ge=5)
     #: run ``restic prune`` after each delete (else leave it to a scheduled ``restic prune``)
     prune: bool = True
 

@@ -104,14 +104,20 @@ class Repo:
     def env(self) -> dict[str, str]:
         return restic_env(self.cfg)
 
-    def run(self, args: Sequence[str], doing: str, *, mutating: bool, timeout: float | None = 600) -> str:
-        """Run ``restic ARGS``; return its stdout. Raise TargetFailed (explained)."""
+    def run(self, args: Sequence[str], doing: str, *, mutating: bool, timeout: float | None = -1) -> str:
+        """Run ``restic ARGS`` (for at most ``timeout`` seconds: default ``stall_timeout``, None:
+        unbounded); return its stdout. Raise TargetFailed (explained)."""
+        if timeout == -1:
+            timeout = self.cfg.stall_timeout
         try:
             with repo_lock(self.lock if mutating else None):
                 return self.runner.run(["restic", *args], mutating=mutating, env=self.env(), timeout=timeout).stdout
         except CommandNotFound:
             raise TargetFailed("restic is not installed (apt install restic)") from None
         except CommandFailed as e:
+            if e.returncode is None:  # the runner's timeout: restic was still retrying
+                raise TargetFailed(f"restic repository {public(self.cfg.repository)}: no answer within "
+                                   f"{timeout:g}s (stall_timeout) while {doing}; the server is unreachable?") from None
             raise TargetFailed(explain(self.cfg, e.stderr or str(e), doing)) from None
 
     def snapshots(self, *tags: str) -> list[dict[str, Any]]:

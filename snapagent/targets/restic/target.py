@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import tempfile
 from pathlib import Path
@@ -30,6 +31,7 @@ from snapagent.plugin.target import Damaged, Stored, Target, Writer, listing_ord
 from snapagent.targets.directory import VerifyingReader, _HashingSink, _read
 from snapagent.targets.restic.config import ResticConfig
 from snapagent.targets.restic.repo import TAG, Repo, explain, lock_path, public
+from snapagent.targets.restic.stall import Stall
 from snapagent.util.names import BACKUP_ID_RE, NAME_RE
 from snapagent.util.runner import Runner, Stream
 
@@ -76,24 +78,26 @@ class ResticWriter(Writer):
             raise TargetFailed("restic is not installed (apt install restic)") from None
         raw_size = 0
         comp = cfg.compression if fname != MANIFEST else "none"
-        try:
-            if st.proc is None:  # dry run
-                sink = _HashingSink(open("/dev/null", "wb"))
-            else:
-                sink = _HashingSink(st.stdin)
-            w = zstandard.ZstdCompressor(level=cfg.zstd_level, write_checksum=True).stream_writer(sink, closefd=False) \
-                if comp == "zstd" else sink
-            while chunk := _read(stream):
-                raw_size += len(chunk)
-                w.write(chunk)
-            if comp == "zstd":
-                w.flush(zstandard.FLUSH_FRAME)
-        except BrokenPipeError:
-            self._failed(st, f"storing {fname}")
-        except BaseException:
-            st.kill()  # killed before its input ended: restic stores nothing
-            raise
-        self._wait(st, f"storing {fname}")
+        doing = f"storing {fname}"
+        with Stall(st, cfg.stall_timeout) as stall:
+            try:
+                sink = _HashingSink(st.stdin if st.proc is not None else open(os.devnull, "wb"))  # else: dry run
+                w = zstandard.ZstdCompressor(level=cfg.zstd_level, write_checksum=True).stream_writer(
+                    sink, closefd=False) if comp == "zstd" else sink
+                while chunk := _read(stream):
+                    raw_size += len(chunk)
+                    w.write(chunk)
+                    stall.tick()
+                if comp == "zstd":
+                    w.flush(zstandard.FLUSH_FRAME)
+                stall.tick()
+            except BrokenPipeError:
+                self._wait(st, doing, stall)
+                raise TargetFailed(f"restic stopped reading while {doing}; nothing was stored") from None
+            except BaseException:
+                st.kill()  # killed before its input ended: restic stores nothing
+                raise
+            self._wait(st, doing, stall)
         out.seek(0)
         summary = [ln for ln in out.read().decode(errors="replace").splitlines() if '"summary"' in ln]
         snap = json.loads(summary[-1]).get("snapshot_id") if summary else None
@@ -101,15 +105,14 @@ class ResticWriter(Writer):
             raise TargetFailed(f"restic repository {public(cfg.repository)}: no snapshot made of {fname}")
         return sink.size, sink.h.hexdigest(), raw_size
 
-    def _wait(self, st: Stream, doing: str) -> None:
+    def _wait(self, st: Stream, doing: str, stall: Stall) -> None:
         try:
             st.wait()
         except CommandFailed as e:
-            raise TargetFailed(explain(self.t.cfg, e.stderr or "", doing) + "; nothing was stored") from None
-
-    def _failed(self, st: Stream, doing: str) -> None:
-        self._wait(st, doing)
-        raise TargetFailed(f"restic stopped reading while {doing}; nothing was stored")
+            why = explain(self.t.cfg, e.stderr or "", doing)
+            if stall.fired:
+                why = f"restic made no progress for {stall.seconds:g}s (stall_timeout) and was stopped: {why}"
+            raise TargetFailed(why + "; nothing was stored") from None
 
     def add_artifact(self, name: str, stream: IO[bytes]) -> Artifact:
         comp = self.t.cfg.compression
@@ -164,7 +167,7 @@ class ResticTarget(Target):
     def preflight(self, job: str) -> None:
         """Open the repository (``restic cat config``); raise PreflightFailed saying why it cannot."""
         try:
-            self.repo.run(["cat", "config"], "opening the repository", mutating=False, timeout=120)
+            self.repo.run(["cat", "config"], "opening the repository", mutating=False)
         except TargetFailed as e:
             raise PreflightFailed(f"target {self.name!r}: {e}") from None
 
@@ -176,7 +179,7 @@ class ResticTarget(Target):
         cfg = self.cfg
         lock = self.repo.lock
         journal.open("temp", key, OWNER, repository=cfg.repository, password_file=str(cfg.password_file),
-                     lock=str(lock) if lock else None,
+                     lock=str(lock) if lock else None, stall_timeout=cfg.stall_timeout,
                      environment_file=str(cfg.environment_file) if cfg.environment_file else None,
                      backup=backup_id, job=job)
         return ResticWriter(self, job, backup_id, journal, key)
@@ -288,7 +291,8 @@ class ResticTarget(Target):
             raise ValueError(f"refusing to undo {record.get('key')!r}: no backup id in the record")
         cfg = ResticConfig.model_construct(
             repository=record["repository"], password_file=Path(record["password_file"]),
-            environment_file=Path(record["environment_file"]) if record.get("environment_file") else None)
+            environment_file=Path(record["environment_file"]) if record.get("environment_file") else None,
+            stall_timeout=float(record.get("stall_timeout") or 300))
         repo = Repo(cfg, runner, Path(record["lock"]) if record.get("lock") else None)
         if runner.dry_run:
             return f"would forget the snapshots of unfinished backup {record['key']}"
