@@ -150,7 +150,8 @@ def _restic_backup_of(pid: int, timeout: float = 60) -> psutil.Process:
     raise AssertionError("restic backup never started")
 
 
-def test_sigkilled_backup_then_cleanup_leaves_no_snapshot(big_app, workdir):
+@pytest.mark.parametrize("killed", ["agent", "agent and restic"])
+def test_sigkilled_backup_then_cleanup_leaves_no_snapshot(big_app, workdir, killed):
     vol, db = big_app
     pwfile = secret(workdir / "pw", PASSWORD)
     repo = str(workdir / "repo")
@@ -162,12 +163,20 @@ def test_sigkilled_backup_then_cleanup_leaves_no_snapshot(big_app, workdir):
     time.sleep(0.5)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    child.wait(120)  # its input ends early: restic 0.14 stores a truncated snapshot
-    assert json.loads(restic(repo, pwfile, "snapshots", "--json").stdout), "expected the truncated snapshot"
+    if killed == "agent":
+        child.wait(120)  # its input ends early: restic 0.14 stores a truncated snapshot
+        assert json.loads(restic(repo, pwfile, "snapshots", "--json").stdout), "expected the truncated snapshot"
+    else:
+        child.kill()
+        child.wait(10)
+        assert restic(repo, pwfile, "list", "locks", "--no-lock").stdout.strip(), "expected restic's stale lock"
+        r = restic(repo, pwfile, "forget", "--keep-last", "1", check=False)
+        assert r.returncode != 0 and "already locked" in r.stderr
     assert json.loads(snapagent("list", "--json", config=cfg, check=True).stdout) == []
     r = snapagent("cleanup", config=cfg, check=True)
     assert "unfinished backup" in r.stdout, r.stdout
     assert json.loads(restic(repo, pwfile, "snapshots", "--json").stdout) in ([], None)
+    assert restic(repo, pwfile, "list", "locks", "--no-lock").stdout.strip() == "", "the dead restic's lock is left"
     bid = snapagent("backup", "app", config=cfg, check=True).stdout.strip().splitlines()[-1]
     assert [b["id"] for b in json.loads(snapagent("list", "--json", config=cfg, check=True).stdout)] == [bid]
 
@@ -232,3 +241,26 @@ def test_export_that_fails_after_restic_stored_it_leaves_no_snapshot(app, workdi
     assert "forgot 1 snapshot(s) of unfinished backup" in r.stderr, r.stderr
     assert json.loads(restic(repo, pwfile, "snapshots", "--json").stdout) in ([], None), "a truncated snapshot is left"
     assert json.loads(snapagent("list", "--json", config=cfg, check=True).stdout) == []
+
+
+def test_a_stale_restic_lock_is_reported_with_the_command_that_clears_it(app, workdir):
+    vol, db, _ = app
+    pwfile = secret(workdir / "pw", PASSWORD)
+    repo = str(workdir / "repo")
+    restic(repo, pwfile, "init")
+    cfg = config(workdir, vol, db, repo, pwfile)
+    cfg.write_text(cfg.read_text() + "\n[jobs.app.retention]\nkeep_last = 1\n")
+    snapagent("backup", "app", config=cfg, check=True)
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"),
+           "RESTIC_REPOSITORY": repo, "RESTIC_PASSWORD_FILE": str(pwfile)}
+    holder = subprocess.Popen(["restic", "backup", "--stdin"], stdin=subprocess.PIPE, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    end = time.monotonic() + 30
+    while not restic(repo, pwfile, "list", "locks", "--no-lock").stdout.strip():
+        assert time.monotonic() < end, "restic never took its lock"
+        time.sleep(0.1)
+    holder.kill()  # someone else's restic, killed: its lock stays
+    holder.wait()
+    snapagent("backup", "app", config=cfg, check=False)  # its own prune meets the lock: a warning
+    r = snapagent("prune", config=cfg)
+    assert r.returncode == 1 and f"restic -r {repo} unlock" in r.stdout + r.stderr, (r.stdout, r.stderr)
