@@ -174,10 +174,12 @@ class Config:
         return self.jobs[name]
 
     def target(self, name: str):
-        """Return an instance of target ``name``."""
+        """Return an instance of target ``name`` (told the agent's state dir: where a target keeps
+        its locks)."""
         cls, tcfg = self.targets[name]
         target = cls(name, tcfg)
         target.identities = self.identities
+        target.state_dir = self.agent.state_dir
         return target
 
     def all_targets(self):

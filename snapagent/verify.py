@@ -75,3 +75,17 @@ def check(stored: Stored, names: list[str] | None = None, scan: bool = False,
         except (VerifyFailed, RestoreRefused) as e:
             results.append(ArtifactCheck(name, False, art.size, str(e), refused=isinstance(e, RestoreRefused)))
     return results
+
+
+def repository_check(stored: Stored) -> list[ArtifactCheck]:
+    """Return the target's own check of its storage (restic's ``check --read-data-subset``) as
+    one result, or none when the target has no such check (a directory). Never raises VerifyFailed."""
+    own = getattr(stored.target, "check_repository", None)
+    if own is None:
+        return []
+    t = time.monotonic()
+    try:
+        msg = own()
+    except VerifyFailed as e:
+        return [ArtifactCheck("(repository)", False, 0, str(e))]
+    return [ArtifactCheck("(repository)", True, 0, msg, seconds=round(time.monotonic() - t, 3))]

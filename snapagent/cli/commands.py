@@ -129,7 +129,7 @@ def do_verify(args, out) -> int:
     cfg = _config(args)
     b = catalog.find(cfg, args.id)
     chains, links = check_links(cfg, b)  # a missing or damaged link: one line naming both ids, exit 1
-    results = links + verify.check(b)
+    results = links + verify.check(b) + verify.repository_check(b)
     ok = all(r.ok for r in results)
     backups = sorted({link.id for chain in chains.values() for link, _ in chain[:-1]})
     if out.json:

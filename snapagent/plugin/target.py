@@ -95,6 +95,8 @@ class Target:
     # The age identities given with --identity (snapagent.util.age.Identities), set on every
     # instance by Config.target: only reading an encrypted artifact's content needs them.
     identities: Any = None
+    #: the agent's state dir (set by ``Config.target``): where a target may keep its own locks
+    state_dir: Path | None = None
 
     def __init__(self, name: str, cfg: Any):
         self.name = name

@@ -76,7 +76,13 @@ class VerifyingReader(ArtifactReader):
                 raise OSError(0, "not a regular file")
         except OSError as e:
             raise VerifyFailed(f"artifact {art.name}: cannot be read ({e.strerror or e})") from None
-        self._raw = os.fdopen(fd, "rb")
+        self._wrap(os.fdopen(fd, "rb"))
+
+    def _wrap(self, raw: IO[bytes]) -> None:
+        """Read the stored bytes from ``raw`` (a file, or a pipe of a subclass): hashed and
+        counted, then decrypted (when there is an identity) and decompressed."""
+        art, identities = self.art, self.identities
+        self._raw = raw
         self._src = HashingSource(self._raw)
         self._dec: age.Decrypting | None = None
         self._plain: HashingSource | None = None
@@ -113,6 +119,12 @@ class VerifyingReader(ArtifactReader):
     def finish(self) -> None:
         """Read what is left of the stored file (through decryption, when decrypting) and raise
         VerifyFailed on a size or sha256 mismatch of the stored bytes or of the plaintext."""
+        self._drain()
+        self._check_all()
+
+    def _drain(self) -> None:
+        """Read what is left (through decryption, when decrypting); raise VerifyFailed/UsageError
+        on a read or decryption failure."""
         try:
             if self._plain is not None:
                 while self._plain.read(CHUNK):
@@ -130,6 +142,9 @@ class VerifyingReader(ArtifactReader):
             raise self._decrypt_error(e) from None
         except OSError as e:
             raise VerifyFailed(f"artifact {self.art.name}: read error ({e.strerror or e})") from None
+
+    def _check_all(self) -> None:
+        """Raise VerifyFailed when what was read differs from the manifest (stored bytes, plaintext)."""
         self._check(self._src, self.art.size, self.art.sha256, "")
         if self._plain is not None:
             self._check(self._plain, self.art.plain_size, self.art.plain_sha256, " decrypted")
