@@ -79,7 +79,8 @@ class _HashingSource:
 class VerifyingReader(ArtifactReader):
     """Reads an artifact's decompressed bytes; ``finish()`` drains it and checks size and sha256."""
 
-    def __init__(self, path: Path, art: Artifact):
+    def __init__(self, path: Path, art: Artifact, stored: bool = False):
+        """``stored``: hand out the bytes as stored (a copy's source), not decompressed."""
         self.art = art
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
@@ -90,7 +91,7 @@ class VerifyingReader(ArtifactReader):
             raise VerifyFailed(f"artifact {art.name}: cannot be read ({e.strerror or e})") from None
         self._raw = os.fdopen(fd, "rb")
         self._src = _HashingSource(self._raw)
-        if art.compression == "zstd":
+        if art.compression == "zstd" and not stored:
             self._r = zstandard.ZstdDecompressor().stream_reader(self._src, read_size=CHUNK, closefd=False)
         else:
             self._r = self._src
@@ -161,6 +162,24 @@ class DirectoryWriter(Writer):
             raise TargetFailed(f"target {self.t.name!r} cannot store {fname} in {self.tmp.parent}: "
                                f"{e.strerror or e}; nothing was stored") from None
         return Artifact(name=fname, size=sink.size, sha256=sink.h.hexdigest(), compression=comp, raw_size=raw_size)
+
+    def add_stored(self, art: Artifact, stream: IO[bytes]) -> Artifact:
+        """Store the bytes of ``art`` exactly as they come (already compressed: never re-encoded),
+        hashed and fsynced like ``add_artifact``; return the record of what was written."""
+        part = self.tmp / f".{art.name}.part"
+        try:
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                sink = _HashingSink(f)
+                while chunk := _read(stream):
+                    sink.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(part, self.tmp / art.name)
+        except OSError as e:
+            raise TargetFailed(f"target {self.t.name!r} cannot store {art.name} in {self.tmp.parent}: "
+                               f"{e.strerror or e}; nothing was stored") from None
+        return art.model_copy(update={"size": sink.size, "sha256": sink.h.hexdigest()})
 
     def commit(self, manifest: Manifest) -> None:
         """Write the manifest last and move the backup into place atomically. Raises TargetFailed."""
@@ -282,13 +301,19 @@ class DirectoryTarget(Target):
         return self._read(*found) if found else None
 
     def open_artifact(self, backup_id: str, art: Artifact) -> VerifyingReader:
+        return self._open(backup_id, art)
+
+    def _open(self, backup_id: str, art: Artifact, stored: bool = False) -> VerifyingReader:
         found = self._find(backup_id)
         if found is None:
             raise NotFound(f"no backup {backup_id!r} in target {self.name!r}")
         path = found[1] / art.name  # art.name is one safe component (validated by the manifest)
         if not os.path.lexists(path):
             raise VerifyFailed(f"artifact {art.name} of {backup_id} is missing")
-        return VerifyingReader(path, art)
+        return VerifyingReader(path, art, stored)
+
+    def open_stored(self, backup_id: str, art: Artifact) -> VerifyingReader:
+        return self._open(backup_id, art, stored=True)
 
     def delete(self, backup_id: str) -> None:
         """Remove backup ``backup_id``: its directory is renamed to ``.deleting-<id>`` (the backup
