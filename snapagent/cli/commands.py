@@ -151,8 +151,7 @@ def do_verify(args, out) -> int:
             out.line(f"{'OK  ' if r.ok else 'FAIL'} {name} ({_size(r.size)}) {'' if r.ok else r.message}".rstrip())
         chained = f" with the {len(backups)} earlier backup(s) of its chain" if backups else ""
         bad = "; ".join(r.message for r in results if not r.ok)
-        out.line(f"backup {b.id}{chained} in target {b.target.name}: "
-                 + ("verified" if ok else f"VERIFICATION FAILED: {bad}"))
+        out.line(f"backup {b.id}{chained}: " + ("verified" if ok else f"VERIFICATION FAILED: {bad}"))
     return EXIT_OK if ok else EXIT_FAILED
 
 

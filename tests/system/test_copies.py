@@ -76,7 +76,8 @@ def test_copy_to_restore_from_fallback_by_hand_and_retention(app, workdir):  # n
     assert r.returncode == 1 and "restore refused, nothing was written: artifact 00-" in r.stderr
     assert r.stderr.count("\n") == 1 and not (workdir / "r3").exists()
     assert snapagent("verify", bid, "--from", "local", config=cfg).returncode == 1
-    assert "in target offsite: verified" in snapagent("verify", bid, "--from", "offsite", config=cfg, check=True).stdout
+    r = json.loads(snapagent("--json", "verify", bid, "--from", "offsite", config=cfg, check=True).stdout)
+    assert r["ok"] and r["target"] == "offsite"
     assert "PASSED" in snapagent("drill", bid, "--from", "offsite", config=cfg, check=True).stdout
     r = snapagent("restore", bid, "--to", str(workdir / "r4"), "--from", "nope", config=cfg)
     assert r.returncode == 2 and "--from: unknown target 'nope'" in r.stderr
