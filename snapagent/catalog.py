@@ -56,8 +56,7 @@ def copies(config: Config, backup_id: str, source: str | None = None) -> list[St
         job = config.job(backup_id[: -len(LATEST)]).name
         good = [b for t in targets(config, source) for b in t.list(job) if isinstance(b, Stored)]
         if not good:
-            where = f" in target {source!r}" if source else ""
-            raise NotFound(f"job {job!r} has no backups{where} yet")
+            raise NotFound(f"job {job!r} has no backups yet" + (f" in target {source!r}" if source else ""))
         backup_id = max(good, key=listing_order).id
     found = locations(config, backup_id, source)
     good = [b for b in found if isinstance(b, Stored)]
