@@ -49,7 +49,7 @@ def do_backup(args, out) -> int:
         return EXIT_OK
     with watch(cfg, job, out.warn) as monitored:  # run record, metrics, pings: whatever the end
         result = run.run()
-        monitored.success(result.manifest)
+        monitored.success(result.manifest, result.warnings)
     m = result.manifest
     for w in result.warnings:
         out.warn(w)
@@ -361,6 +361,8 @@ def do_status(args, out) -> int:
             fw = "" if run["freeze_window_seconds"] is None else f", freeze window {run['freeze_window_seconds'] * 1000:.0f} ms"
             out.line(f"  last run:     {run['result']} at {run['ended']} ({format_duration(run['duration_seconds'])}{fw})"
                      + (": " + run["error"].replace("\n", "\n    ") if run["error"] else ""))
+        for w in run["warnings"] if run else []:
+            out.line(f"  warning:      {w}")
         out.line(f"  last success: {ok['backup_id']} at {ok['ended']}" if ok else "  last success: never")
         for name, t in r["targets"].items():
             span = f", oldest {t['oldest']}, newest {t['newest']}" if t["backups"] else ""

@@ -45,6 +45,7 @@ class RunRecord(BaseModel):
     size_bytes: int | None = None
     freeze_window_seconds: float | None = None
     last_success: Success | None = None
+    warnings: list[str] = []  # a successful run's warnings, e.g. a copy to a copy_to target that failed
 
 
 def path(state_dir: Path, job: str) -> Path:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from snapagent.journal import journals
 from tests.helpers.cli import snapagent, toml_str, write_config
 from tests.helpers.trees import tree
 from tests.system.test_btrfs_chain import backup as chain_backup
@@ -147,3 +148,22 @@ def test_an_incremental_chain_is_copied_links_first_and_restored_from_the_copy(c
     d = dest()
     summary = json.loads(snapagent("--json", "restore", ids[2], "--to", str(d), config=cfg, check=True).stdout)
     assert tree(Path(summary["volumes"][0]["path"])) == taken[2][1]
+
+
+def test_a_failed_copy_is_a_warning_naming_the_target_and_recorded(subvol, workdir):
+    vol = subvol("app")
+    (vol / "data.txt").write_text("payload\n")
+    (workdir / "blocked").write_text("a file where the target's directory should be\n")
+    extra = f'[targets.offsite]\ntype = "directory"\npath = {toml_str(workdir / "blocked" / "offsite")}\n'
+    cfg = write_config(workdir, job_toml(vol, None, 'copy_to = ["offsite"]'), extra=extra)
+    r = snapagent("backup", "app", config=cfg)
+    bid = r.stdout.split()[-1]
+    assert r.returncode == 0, r.stderr
+    assert "copy to target 'offsite' failed: " in r.stderr and "the backup is kept in target 'local'" in r.stderr
+    assert f"`snapagent copy {bid} --to offsite`" in r.stderr
+    assert where(cfg) == {bid: ["local"]}
+    status = json.loads(snapagent("--json", "status", "app", config=cfg, check=True).stdout)[0]
+    assert status["last_run"]["result"] == "success"
+    assert [w for w in status["last_run"]["warnings"] if "copy to target 'offsite' failed" in w]
+    assert "warning:      copy to target 'offsite' failed" in snapagent("status", config=cfg, check=True).stdout
+    assert list(journals(workdir / "state")) == []
