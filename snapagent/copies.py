@@ -53,11 +53,16 @@ class CopyResult:
 
 def missing_links(config: Config, stored: Stored, dest: Target) -> list[Stored]:
     """Return the earlier backups of ``stored``'s chains that ``dest`` lacks, oldest first.
-    Raise NotFound / BackupDamaged when a link is missing or damaged everywhere."""
+    Raise NotFound / BackupDamaged when a link is missing or damaged everywhere, or damaged in
+    ``dest`` (a copy must not rest on it)."""
     need: dict[str, Stored] = {}
     for vol in stored.manifest.volumes:
         for link, _ in catalog.chain(config, stored, vol)[:-1]:
-            if link.id not in need and dest.get(link.id) is None:
+            there = dest.get(link.id)
+            if isinstance(there, Damaged):
+                raise BackupDamaged(f"backup {stored.id} is incremental on {link.id}, whose copy in target "
+                                    f"{dest.name!r} is damaged: {there.reason} ({there.location}); remove it there first")
+            if link.id not in need and there is None:
                 need[link.id] = link
     return sorted(need.values(), key=listing_order)
 

@@ -115,9 +115,15 @@ def test_an_incremental_is_copied_after_the_links_it_lacks_oldest_first(env):
     r = copy_backup(cfg, catalog.find(cfg, b3), dest, Runner())
     assert r.copied == [b1, b2, b3]
     assert [b.id for b in dest.list("app")] == [b1, b2, b3]
-    # read from offsite, the chain's links come from offsite too
-    links = catalog.chain(cfg, catalog.find(cfg, b3, "offsite"), catalog.find(cfg, b3).manifest.volumes[0])
-    assert [(b.id, b.target.name) for b, _ in links] == [(b1, "offsite"), (b2, "offsite"), (b3, "offsite")]
+    # a damaged link in the destination is named, never built upon
+    b4 = store(3, parent=b3)
+    (dest.cfg.path / "app" / b3 / "manifest.json").write_text("{")
+    with pytest.raises(BackupDamaged, match=f"incremental on {b3}, whose copy in target 'offsite' is damaged"):
+        copy_backup(cfg, catalog.find(cfg, b4), dest, Runner())
+    assert dest.get(b4) is None
+    # read from offsite, the chain's links come from offsite too (b2's, whose copy is good)
+    links = catalog.chain(cfg, catalog.find(cfg, b2, "offsite"), catalog.find(cfg, b2).manifest.volumes[0])
+    assert [(b.id, b.target.name) for b, _ in links] == [(b1, "offsite"), (b2, "offsite")]
 
 
 def test_retention_on_a_copy_target_never_releases_the_kept_snapshot(env, monkeypatch):
