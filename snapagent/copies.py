@@ -131,15 +131,15 @@ def _copy_one(config: Config, b: Stored, dest: Target, runner: Runner) -> None:
 
 
 def copy_after_backup(config: Config, stored: Stored, names: list[str], runner: Runner,
-                      say: Callable[[str], None] = lambda s: None) -> list[str]:
+                      say: Callable[[str], None] = lambda s: None) -> dict[str, str]:
     """Copy a new backup to each of ``names`` (the job's ``copy_to``), the job lock held by the
-    caller; return one warning per failed copy, naming the target (the backup stands)."""
-    warnings = []
+    caller; return {target: warning naming it} of the failed copies (the backup stands)."""
+    failed = {}
     for name in names:
         try:
             copy_backup(config, stored, config.target(name), runner, locked=True, say=say)
         except Exception as e:  # noqa: BLE001 - the local backup is committed: a failed copy is a warning
-            warnings.append(f"copy to target {name!r} failed: {e}; the backup is kept in target "
+            failed[name] = (f"copy to target {name!r} failed: {e}; the backup is kept in target "
                             f"{stored.target.name!r}; retry with `snapagent copy {stored.id} --to {name}`")
-    return warnings
+    return failed
 

@@ -79,6 +79,7 @@ class BackupResult:
 
     manifest: Manifest
     warnings: list[str] = field(default_factory=list)
+    copy_failed: list[str] = field(default_factory=list)  # the copy_to targets that did not get their copy
 
 
 class BackupRun:
@@ -188,21 +189,27 @@ class BackupRun:
             if self.job.cfg.retention is not None and not signals.caught():
                 result.warnings += self._prune(own)
             if copy_to and not signals.caught():
-                result.warnings += self._copy(result.manifest)
+                failed = self._copy(result.manifest)
+                result.copy_failed = sorted(failed)
+                result.warnings += list(failed.values())
                 if self.job.cfg.retention is not None and not signals.caught():
                     result.warnings += self._prune(set(copy_to))
             return result
 
-    def _copy(self, manifest: Manifest) -> list[str]:
-        """Copy the committed backup to the job's ``copy_to`` targets; return warnings (a failed
-        or interrupted copy never fails the backup; what it began is undone)."""
+    def _copy(self, manifest: Manifest) -> dict[str, str]:
+        """Copy the committed backup to the job's ``copy_to`` targets; return {target: warning}
+        of those without their copy (a failed or interrupted copy never fails the backup; what
+        it began is undone)."""
+        names = self.job.cfg.copy_to
         stored = self.target.get(manifest.id)
         if not isinstance(stored, Stored):
-            return [f"copy skipped: target {self.target.name!r} does not list {manifest.id} as a good backup"]
+            return {n: f"copy to target {n!r} skipped: target {self.target.name!r} does not list {manifest.id} "
+                       "as a good backup" for n in names}
         try:
-            return copies.copy_after_backup(self.config, stored, self.job.cfg.copy_to, self.runner, self.say)
+            return copies.copy_after_backup(self.config, stored, names, self.runner, self.say)
         except Interrupted as e:
-            return [f"copy stopped ({e}); the backup is kept in target {self.target.name!r}"]
+            return {n: f"copy to target {n!r} stopped ({e}); the backup is kept in target {self.target.name!r}"
+                    for n in names if self.config.target(n).get(manifest.id) is None}
 
     def _prune(self, only: set[str]) -> list[str]:
         """Apply the job's retention in the targets ``only`` after the commit, the job lock still

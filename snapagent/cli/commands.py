@@ -49,7 +49,7 @@ def do_backup(args, out) -> int:
         return EXIT_OK
     with watch(cfg, job, out.warn) as monitored:  # run record, metrics, pings: whatever the end
         result = run.run()
-        monitored.success(result.manifest, result.warnings)
+        monitored.success(result.manifest, result.warnings, result.copy_failed)
     m = result.manifest
     for w in result.warnings:
         out.warn(w)

@@ -165,5 +165,14 @@ def test_a_failed_copy_is_a_warning_naming_the_target_and_recorded(subvol, workd
     status = json.loads(snapagent("--json", "status", "app", config=cfg, check=True).stdout)[0]
     assert status["last_run"]["result"] == "success"
     assert [w for w in status["last_run"]["warnings"] if "copy to target 'offsite' failed" in w]
+    assert status["last_run"]["copy_failed"] == ["offsite"]
     assert "warning:      copy to target 'offsite' failed" in snapagent("status", config=cfg, check=True).stdout
     assert list(journals(workdir / "state")) == []
+    r = snapagent("check", "app", config=cfg)
+    assert r.returncode == 1 and r.stdout.startswith("SNAPAGENT WARNING - ") and "copy to target(s) offsite failed" in r.stdout
+    # the target is back: a copy by hand clears the warning, and the backup counts once
+    (workdir / "blocked").unlink()
+    (workdir / "blocked").mkdir()
+    snapagent("copy", bid, "--to", "offsite", config=cfg, check=True)
+    r = snapagent("check", "app", config=cfg)
+    assert r.returncode == 0 and ", 1 backup(s)" in r.stdout and "'app_backups'=1;" in r.stdout, r.stdout
