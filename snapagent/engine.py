@@ -185,15 +185,15 @@ class BackupRun:
                         journal.finish()
                     if result is not None and signals.caught():
                         result.warnings.append(f"{signals.caught()} received after the backup was complete; it is kept")
-            own, copy_to = {self.target.name}, self.job.cfg.copy_to
-            if self.job.cfg.retention is not None and not signals.caught():
+            own, retention = {self.target.name}, self.job.cfg.retention is not None
+            if retention and not signals.caught():
                 result.warnings += self._prune(own)
-            if copy_to and not signals.caught():
+            if self.job.cfg.copy_to and not signals.caught():
                 failed = self._copy(result.manifest)
                 result.copy_failed = sorted(failed)
                 result.warnings += list(failed.values())
-                if self.job.cfg.retention is not None and not signals.caught():
-                    result.warnings += self._prune(set(copy_to))
+            if retention and not signals.caught():  # the copy targets, and any other holding the job's backups
+                result.warnings += self._prune(set(self.config.targets) - own)
             return result
 
     def _copy(self, manifest: Manifest) -> dict[str, str]:
