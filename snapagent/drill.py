@@ -14,25 +14,26 @@ import os
 import time
 from typing import Any, Callable
 
-from snapagent import catalog, registry, signals
+from snapagent import registry, signals
 from snapagent.config import Config
 from snapagent.journal import DRILL_GROUP
 from snapagent.plugin.driver import DatasetRestore
 from snapagent.plugin.quiescer import RestoreContext
-from snapagent.restore import Scope, check, driver_for, restore_into
+from snapagent.restore import Scope, check_copies, driver_for, restore_into
 from snapagent.util.runner import Runner
 
 
 def drill(config: Config, runner: Runner, backup_id: str, keep: bool = False,
-          say: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+          say: Callable[[str], None] = lambda s: None, source: str | None = None) -> dict[str, Any]:
     """Restore ``backup_id`` into scratch space and run the probes of its quiescers.
 
     Returns {id, ok, probes: [...], restore_seconds, scratch, volumes}; ``scratch`` is where the
     copy was kept (``keep``), else None. Raises what ``restore`` raises; a failing probe is a
-    result (``ok`` False), not an error.
+    result (``ok`` False), not an error. ``source``: read from this target only (default: the
+    first with a good copy).
     """
-    stored = catalog.find(config, backup_id)
-    checked = check(config, runner, stored, say=say)
+    checked = check_copies(config, runner, backup_id, source, say=say)
+    stored = checked.stored
     m = stored.manifest
     unique = f"{m.id}.{os.getpid()}"
     with signals.raising():

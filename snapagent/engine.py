@@ -3,7 +3,8 @@
 preflight all → lock job → sweep leftovers → journal → quiesce all (fixed order) → snapshot all →
 verify all → release all (reverse order; only those that quiesced) → export → target commit
 (artifacts, then manifest) → release snapshots (or keep incremental bases) → prune by the job's
-retention (the job lock still held; a prune failure is a warning). Everything taken is
+retention in its own target → copy to the ``copy_to`` targets (``snapagent.copies``) → prune
+there (the job lock still held; a failed prune or copy is a warning). Everything taken is
 journaled before it is taken and undone from the journal on every exit path: exceptions and
 signals (``snapagent.signals``) included. Once the manifest is committed the backup exists: what
 fails afterwards (releasing a snapshot) is a warning that ``snapagent cleanup`` retries, and the
@@ -25,7 +26,7 @@ from typing import Any, Callable, Iterator
 
 from pydantic import ValidationError
 
-from snapagent import __version__, chains, cleanup, signals
+from snapagent import __version__, chains, cleanup, copies, signals
 from snapagent.config import Config, Job
 from snapagent.errors import FreezeOverrun, Interrupted, OperationFailed, PreflightFailed, SnapshotFailed
 from snapagent.joblock import JobLock
@@ -78,6 +79,7 @@ class BackupResult:
 
     manifest: Manifest
     warnings: list[str] = field(default_factory=list)
+    copy_failed: list[str] = field(default_factory=list)  # the copy_to targets that did not get their copy
 
 
 class BackupRun:
@@ -183,15 +185,37 @@ class BackupRun:
                         journal.finish()
                     if result is not None and signals.caught():
                         result.warnings.append(f"{signals.caught()} received after the backup was complete; it is kept")
-            if self.job.cfg.retention is not None and not signals.caught():
-                result.warnings += self._prune()
+            own, retention = {self.target.name}, self.job.cfg.retention is not None
+            if retention and not signals.caught():
+                result.warnings += self._prune(own)
+            if self.job.cfg.copy_to and not signals.caught():
+                failed = self._copy(result.manifest)
+                result.copy_failed = sorted(failed)
+                result.warnings += list(failed.values())
+            if retention and not signals.caught():  # the copy targets, and any other holding the job's backups
+                result.warnings += self._prune(set(self.config.targets) - own)
             return result
 
-    def _prune(self) -> list[str]:
-        """Apply the job's retention after the commit, the job lock still held; return warnings
-        (a failing or interrupted prune never fails the backup)."""
+    def _copy(self, manifest: Manifest) -> dict[str, str]:
+        """Copy the committed backup to the job's ``copy_to`` targets; return {target: warning}
+        of those without their copy (a failed or interrupted copy never fails the backup; what
+        it began is undone)."""
+        names = self.job.cfg.copy_to
+        stored = self.target.get(manifest.id)
+        if not isinstance(stored, Stored):
+            return {n: f"copy to target {n!r} skipped: target {self.target.name!r} does not list {manifest.id} "
+                       "as a good backup" for n in names}
         try:
-            done = prune(self.config, self.job, self.runner, locked=True, say=self.say)
+            return copies.copy_after_backup(self.config, stored, names, self.runner, self.say)
+        except Interrupted as e:
+            return {n: f"copy to target {n!r} stopped ({e}); the backup is kept in target {self.target.name!r}"
+                    for n in names if self.config.target(n).get(manifest.id) is None}
+
+    def _prune(self, only: set[str]) -> list[str]:
+        """Apply the job's retention in the targets ``only`` after the commit, the job lock still
+        held; return warnings (a failing or interrupted prune never fails the backup)."""
+        try:
+            done = prune(self.config, self.job, self.runner, locked=True, say=self.say, only=only)
         except Interrupted as e:
             return [f"prune stopped ({e}); the backup is kept; `snapagent cleanup` finishes a begun removal"]
         except Exception as e:  # noqa: BLE001 - the backup is committed: a prune failure is a warning

@@ -87,6 +87,23 @@ def check(config: Config, runner: Runner, stored: Stored, allow_special: bool = 
     return Checked(stored, chains, scans)
 
 
+def check_copies(config: Config, runner: Runner, backup_id: str, source: str | None = None,
+                 allow_special: bool = False, say: Say = lambda s: None) -> Checked:
+    """Find ``backup_id`` (only in target ``source`` if given) and ``check`` its first good copy;
+    a copy that fails verification falls back to the next target's copy with a warning. Raise
+    what ``catalog.copies`` and ``check`` raise (the last copy's failure)."""
+    found = catalog.copies(config, backup_id, source)
+    for i, stored in enumerate(found):
+        try:
+            return check(config, runner, stored, allow_special, say)
+        except VerifyFailed as e:
+            if i + 1 == len(found):
+                raise
+            log.warning("the copy of %s in target %r fails verification (%s); reading it from target %r instead",
+                        stored.id, stored.target.name, e, found[i + 1].target.name)
+    raise AssertionError("catalog.copies returns at least one copy")  # pragma: no cover
+
+
 def driver_for(config: Config, m: Manifest, runner: Runner) -> Driver:
     """Return the driver that made ``m``, with its job's options when the job still exists with
     that driver (e.g. where a drill may receive), else the driver's defaults."""
@@ -152,18 +169,21 @@ class Scope:
 
 
 def restore(config: Config, runner: Runner, backup_id: str, dest: Path | str, force: bool = False,
-            allow_special: bool = False, say: Say = lambda s: None, paths: Sequence[str] = ()) -> dict[str, Any]:
+            allow_special: bool = False, say: Say = lambda s: None, paths: Sequence[str] = (),
+            source: str | None = None) -> dict[str, Any]:
     """Verify, then restore backup ``backup_id`` into ``dest``; return a summary for the user.
 
     ``dest`` is a directory, or the name of a new dataset for a DatasetRestore driver's backup.
     ``paths``: restore only these (``snapagent.restore_paths``; tar exports only).
+    ``source``: read from this target only (default: the first with a good copy, ``check_copies``).
     Raises UsageError (a bad path), NotFound, BackupDamaged, VerifyFailed / RestoreRefused
     (nothing written), OperationFailed / Interrupted (what was written is removed again).
     """
-    stored = catalog.find(config, backup_id)
+    stored = catalog.find(config, backup_id, source)
     logfields.bind(job=stored.manifest.job, backup_id=stored.id)
     selection = restore_paths.select(stored.manifest, paths) if paths else None
-    checked = check(config, runner, stored, allow_special, say)
+    checked = check_copies(config, runner, stored.id, source, allow_special, say)
+    stored = checked.stored
     if selection is not None:
         restore_paths.resolve(stored.manifest, selection, {v.label: checked.scans[(stored.id, v.artifact)]
                                                            for v in stored.manifest.volumes if v.label in selection})

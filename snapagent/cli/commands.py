@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from pathlib import Path
 
-from snapagent import catalog, cleanup, registry, verify
+from snapagent import catalog, cleanup, copies, registry, verify
 from snapagent import config as configmod
 from snapagent.chains import check_links
 from snapagent.cli.output import human_size as _size
@@ -52,7 +52,7 @@ def do_backup(args, out) -> int:
         return EXIT_OK
     with watch(cfg, job, out.warn) as monitored:  # run record, metrics, pings: whatever the end
         result = run.run()
-        monitored.success(result.manifest)
+        monitored.success(result.manifest, result.warnings, result.copy_failed)
     m = result.manifest
     for w in result.warnings:
         out.warn(w)
@@ -65,25 +65,34 @@ def do_backup(args, out) -> int:
     return EXIT_OK
 
 
+def _list_rows(copies: list[Stored | Damaged]) -> list[Stored | Damaged]:
+    """Return the rows of one backup: one row with its good copies, plus each damaged copy
+    (one row per damaged copy when no copy is good)."""
+    good = [b for b in copies if isinstance(b, Stored)]
+    return ([good[0]] if good else []) + [b for b in copies if isinstance(b, Damaged)]
+
+
 def do_list(args, out) -> int:
     cfg = _config(args)
     if args.job:
         cfg.job(args.job)
-    rows = catalog.listing(cfg, args.job)
-    damaged = [b for b in rows if isinstance(b, Damaged)]
+    grouped = catalog.by_backup(cfg, args.job)
+    damaged = [b for g in grouped for b in g if isinstance(b, Damaged)]
+    where = {g[0].id: [b.target.name for b in g if isinstance(b, Stored)] for g in grouped}
+    rows = [b for g in grouped for b in _list_rows(g)]
     if out.json:
-        out.emit([b.manifest.model_dump(mode="json") if isinstance(b, Stored) else
+        out.emit([{**b.manifest.model_dump(mode="json"), "targets": where[b.id]} if isinstance(b, Stored) else
                   {"id": b.id, "job": b.job, "target": b.target.name, "location": b.location, "damaged": b.reason}
                   for b in rows])
     elif not rows:
         out.note("no backups")
     else:
-        out.line(f"{'ID':<36} {'JOB':<12} {'CREATED':<24} {'SIZE':>10} {'FREEZE':>8} TARGET")
+        out.line(f"{'ID':<36} {'JOB':<12} {'CREATED':<24} {'SIZE':>10} {'FREEZE':>8} TARGETS")
         for b in rows:
             if isinstance(b, Stored):
                 m = b.manifest
                 out.line(f"{m.id:<36} {m.job:<12} {iso(m.created):<24} {_size(m.size):>10} "
-                         f"{format_duration(m.freeze_window_ms / 1000):>8} {b.target.name}")
+                         f"{format_duration(m.freeze_window_ms / 1000):>8} {','.join(where[b.id])}")
             else:
                 out.line(f"{_printable(b.id):<36} {_printable(b.job):<12} DAMAGED: {b.reason} "
                          f"({_printable(b.location)}) {b.target.name}")
@@ -101,13 +110,18 @@ def do_show(args, out) -> int:
     cfg = _config(args)
     b = catalog.find(cfg, args.id)
     m = b.manifest
+    found = catalog.locations(cfg, m.id)
     if out.json:
-        out.emit(m.model_dump(mode="json"))
+        out.emit({**m.model_dump(mode="json"), "locations": [
+            {"target": c.target.name, "location": c.location,
+             **({"damaged": c.reason} if isinstance(c, Damaged) else {})} for c in found]})
         return EXIT_OK
     out.line(f"id:            {m.id}")
     out.line(f"job:           {m.job} on {m.host}")
     out.line(f"created:       {iso(m.created)} (completed {iso(m.completed)})")
-    out.line(f"stored in:     {b.location} (target {b.target.name})")
+    for c in found:
+        state = f", DAMAGED: {c.reason}" if isinstance(c, Damaged) else ""
+        out.line(f"stored in:     {_printable(c.location)} (target {c.target.name}{state})")
     out.line(f"driver:        {m.driver}, export {m.export_format}, snapshot {m.snapshot_name}")
     out.line(f"freeze window: {m.freeze_window_ms:.1f} ms (max {m.max_freeze_ms:.0f} ms)")
     out.line("phases:        " + ", ".join(f"{k} {v:.0f} ms" for k, v in m.phases_ms.items()))
@@ -127,13 +141,14 @@ def do_show(args, out) -> int:
 
 def do_verify(args, out) -> int:
     cfg = _config(args)
-    b = catalog.find(cfg, args.id)
+    b = catalog.find(cfg, args.id, args.source)
     chains, links = check_links(cfg, b)  # a missing or damaged link: one line naming both ids, exit 1
     results = links + verify.check(b) + verify.repository_check(b)
     ok = all(r.ok for r in results)
     backups = sorted({link.id for chain in chains.values() for link, _ in chain[:-1]})
     if out.json:
-        out.emit({"id": b.id, "ok": ok, "chain": backups, "artifacts": [r.as_dict() for r in results]})
+        out.emit({"id": b.id, "target": b.target.name, "ok": ok, "chain": backups,
+                  "artifacts": [r.as_dict() for r in results]})
     else:
         for r in results:
             name = f"{r.link}/{r.name}" if r.link else r.name
@@ -150,7 +165,7 @@ def do_verify(args, out) -> int:
 def do_restore(args, out) -> int:
     cfg = _config(args)
     summary = restore(cfg, _runner(cfg, out), args.id, Path(args.dest), force=args.force,
-                      allow_special=args.allow_special, say=out.say, paths=args.paths)
+                      allow_special=args.allow_special, say=out.say, paths=args.paths, source=args.source)
     if out.json:
         out.emit(summary)
     else:
@@ -170,7 +185,7 @@ def do_restore(args, out) -> int:
 
 def do_drill(args, out) -> int:
     cfg = _config(args)
-    report = drill(cfg, _runner(cfg, out), args.id, keep=args.keep, say=out.say)
+    report = drill(cfg, _runner(cfg, out), args.id, keep=args.keep, say=out.say, source=args.source)
     if out.json:
         out.emit(report)
     else:
@@ -183,6 +198,25 @@ def do_drill(args, out) -> int:
         if report["scratch"]:
             out.line(f"scratch copy kept at {report['scratch']}")
     return EXIT_OK if report["ok"] else EXIT_FAILED
+
+
+def do_copy(args, out) -> int:
+    cfg = _config(args)
+    if args.target not in cfg.targets:
+        raise UsageError(f"--to: unknown target {args.target!r} (defined: {', '.join(sorted(cfg.targets))})")
+    good = catalog.copies(cfg, args.id, args.source)  # a copy not already in TARGET, if any
+    b = next((c for c in good if c.target.name != args.target), good[0])
+    logfields.bind(job=b.manifest.job, backup_id=b.id)
+    result = copies.copy_backup(cfg, b, cfg.target(args.target), _runner(cfg, out), say=out.say)
+    if out.json:
+        out.emit(result.as_dict())
+    elif result.present:
+        out.line(f"backup {b.id} is already in target {args.target} (verified); nothing copied")
+    else:
+        links = len(result.copied) - 1
+        also = f" with {links} earlier backup(s) of its chain" if links else ""
+        out.line(f"copied {b.id}{also} from target {b.target.name} to target {args.target} (verified)")
+    return EXIT_OK
 
 
 def do_prune(args, out) -> int:
@@ -334,6 +368,8 @@ def do_status(args, out) -> int:
             fw = "" if run["freeze_window_seconds"] is None else f", freeze window {run['freeze_window_seconds'] * 1000:.0f} ms"
             out.line(f"  last run:     {run['result']} at {run['ended']} ({format_duration(run['duration_seconds'])}{fw})"
                      + (": " + run["error"].replace("\n", "\n    ") if run["error"] else ""))
+        for w in run["warnings"] if run else []:
+            out.line(f"  warning:      {w}")
         out.line(f"  last success: {ok['backup_id']} at {ok['ended']}" if ok else "  last success: never")
         for name, t in r["targets"].items():
             span = f", oldest {t['oldest']}, newest {t['newest']}" if t["backups"] else ""

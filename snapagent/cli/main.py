@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
+    def from_target(sp) -> None:
+        sp.add_argument("--from", dest="source", metavar="TARGET",
+                        help="read the backup from this target (default: the first target with a good copy)")
+
     def cmd(name: str, help: str, fn):
         sp = sub.add_parser(name, help=help, description=help, parents=[common])
         sp.set_defaults(func=fn)
@@ -74,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = cmd("verify", "recompute every artifact's size and checksum", commands.do_verify)
     sp.add_argument("id")
     _identity(sp, "; with it, encrypted artifacts are also decrypted and their plaintext checked")
+    from_target(sp)
     sp = cmd("restore", "verify, then restore a backup into an empty directory", commands.do_restore)
     sp.add_argument("id")
     _identity(sp, "")
@@ -83,10 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--path", action="append", default=[], dest="paths", metavar="REL",
                     help="restore only this file or directory (relative to the volume root; LABEL/REL with "
                          "several volumes); repeatable; tar exports only")
+    from_target(sp)
     sp = cmd("drill", "restore into scratch space and run the databases' own integrity checks", commands.do_drill)
     sp.add_argument("id")
     sp.add_argument("--keep", action="store_true", help="keep the scratch copy and print where it is")
     _identity(sp, "")
+    from_target(sp)
+    sp = cmd("copy", "copy a stored backup (and the chain links it needs) to another target, verified",
+             commands.do_copy)
+    sp.add_argument("id")
+    sp.add_argument("--to", required=True, dest="target", metavar="TARGET", help="the target to copy to")
+    from_target(sp)
     sp = cmd("prune", "apply each job's retention: remove the backups its rules no longer keep", commands.do_prune)
     sp.add_argument("job", nargs="?", help="only this job (default: every job)")
     sp.add_argument("--dry-run", action="store_true", help="print what would be kept and removed; remove nothing")

@@ -98,6 +98,9 @@ def check_job(facts: JobFacts, now: datetime, max_age: float, warn_age: float | 
         return JobCheck(name, WARNING, _clean(f"{what} (warn {human_age(warn_age)})"), perf)
     if failed and run.ended >= m.created:
         return JobCheck(name, WARNING, _clean(f"{fail_note}; {what}"), perf)
+    if missing := facts.missing_copies(m.id):
+        return JobCheck(name, WARNING, _clean(f"{what}, but its copy to target(s) {', '.join(missing)} failed "
+                                              f"(`snapagent copy {m.id} --to TARGET`)"), perf)
     damaged = sum(t.damaged for t in facts.targets.values())
     note = f", {damaged} DAMAGED (see `snapagent list`)" if damaged else ""
     return JobCheck(name, OK, _clean(f"{what}, {count} backup(s){note}"), perf)

@@ -35,8 +35,19 @@ class JobFacts:
 
     @property
     def backups(self) -> list[Stored]:
-        """Every complete backup of the job, oldest first."""
-        return sorted((b for t in self.targets.values() for b in t.backups), key=listing_order)
+        """Every complete backup of the job, oldest first; a backup copied to several targets
+        once (its copy in the first target, the job's own one first)."""
+        first: dict[str, Stored] = {}
+        for t in self.targets.values():
+            for b in t.backups:
+                first.setdefault(b.id, b)
+        return sorted(first.values(), key=listing_order)
+
+    def missing_copies(self, backup_id: str) -> list[str]:
+        """Return the targets whose copy of ``backup_id`` the last run could not make and which
+        still lack it (a copy made by hand since clears it)."""
+        failed = self.run.copy_failed if self.run is not None and self.run.backup_id == backup_id else []
+        return [t for t in failed if not any(b.id == backup_id for b in self.targets.get(t, TargetFacts(t)).backups)]
 
     @property
     def newest(self) -> Stored | None:

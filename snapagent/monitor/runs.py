@@ -45,6 +45,8 @@ class RunRecord(BaseModel):
     size_bytes: int | None = None
     freeze_window_seconds: float | None = None
     last_success: Success | None = None
+    warnings: list[str] = []  # a successful run's warnings, e.g. a copy to a copy_to target that failed
+    copy_failed: list[str] = []  # the copy_to targets that did not get this run's backup
 
 
 def path(state_dir: Path, job: str) -> Path:

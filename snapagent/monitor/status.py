@@ -18,7 +18,8 @@ def job_status(facts: JobFacts, now: datetime) -> dict[str, Any]:
     if run is not None:
         last_run = {"started": iso(run.started), "ended": iso(run.ended), "result": run.result,
                     "duration_seconds": run.duration_seconds, "freeze_window_seconds": run.freeze_window_seconds,
-                    "backup_id": run.backup_id, "error": run.error}
+                    "backup_id": run.backup_id, "error": run.error, "warnings": list(run.warnings),
+                    "copy_failed": list(run.copy_failed)}
     ok = facts.last_success
     last_success = None if ok is None else {
         "started": iso(ok.started), "ended": iso(ok.ended), "backup_id": ok.backup_id, "size_bytes": ok.size_bytes,

@@ -25,9 +25,15 @@ class Watch:
 
     def __init__(self) -> None:
         self.manifest: Manifest | None = None
+        self.warnings: list[str] = []
+        self.copy_failed: list[str] = []
 
-    def success(self, manifest: Manifest) -> None:
+    def success(self, manifest: Manifest, warnings: list[str] | None = None, copy_failed: list[str] | None = None) -> None:
+        """The backup is committed; ``warnings``: what went wrong after (a failed copy, prune);
+        ``copy_failed``: the copy_to targets without their copy."""
         self.manifest = manifest
+        self.warnings = list(warnings or [])
+        self.copy_failed = list(copy_failed or [])
 
 
 @contextlib.contextmanager
@@ -70,7 +76,8 @@ def _finish(config: Config, job: Job, w: Watch, result: str, error: str | None, 
         last = prev.last_success if prev is not None else None
     record = RunRecord(job=job.name, started=started, ended=ended, duration_seconds=round(duration, 3),
                        result=result, error=error, backup_id=m.id if m else None, size_bytes=m.size if m else None,
-                       freeze_window_seconds=m.freeze_window_ms / 1000 if m else None, last_success=last)
+                       freeze_window_seconds=m.freeze_window_ms / 1000 if m else None, last_success=last,
+                       warnings=w.warnings if m else [], copy_failed=w.copy_failed if m else [])
     try:
         runs.save(state_dir, record)
     except OSError as e:

@@ -14,6 +14,7 @@ from typing import IO, Any, ClassVar
 
 from pydantic import BaseModel
 
+from snapagent.errors import TargetFailed
 from snapagent.manifest import Artifact, Manifest
 from snapagent.util.runner import Runner
 
@@ -80,6 +81,19 @@ class Writer:
         """Store ``stream`` as artifact ``name`` (checksummed, durable); return its record."""
         raise NotImplementedError
 
+    def add_stored(self, art: Artifact, stream: IO[bytes]) -> Artifact:
+        """Store ``stream``, the bytes of artifact ``art`` exactly as another target stored them
+        (already compressed or encoded: a copy never re-encodes), under ``art.name``; return the
+        record of what was written, whose size and sha256 the caller compares with ``art``.
+
+        The default stores uncompressed artifacts through ``add_artifact``; a target that keeps
+        encoded bytes as they are (the directory target) overrides it. Raise TargetFailed when
+        this target cannot store ``art`` as it is."""
+        if art.compression != "none":
+            raise TargetFailed(f"this target cannot store the {art.compression}-compressed artifact {art.name} "
+                               "as it is")
+        return self.add_artifact(art.name, stream)
+
     def commit(self, manifest: Manifest) -> None:
         """Write the manifest last and make the backup visible atomically (and close the journal
         record of the temp place). What an uncommitted writer wrote is removed by ``undo``."""
@@ -130,6 +144,15 @@ class Target:
         encrypted artifact is decrypted with ``self.identities``; without them ``finish()`` still
         checks the stored bytes and ``read()`` raises UsageError."""
         raise NotImplementedError
+
+    def open_stored(self, backup_id: str, art: Artifact) -> ArtifactReader:
+        """Return a reader of the artifact's bytes as stored (not decompressed: what a copy
+        streams into ``Writer.add_stored``) that checks size and sha256 at ``finish()``. The
+        default serves uncompressed artifacts through ``open_artifact``. Raise NotFound /
+        VerifyFailed, or TargetFailed when this target cannot hand out the stored bytes."""
+        if art.compression != "none":
+            raise TargetFailed(f"{self.describe()} cannot hand out the stored bytes of {art.name}")
+        return self.open_artifact(backup_id, art)
 
     def delete(self, backup_id: str) -> None:
         """Remove a backup: it disappears from listings atomically first, then its artifacts go

@@ -82,29 +82,34 @@ def decide(job: Job, target: Target, now: datetime | None = None) -> tuple[Targe
 
 
 def targets_of(config: Config, job: Job) -> list[Target]:
-    """Return the job's own target, then every other target that holds backups of the job."""
+    """Return the job's own target, its ``copy_to`` targets, then every other target that holds
+    backups of the job (copies made by hand): retention applies in each with the same rules."""
     own = config.target(job.target_name)
-    return [own] + [t for t in config.all_targets() if t.name != own.name and t.list(job.name)]
+    copies = [config.target(n) for n in job.cfg.copy_to]
+    named = {own.name, *job.cfg.copy_to}
+    return [own] + copies + [t for t in config.all_targets() if t.name not in named and t.list(job.name)]
 
 
 def prune(config: Config, job: Job, runner: Runner, locked: bool = False,
-          say: Callable[[str], None] = lambda s: None) -> list[TargetPrune]:
+          say: Callable[[str], None] = lambda s: None, only: set[str] | None = None) -> list[TargetPrune]:
     """Apply ``job``'s retention in each of its targets; return one TargetPrune per target.
 
     With ``runner.dry_run`` nothing is taken or removed. Otherwise the job lock is taken (unless
     the caller, a backup run, holds it: ``locked``) and every removal is journaled. Raise
     JobLocked when a run of the job holds the lock; a backup that cannot be removed is reported in
     ``failed`` and the others go on; Interrupted after the backup being removed is settled.
+    ``only``: prune only the targets of these names.
     """
+    targets = [t for t in targets_of(config, job) if only is None or t.name in only]
     if runner.dry_run:
-        return [decide(job, t)[0] for t in targets_of(config, job)]
+        return [decide(job, t)[0] for t in targets]
     state_dir = config.agent.state_dir
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     with signals.raising(), (nullcontext() if locked else JobLock(state_dir, job.name)):
         if not locked:
             for msg in cleanup.sweep(state_dir, runner, job.name):
                 say(f"cleaned up after an earlier run: {msg}")
-        return [_prune_target(config, job, t, runner, say) for t in targets_of(config, job)]
+        return [_prune_target(config, job, t, runner, say) for t in targets]
 
 
 def _prune_target(config: Config, job: Job, target: Target, runner: Runner, say: Callable[[str], None]) -> TargetPrune:
@@ -113,13 +118,16 @@ def _prune_target(config: Config, job: Job, target: Target, runner: Runner, say:
         return result
     run_id = f"prune-{datetime.now(timezone.utc):%Y%m%dT%H%M%S.%fZ}"
     journal = Journal.start(config.agent.state_dir, job.name, run_id)
-    kept = any(v.kept for bid in result.remove for v in good[bid].manifest.volumes)
+    # a kept snapshot belongs to the backup in the job's own target; a copy elsewhere records
+    # it too (its manifest is the same) but removing the copy must not release it
+    own = target.name == job.target_name
+    kept = own and any(v.kept for bid in result.remove for v in good[bid].manifest.volumes)
     driver = job.driver_cls(runner, job.options) if kept else None
     if driver is not None:
         driver.journal = journal
     try:
         for bid in result.remove:  # newest first
-            err = _remove(good[bid], target, driver, journal)
+            err = _remove(good[bid], target, driver, journal, own)
             if err:
                 result.failed.append(f"{bid}: {err}")
                 log.warning("prune: could not remove %s: %s", bid, err)
@@ -137,11 +145,12 @@ def _prune_target(config: Config, job: Job, target: Target, runner: Runner, say:
     return result
 
 
-def _remove(b: Stored, target: Target, driver, journal: Journal) -> str | None:
-    """Remove one backup (journaled, bases first); return why it could not be, or None."""
+def _remove(b: Stored, target: Target, driver, journal: Journal, own: bool = True) -> str | None:
+    """Remove one backup (journaled, bases first when in the job's ``own`` target); return why
+    it could not be, or None."""
     key = b.location
     journal.open("delete", key, {"kind": "target", "name": target.type}, backup=b.id, target=target.name)
-    kept = [v for v in b.manifest.volumes if v.kept]
+    kept = [v for v in b.manifest.volumes if v.kept] if own else []
     if kept and not isinstance(driver, IncrementalBase):
         journal.close("delete", key)
         return f"it kept snapshots for incremental exports, but driver {driver.name!r} cannot release them; left intact"

@@ -28,7 +28,7 @@ from snapagent.config import Strict
 from snapagent.errors import NotFound, PreflightFailed, TargetFailed, VerifyFailed
 from snapagent.manifest import Artifact, Manifest, ManifestDamaged
 from snapagent.plugin.target import Damaged, Stored, Target, Writer, listing_order
-from snapagent.targets.streams import HashingSink, VerifyingReader, store_encrypted, store_plain
+from snapagent.targets.streams import HashingSink, VerifyingReader, read_chunk, store_encrypted, store_plain
 from snapagent.util import age
 from snapagent.util.fs import fsync_dir, write_atomic
 from snapagent.util.names import BACKUP_ID_RE, NAME_RE
@@ -88,6 +88,24 @@ class DirectoryWriter(Writer):
         crypt = {"encryption": "age", "plain_size": plain.size, "plain_sha256": plain.h.hexdigest()} if plain else {}
         return Artifact(name=fname, size=sink.size, sha256=sink.h.hexdigest(), compression=comp, raw_size=raw_size,
                         **crypt)
+
+    def add_stored(self, art: Artifact, stream: IO[bytes]) -> Artifact:
+        """Store the bytes of ``art`` exactly as they come (already compressed: never re-encoded),
+        hashed and fsynced like ``add_artifact``; return the record of what was written."""
+        part = self.tmp / f".{art.name}.part"
+        try:
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                sink = HashingSink(f)
+                while chunk := read_chunk(stream):
+                    sink.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(part, self.tmp / art.name)
+        except OSError as e:
+            raise TargetFailed(f"target {self.t.name!r} cannot store {art.name} in {self.tmp.parent}: "
+                               f"{e.strerror or e}; nothing was stored") from None
+        return art.model_copy(update={"size": sink.size, "sha256": sink.h.hexdigest()})
 
     def commit(self, manifest: Manifest) -> None:
         """Write the manifest last and move the backup into place atomically. Raises TargetFailed."""
@@ -202,13 +220,19 @@ class DirectoryTarget(Target):
         return self._read(*found) if found else None
 
     def open_artifact(self, backup_id: str, art: Artifact) -> VerifyingReader:
+        return self._open(backup_id, art)
+
+    def _open(self, backup_id: str, art: Artifact, stored: bool = False) -> VerifyingReader:
         found = self._find(backup_id)
         if found is None:
             raise NotFound(f"no backup {backup_id!r} in target {self.name!r}")
         path = found[1] / art.name  # art.name is one safe component (validated by the manifest)
         if not os.path.lexists(path):
             raise VerifyFailed(f"artifact {art.name} of {backup_id} is missing")
-        return VerifyingReader(path, art, self.identities)
+        return VerifyingReader(path, art, self.identities, stored=stored)
+
+    def open_stored(self, backup_id: str, art: Artifact) -> VerifyingReader:
+        return self._open(backup_id, art, stored=True)
 
     def delete(self, backup_id: str) -> None:
         """Remove backup ``backup_id``: its directory is renamed to ``.deleting-<id>`` (the backup

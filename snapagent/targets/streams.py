@@ -66,9 +66,13 @@ class VerifyingReader(ArtifactReader):
     against the manifest); ``read`` raises UsageError asking for ``--identity``. A wrong identity
     is a UsageError too, a damaged age file VerifyFailed."""
 
-    def __init__(self, path: Path, art: Artifact, identities: age.Identities | None = None):
+    stored = False
+
+    def __init__(self, path: Path, art: Artifact, identities: age.Identities | None = None, stored: bool = False):
+        """``stored``: hand out the bytes as stored (a copy's source): not decrypted, not decompressed."""
         self.art = art
         self.identities = identities
+        self.stored = stored
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
             if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -87,6 +91,9 @@ class VerifyingReader(ArtifactReader):
         self._dec: age.Decrypting | None = None
         self._plain: HashingSource | None = None
         inner = self._src
+        if self.stored:
+            self._r = inner
+            return
         if art.encryption == "age" and identities is not None:
             self._dec = age.Decrypting(self._src, identities)
             inner = self._plain = HashingSource(self._dec)
@@ -96,7 +103,7 @@ class VerifyingReader(ArtifactReader):
             self._r = inner
 
     def read(self, n: int = -1) -> bytes:
-        if self.art.encryption != "none" and self._dec is None:
+        if self.art.encryption != "none" and self._dec is None and not self.stored:
             raise UsageError(f"artifact {self.art.name} is encrypted with {self.art.encryption}: give --identity FILE "
                              "(the identity of one of the target's recipients)")
         try:
@@ -171,7 +178,7 @@ def store_plain(stream: IO[bytes], sink: HashingSink, cfg: DirectoryConfig) -> i
         out = cctx.stream_writer(sink, closefd=False)
     else:
         out = sink
-    while chunk := _read(stream):
+    while chunk := read_chunk(stream):
         raw_size += len(chunk)
         out.write(chunk)
     if cfg.compression == "zstd":
@@ -211,7 +218,8 @@ def store_encrypted(stream: IO[bytes], sink: HashingSink, cfg: DirectoryConfig) 
     return src.size, plain
 
 
-def _read(stream: IO[bytes]) -> bytes:
+def read_chunk(stream: IO[bytes]) -> bytes:
+    """Return the next chunk of an export stream; raise ExportFailed when reading it fails."""
     try:
         return stream.read(CHUNK)
     except OSError as e:

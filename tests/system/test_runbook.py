@@ -166,7 +166,8 @@ class Runbook:
         self.crashed: list[str] | None = None  # the snapshots a killed run left, once the test killed one
         self.cfg = write_config(workdir, f'[jobs.app]\ndriver = "btrfs"\nvolumes = [{toml_str(vol)}]\ntarget = "local"\n'
                                          f'schedule = "daily"\n[jobs.app.retention]\nkeep_last = 3\nkeep_daily = 7\n'
-                                         f'[[jobs.app.quiesce]]\ntype = "sqlite"\npath = {toml_str(vol / "app.db")}\n')
+                                         f'[[jobs.app.quiesce]]\ntype = "sqlite"\npath = {toml_str(vol / "app.db")}\n',
+                                extra=f'[targets.offsite]\ntype = "directory"\npath = {toml_str(workdir / "offsite")}\n')
         self.values = {"JOB": "app", "ID": None, "DEST": str(workdir / "dest"), "VOL": str(vol),
                        "ROOT": str(workdir / "image"), "NEWCONF": str(workdir / "newhost" / "snapagent.toml")}
         self.env = dict(os.environ, SNAPAGENT_CONFIG=str(self.cfg),

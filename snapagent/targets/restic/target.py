@@ -31,7 +31,7 @@ from snapagent.plugin.target import Damaged, Stored, Target, Writer, listing_ord
 from snapagent.targets.restic.config import ResticConfig
 from snapagent.targets.restic.repo import TAG, Repo, explain, lock_path, public
 from snapagent.targets.restic.stall import Stall
-from snapagent.targets.streams import HashingSink, VerifyingReader, _read
+from snapagent.targets.streams import HashingSink, VerifyingReader, read_chunk
 from snapagent.util.names import BACKUP_ID_RE, NAME_RE
 from snapagent.util.runner import Runner, Stream
 
@@ -58,18 +58,19 @@ class ResticWriter(Writer):
         self.journal = journal
         self.key = key
 
-    def _store(self, fname: str, stream: IO[bytes], tags: tuple[str, ...] = ()) -> tuple[int, str, int]:
-        """Send ``stream`` (compressed as configured) as snapshot ``/<job>/<id>/<fname>``; return
-        (stored size, sha256 of the stored bytes, bytes read). Raise TargetFailed, ExportFailed."""
+    def _store(self, fname: str, stream: IO[bytes], tags: tuple[str, ...] = (), as_is: bool = False) -> tuple[int, str, int]:
+        """Send ``stream`` (compressed as configured, or ``as_is``: the bytes as they come) as
+        snapshot ``/<job>/<id>/<fname>``; return (stored size, sha256 of the stored bytes, bytes
+        read). Raise TargetFailed, ExportFailed."""
         cfg, repo = self.t.cfg, self.t.repo
         argv = ["restic", "backup", "--stdin", "--stdin-filename", f"{self.job}/{self.id}/{fname}", "--host", cfg.host,
                 "--tag", TAG, "--tag", f"job={self.job}", "--tag", f"backup={self.id}", "--json"]
         for t in tags:
             argv += ["--tag", t]
         with repo.locked():
-            return self._send(repo, argv, fname, stream)
+            return self._send(repo, argv, fname, stream, as_is)
 
-    def _send(self, repo: Repo, argv: list[str], fname: str, stream: IO[bytes]) -> tuple[int, str, int]:
+    def _send(self, repo: Repo, argv: list[str], fname: str, stream: IO[bytes], as_is: bool) -> tuple[int, str, int]:
         cfg = self.t.cfg
         out = tempfile.TemporaryFile()  # --json status lines: a file, so restic never blocks on them
         try:
@@ -77,14 +78,14 @@ class ResticWriter(Writer):
         except CommandNotFound:
             raise TargetFailed("restic is not installed (apt install restic)") from None
         raw_size = 0
-        comp = cfg.compression if fname != MANIFEST else "none"
+        comp = cfg.compression if fname != MANIFEST and not as_is else "none"
         doing = f"storing {fname}"
         with Stall(st, cfg.stall_timeout) as stall:
             try:
                 sink = HashingSink(st.stdin if st.proc is not None else open(os.devnull, "wb"))  # else: dry run
                 w = zstandard.ZstdCompressor(level=cfg.zstd_level, write_checksum=True).stream_writer(
                     sink, closefd=False) if comp == "zstd" else sink
-                while chunk := _read(stream):
+                while chunk := read_chunk(stream):
                     raw_size += len(chunk)
                     w.write(chunk)
                     stall.tick()
@@ -120,6 +121,12 @@ class ResticWriter(Writer):
         size, sha, raw = self._store(fname, stream)
         return Artifact(name=fname, size=size, sha256=sha, compression=comp, raw_size=raw)
 
+    def add_stored(self, art: Artifact, stream: IO[bytes]) -> Artifact:
+        """Store a copy's artifact exactly as another target stored it (compressed, encrypted: never
+        re-encoded); the caller compares the returned size and sha256 with ``art``."""
+        size, sha, _ = self._store(art.name, stream, as_is=True)
+        return art.model_copy(update={"size": size, "sha256": sha})
+
     def commit(self, manifest: Manifest) -> None:
         """Store the manifest as the backup's last snapshot (tag ``manifest``); raise TargetFailed."""
         self._store(MANIFEST, io.BytesIO(manifestmod.dumps(manifest)), ("manifest",))
@@ -129,9 +136,10 @@ class ResticWriter(Writer):
 class ResticReader(VerifyingReader):
     """An artifact's bytes streamed from ``restic dump`` (no temporary copy), checked at ``finish()``."""
 
-    def __init__(self, st: Stream, art: Artifact, cfg: ResticConfig):
+    def __init__(self, st: Stream, art: Artifact, cfg: ResticConfig, stored: bool = False, identities=None):
         self.art = art
-        self.identities = None  # restic targets store what they are given; no age layer of their own
+        self.identities = identities  # a copy of an age-encrypted backup is decrypted with them
+        self.stored = stored
         self.st = st
         self.cfg = cfg
         self._wrap(st.stdout)
@@ -247,6 +255,12 @@ class ResticTarget(Target):
         return None
 
     def open_artifact(self, backup_id: str, art: Artifact) -> ResticReader:
+        return self._open(backup_id, art, stored=False)
+
+    def open_stored(self, backup_id: str, art: Artifact) -> ResticReader:
+        return self._open(backup_id, art, stored=True)
+
+    def _open(self, backup_id: str, art: Artifact, stored: bool) -> ResticReader:
         if not BACKUP_ID_RE.match(backup_id):
             raise NotFound(f"no backup {backup_id!r} in target {self.name!r}")
         for s in self.repo.snapshots(f"backup={backup_id}"):
@@ -254,7 +268,7 @@ class ResticTarget(Target):
             if where and where[1] == backup_id and where[2] == art.name:
                 st = self.repo.runner.stream(["restic", "dump", s["id"], f"/{where[0]}/{backup_id}/{art.name}"],
                                              mutating=False, env=self.repo.env())
-                return ResticReader(st, art, self.cfg)
+                return ResticReader(st, art, self.cfg, stored=stored, identities=self.identities)
         raise VerifyFailed(f"artifact {art.name} of {backup_id} is missing")
 
     def check_repository(self) -> str:
