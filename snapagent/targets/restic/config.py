@@ -13,7 +13,7 @@ import re
 import socket
 import stat
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
@@ -75,6 +75,9 @@ class ResticConfig(Strict):
     password_file: Path
     environment_file: Path | None = None
     host: str = Field(default_factory=socket.gethostname, min_length=1, pattern=r"^[^\x00-\x1f]+$")
+    #: restic's extended options (``-o NAME=VALUE``: ``sftp.command``, ``s3.region``…): argv, so
+    #: never a secret there (credentials belong in ``environment_file``)
+    options: list[Annotated[str, Field(pattern=r"^[a-z0-9]+\.[A-Za-z0-9_.-]+=[^\x00-\x1f]*$")]] = Field(default_factory=list)
     compression: Literal["zstd", "none"] = "zstd"
     zstd_level: int = Field(default=3, ge=1, le=19)
     #: what ``verify`` asks ``restic check --read-data-subset`` to read (``n/t``, ``x%``, a size)

@@ -104,6 +104,11 @@ class Repo:
     def env(self) -> dict[str, str]:
         return restic_env(self.cfg)
 
+    def argv(self, *args: str) -> list[str]:
+        """Return ``restic [-o OPTION]… ARGS`` (the target's extended options first)."""
+        opts = [a for o in self.cfg.options for a in ("-o", o)]
+        return ["restic", *opts, *args]
+
     def run(self, args: Sequence[str], doing: str, *, mutating: bool, timeout: float | None = -1) -> str:
         """Run ``restic ARGS`` (for at most ``timeout`` seconds: default ``stall_timeout``, None:
         unbounded); return its stdout. Raise TargetFailed (explained)."""
@@ -111,7 +116,7 @@ class Repo:
             timeout = self.cfg.stall_timeout
         try:
             with repo_lock(self.lock if mutating else None):
-                return self.runner.run(["restic", *args], mutating=mutating, env=self.env(), timeout=timeout).stdout
+                return self.runner.run(self.argv(*args), mutating=mutating, env=self.env(), timeout=timeout).stdout
         except CommandNotFound:
             raise TargetFailed("restic is not installed (apt install restic)") from None
         except CommandFailed as e:

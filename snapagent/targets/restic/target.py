@@ -63,8 +63,8 @@ class ResticWriter(Writer):
         snapshot ``/<job>/<id>/<fname>``; return (stored size, sha256 of the stored bytes, bytes
         read). Raise TargetFailed, ExportFailed."""
         cfg, repo = self.t.cfg, self.t.repo
-        argv = ["restic", "backup", "--stdin", "--stdin-filename", f"{self.job}/{self.id}/{fname}", "--host", cfg.host,
-                "--tag", TAG, "--tag", f"job={self.job}", "--tag", f"backup={self.id}", "--json"]
+        argv = repo.argv("backup", "--stdin", "--stdin-filename", f"{self.job}/{self.id}/{fname}", "--host", cfg.host,
+                         "--tag", TAG, "--tag", f"job={self.job}", "--tag", f"backup={self.id}", "--json")
         for t in tags:
             argv += ["--tag", t]
         with repo.locked():
@@ -195,7 +195,7 @@ class ResticTarget(Target):
 
     def _dump(self, snap_id: str, path: str, limit: int) -> bytes:
         """Return at most ``limit`` bytes of file ``path`` of snapshot ``snap_id``; raise TargetFailed."""
-        st = self.repo.runner.stream(["restic", "dump", snap_id, path], mutating=False, env=self.repo.env())
+        st = self.repo.runner.stream(self.repo.argv("dump", snap_id, path), mutating=False, env=self.repo.env())
         try:
             data = st.stdout.read(limit)
         except BaseException:
@@ -266,7 +266,7 @@ class ResticTarget(Target):
         for s in self.repo.snapshots(f"backup={backup_id}"):
             where = _path_of(s)
             if where and where[1] == backup_id and where[2] == art.name:
-                st = self.repo.runner.stream(["restic", "dump", s["id"], f"/{where[0]}/{backup_id}/{art.name}"],
+                st = self.repo.runner.stream(self.repo.argv("dump", s["id"], f"/{where[0]}/{backup_id}/{art.name}"),
                                              mutating=False, env=self.repo.env())
                 return ResticReader(st, art, self.cfg, stored=stored, identities=self.identities)
         raise VerifyFailed(f"artifact {art.name} of {backup_id} is missing")
