@@ -122,6 +122,13 @@ def test_toml_snippets_parse(tmp_path):
         data = tomllib.loads(text)
         data.setdefault("agent", {})["state_dir"] = str(tmp_path)
         data.setdefault("targets", {}).setdefault("local", {"type": "directory", "path": str(tmp_path)})
+        for t in data["targets"].values():  # a restic target's secret files: stand-ins, 0600
+            for key in ("password_file", "environment_file"):
+                if key in t and not Path(t[key]).exists():
+                    stand_in = tmp_path / Path(t[key]).name
+                    stand_in.write_text("AWS_DEFAULT_REGION=eu-central-1\n" if key == "environment_file" else "pw\n")
+                    stand_in.chmod(0o600)
+                    t[key] = str(stand_in)
         jobs = data.setdefault("jobs", {"probe": {}})
         for job in jobs.values():
             job.setdefault("driver", "btrfs")
@@ -167,11 +174,25 @@ class Runbook:
         self.cfg = write_config(workdir, f'[jobs.app]\ndriver = "btrfs"\nvolumes = [{toml_str(vol)}]\ntarget = "local"\n'
                                          f'schedule = "daily"\n[jobs.app.retention]\nkeep_last = 3\nkeep_daily = 7\n'
                                          f'[[jobs.app.quiesce]]\ntype = "sqlite"\npath = {toml_str(vol / "app.db")}\n',
-                                extra=f'[targets.offsite]\ntype = "directory"\npath = {toml_str(workdir / "offsite")}\n')
+                                extra=self.offsite(workdir))
         self.values = {"JOB": "app", "ID": None, "DEST": str(workdir / "dest"), "VOL": str(vol),
                        "ROOT": str(workdir / "image"), "NEWCONF": str(workdir / "newhost" / "snapagent.toml")}
         self.env = dict(os.environ, SNAPAGENT_CONFIG=str(self.cfg),
                         PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+
+    @staticmethod
+    def offsite(workdir: Path) -> str:
+        """The ``offsite`` target: a restic repository (a local path here; the backends are tested
+        in tests/system/test_offsite.py), created as the runbook tells: ``restic init``."""
+        need(shutil.which("restic") is not None, "needs restic (scripts/setup-restic.sh)")
+        pw = workdir / "restic.pass"
+        pw.write_text("runbook offsite password\n")
+        pw.chmod(0o600)
+        repo = workdir / "offsite-repo"
+        subprocess.run(["restic", "init"], check=True, capture_output=True, timeout=120,
+                       env={"PATH": os.environ["PATH"], "RESTIC_REPOSITORY": str(repo), "RESTIC_PASSWORD_FILE": str(pw)})
+        return (f'[targets.offsite]\ntype = "restic"\nrepository = {toml_str(repo)}\n'
+                f'password_file = {toml_str(pw)}\n')
 
     def substitute(self, line: str) -> str:
         def one(m: re.Match) -> str:
@@ -192,12 +213,14 @@ class Runbook:
         if "restore" in argv and "--force" not in argv and Path(self.values["DEST"]).exists():
             shutil.rmtree(self.values["DEST"])
         if "NEWCONF" in argv and not Path(self.values["NEWCONF"]).exists():
+            # the new host: the old one burned with its local target; the offsite repository, the
+            # config and its password file survive. A fresh state dir, an empty new local disk.
             new = Path(self.values["NEWCONF"]).parent
-            shutil.copytree(self.workdir / "backups", new / "backup-copy")  # the rsync'ed target
             (new / "state").mkdir(parents=True)
-            text = self.cfg.read_text().replace(str(self.workdir / "backups"), str(new / "backup-copy"))
+            (new / "new-disk").mkdir()
+            text = self.cfg.read_text().replace(str(self.workdir / "backups"), str(new / "new-disk"))
             text = text.replace(str(self.workdir / "state"), str(new / "state"))
-            assert str(self.workdir) + "/state" not in text and "backup-copy" in text
+            assert str(self.workdir) + "/state" not in text and "new-disk" in text and "offsite-repo" in text
             Path(self.values["NEWCONF"]).write_text(text)
 
     def crash(self) -> None:
