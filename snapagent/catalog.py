@@ -4,20 +4,40 @@ needs. A damaged backup is listed as such and refused by id; it never hides the 
 
 from __future__ import annotations
 
+import logging
+from typing import Callable, TypeVar
+
 from snapagent.config import Config
-from snapagent.errors import BackupDamaged, NotFound, UsageError, VerifyFailed
+from snapagent.errors import BackupDamaged, NotFound, TargetFailed, UsageError, VerifyFailed
 from snapagent.manifest import Volume
 from snapagent.plugin.target import Damaged, Stored, listing_order
 from snapagent.util.names import BACKUP_ID_RE
 
 LATEST = "@latest"
+log = logging.getLogger("snapagent.catalog")
+T = TypeVar("T")
+
+
+def each_readable(tgts: list, read: Callable[[object], T]) -> list[T]:
+    """Return ``read(target)`` for each target that can be read. With several targets, one that
+    cannot (an offsite server down: TargetFailed) is skipped with a warning naming it, so the
+    backups of the others stay usable; a single (or explicitly named) target's failure is raised."""
+    out = []
+    for t in tgts:
+        try:
+            out.append(read(t))
+        except TargetFailed as e:
+            if len(tgts) == 1:
+                raise
+            log.warning("target %r cannot be read, going on without it: %s", t.name, e)
+    return out
 
 
 def listing(config: Config, job: str | None = None) -> list[Stored | Damaged]:
-    """Return every backup (of ``job``) in every target, good and damaged, oldest first."""
+    """Return every backup (of ``job``) in every readable target, good and damaged, oldest first."""
     out: list[Stored | Damaged] = []
-    for target in config.all_targets():
-        out.extend(target.list(job))
+    for found in each_readable(list(config.all_targets()), lambda t: t.list(job)):
+        out.extend(found)
     return sorted(out, key=listing_order)
 
 
@@ -45,7 +65,7 @@ def locations(config: Config, backup_id: str, source: str | None = None) -> list
     if not BACKUP_ID_RE.match(backup_id):
         raise UsageError(f"ID: {backup_id!r} is not a backup id (JOB-YYYYMMDDTHHMMSSZ as `snapagent list` shows, "
                          "or JOB@latest)")
-    return [b for t in targets(config, source) if (b := t.get(backup_id)) is not None]
+    return [b for b in each_readable(targets(config, source), lambda t: t.get(backup_id)) if b is not None]
 
 
 def copies(config: Config, backup_id: str, source: str | None = None) -> list[Stored]:
@@ -54,7 +74,8 @@ def copies(config: Config, backup_id: str, source: str | None = None) -> list[St
     every copy's manifest is damaged."""
     if backup_id.endswith(LATEST):
         job = config.job(backup_id[: -len(LATEST)]).name
-        good = [b for t in targets(config, source) for b in t.list(job) if isinstance(b, Stored)]
+        good = [b for found in each_readable(targets(config, source), lambda t: t.list(job))
+                for b in found if isinstance(b, Stored)]
         if not good:
             raise NotFound(f"job {job!r} has no backups yet" + (f" in target {source!r}" if source else ""))
         backup_id = max(good, key=listing_order).id

@@ -111,3 +111,25 @@ def test_copy_to_restic_from_an_encrypted_local_target(app, workdir):
         snapagent("restore", bid, "--to", str(workdir / "dest"), "--from", "off", "--identity", str(ident),
                   config=cfg, check=True)
         check_restored(workdir / "dest", m["volumes"][0]["label"], w, m["quiescers"][0]["locked_at"])
+
+
+def test_an_unreachable_offsite_target_never_hides_the_local_backups(app, workdir):
+    """The offsite server is down: list, verify and restore still work from the local target, with
+    one warning naming the target that cannot be read; asking for that target explicitly fails."""
+    vol, db, w = app
+    pwfile = secret(workdir / "pw", PASSWORD)
+    with rest_server(workdir / "srv") as srv:
+        restic_init(Remote(url=srv.url, env=dict(srv.env)), pwfile)
+        target = (f'[targets.off]\ntype = "restic"\nrepository = {toml_str(srv.url)}\n'
+                  f'password_file = {toml_str(pwfile)}\nstall_timeout = 20\n')
+        cfg = write_config(workdir, job(vol, db, "local", 'copy_to = ["off"]'), extra=target)
+        bid = snapagent("backup", "app", config=cfg, check=True).stdout.split()[-1]
+        srv.kill()
+        r = snapagent("--json", "list", config=cfg, check=True)
+        assert [b["id"] for b in json.loads(r.stdout)] == [bid]
+        assert "target 'off' cannot be read" in r.stderr, r.stderr
+        snapagent("verify", bid, "--from", "local", config=cfg, check=True)
+        snapagent("restore", "app@latest", "--to", str(workdir / "dest"), config=cfg, check=True)
+        assert (workdir / "dest").is_dir()
+        r = snapagent("verify", bid, "--from", "off", config=cfg)
+        assert r.returncode == 1 and len([ln for ln in r.stderr.splitlines() if "error" in ln]) == 1, r.stderr
