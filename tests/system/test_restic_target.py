@@ -160,6 +160,11 @@ def test_sigkilled_backup_then_cleanup_leaves_no_snapshot(big_app, workdir, kill
     proc = subprocess.Popen([sys.executable, "-m", "snapagent", "-c", str(cfg), "backup", "app"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     child = _restic_backup_of(proc.pid)
+    locks = Path(repo) / "locks"  # restic takes its lock only after deriving the key: slow on a loaded machine
+    end = time.monotonic() + 120
+    while not (locks.is_dir() and any(locks.iterdir())) and time.monotonic() < end:
+        time.sleep(0.02)
+    assert any(locks.iterdir()), "restic backup never took its lock"
     time.sleep(0.5)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
