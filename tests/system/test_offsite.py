@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sqlite3
 import subprocess
 from datetime import datetime
@@ -15,28 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.caps import need
 from tests.helpers.cli import snapagent, toml_str, write_config
 from tests.helpers.restic_remote import Remote, s3_server, sftp_server
 from tests.helpers.restic_servers import rest_server
 from tests.system import test_btrfs_sqlite as base
 from tests.system.test_age_encryption import keypair
 from tests.system.test_btrfs_sqlite import Writer
+from tests.system.test_restic_target import _restic, secret  # noqa: F401 - _restic: the autouse prerequisite
 
 pytestmark = [pytest.mark.root, pytest.mark.btrfs]
 PASSWORD = "offsite password 9c1e"
 app = base.app
-
-
-@pytest.fixture(autouse=True)
-def _restic():
-    need(shutil.which("restic") is not None, "needs restic (scripts/setup-restic.sh)")
-
-
-def secret(path: Path, text: str) -> Path:
-    path.write_text(text)
-    path.chmod(0o600)
-    return path
 
 
 def restic_init(remote: Remote, pwfile: Path) -> None:
