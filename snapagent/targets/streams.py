@@ -58,33 +58,25 @@ class HashingSource:
         return True
 
 
-class VerifyingReader(ArtifactReader):
-    """Reads an artifact's decompressed (and decrypted) bytes; ``finish()`` drains it and checks
-    size and sha256 of the stored bytes — and of the age plaintext, when decrypting.
+class StreamReader(ArtifactReader):
+    """Reads an artifact from ``raw``, the stream of its stored bytes: decompressed (and decrypted)
+    by ``read``; ``finish()`` drains it and checks size and sha256 of the stored bytes — and of
+    the age plaintext, when decrypting. ``stored``: hand out the bytes as stored (a copy's
+    source), neither decrypted nor decompressed.
 
     An encrypted artifact without ``identities`` can only be checked (``finish``: the ciphertext
     against the manifest); ``read`` raises UsageError asking for ``--identity``. A wrong identity
     is a UsageError too, a damaged age file VerifyFailed."""
 
-    stored = False
-
-    def __init__(self, path: Path, art: Artifact, identities: age.Identities | None = None, stored: bool = False):
-        """``stored``: hand out the bytes as stored (a copy's source): not decrypted, not decompressed."""
+    def __init__(self, raw: IO[bytes], art: Artifact, identities: age.Identities | None = None, stored: bool = False):
         self.art = art
         self.identities = identities
         self.stored = stored
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                os.close(fd)
-                raise OSError(0, "not a regular file")
-        except OSError as e:
-            raise VerifyFailed(f"artifact {art.name}: cannot be read ({e.strerror or e})") from None
-        self._wrap(os.fdopen(fd, "rb"))
+        self._wrap(raw)
 
     def _wrap(self, raw: IO[bytes]) -> None:
-        """Read the stored bytes from ``raw`` (a file, or a pipe of a subclass): hashed and
-        counted, then decrypted (when there is an identity) and decompressed."""
+        """Read the stored bytes from ``raw``: hashed and counted, then decrypted (when there is an
+        identity) and decompressed."""
         art, identities = self.art, self.identities
         self._raw = raw
         self._src = HashingSource(self._raw)
@@ -216,6 +208,21 @@ def store_encrypted(stream: IO[bytes], sink: HashingSink, cfg: DirectoryConfig) 
     plain = HashingSource(inner)
     age.encrypt(plain, sink, cfg.recipients)
     return src.size, plain
+
+
+class VerifyingReader(StreamReader):
+    """A StreamReader of the artifact file at ``path`` (a regular file, never followed through a
+    symlink); raises VerifyFailed when it cannot be opened."""
+
+    def __init__(self, path: Path, art: Artifact, identities: age.Identities | None = None, stored: bool = False):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise OSError(0, "not a regular file")
+        except OSError as e:
+            raise VerifyFailed(f"artifact {art.name}: cannot be read ({e.strerror or e})") from None
+        super().__init__(os.fdopen(fd, "rb"), art, identities, stored)
 
 
 def read_chunk(stream: IO[bytes]) -> bytes:

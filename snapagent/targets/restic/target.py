@@ -31,7 +31,7 @@ from snapagent.plugin.target import Damaged, Stored, Target, Writer, listing_ord
 from snapagent.targets.restic.config import ResticConfig
 from snapagent.targets.restic.repo import TAG, Repo, explain, lock_path, public
 from snapagent.targets.restic.stall import Stall
-from snapagent.targets.streams import HashingSink, VerifyingReader, read_chunk
+from snapagent.targets.streams import HashingSink, StreamReader, read_chunk
 from snapagent.util.names import BACKUP_ID_RE, NAME_RE
 from snapagent.util.runner import Runner, Stream
 
@@ -133,16 +133,13 @@ class ResticWriter(Writer):
         self.journal.close("temp", self.key)
 
 
-class ResticReader(VerifyingReader):
+class ResticReader(StreamReader):
     """An artifact's bytes streamed from ``restic dump`` (no temporary copy), checked at ``finish()``."""
 
     def __init__(self, st: Stream, art: Artifact, cfg: ResticConfig, stored: bool = False, identities=None):
-        self.art = art
-        self.identities = identities  # a copy of an age-encrypted backup is decrypted with them
-        self.stored = stored
         self.st = st
         self.cfg = cfg
-        self._wrap(st.stdout)
+        super().__init__(st.stdout, art, identities, stored)  # identities: a copy of an age-encrypted backup
 
     def finish(self) -> None:
         """Read the rest, then check restic's exit status (its reason beats a short read), size, sha256."""
