@@ -1,0 +1,7 @@
+"""Benchmark case vm: see bench/run.py (to be written)."""
+
+from bench.core import Context, Row
+
+
+def run(ctx: Context) -> list[Row]:
+    return []
