@@ -56,11 +56,13 @@ def test_generated_units_pass_systemd_analyze_verify(tmp_path, analyze):
     assert r.returncode == 0, r.stderr
     units = root / "etc/systemd/system"
     names = sorted(p.name for p in units.iterdir())
-    assert names == sorted(["snapagent@.service"] + [f"snapagent@{j}.timer" for j in JOBS])
+    templates = ["snapagent@.service", "snapagent-drill@.service", "snapagent-drill@.timer"]
+    assert names == sorted(templates + [f"snapagent@{j}.timer" for j in JOBS])
     for p in units.iterdir():
         assert stat.S_IMODE(p.stat().st_mode) == 0o644
-    timers = [f"snapagent@{j}.timer" for j in JOBS]
-    services = [f"snapagent@{j}.service" for j in JOBS]  # instances of the template: ExecStart checked
+    # instances of the templates: ExecStart and the drill timer's instance checked
+    timers = [f"snapagent@{j}.timer" for j in JOBS] + [f"snapagent-drill@{j}.timer" for j in JOBS]
+    services = [f"snapagent@{j}.service" for j in JOBS] + [f"snapagent-drill@{j}.service" for j in JOBS]
     v = verify(analyze, units, timers + services)
     assert v.returncode == 0 and v.stderr == "", v.stderr
     service = (units / "snapagent@.service").read_text()
@@ -69,6 +71,9 @@ def test_generated_units_pass_systemd_analyze_verify(tmp_path, analyze):
     assert "OnCalendar=*-*-* 00/6:15:00 Europe/Berlin" in (units / "snapagent@A_b.c-9.timer").read_text()
     assert "RandomizedDelaySec=120" in (units / "snapagent@app.timer").read_text()
     assert "next: systemctl daemon-reload && systemctl enable --now snapagent@db-1.main_x.timer" in r.stdout
+    assert "systemctl enable --now snapagent-drill@db-1.main_x.timer" in r.stdout
+    drill = (units / "snapagent-drill@.service").read_text()
+    assert " -q drill %i@latest\n" in drill and drill.count(" -q cleanup") == 1
 
     # the check can fail: a typo in the service makes verify speak
     (units / "snapagent@.service").write_text(service.replace("NoNewPrivileges=", "NoNewPrivilege="))
@@ -94,13 +99,18 @@ def test_install_show_remove_round_trip_leaves_foreign_files(tmp_path):
     config(cfg, {"app": "hourly", "db-1": None})
     r = snapagent("schedule", "install", "--root", str(root), config=cfg)
     assert r.returncode == 0 and f"removed {units / 'snapagent@db-1.timer'}" in r.stdout
-    assert sorted(p.name for p in units.iterdir()) == ["snapagent@.service", "snapagent@app.timer", "snapagent@other.timer"]
+    assert sorted(p.name for p in units.iterdir()) == ["snapagent-drill@.service", "snapagent-drill@.timer",
+                                                       "snapagent@.service", "snapagent@app.timer", "snapagent@other.timer"]
+    wants = units / "timers.target.wants"
+    wants.mkdir()
+    (wants / "snapagent-drill@app.timer").symlink_to(units / "snapagent-drill@.timer")  # as `systemctl enable` does
 
     r = snapagent("schedule", "remove", "--root", str(root), config=cfg)
     assert r.returncode == 0, r.stderr
     assert "left" in r.stderr and "snapagent@other.timer" in r.stderr
-    assert "next: systemctl disable --now snapagent@app.timer; systemctl daemon-reload" in r.stdout
-    assert [p.name for p in units.iterdir()] == ["snapagent@other.timer"]
+    assert ("next: systemctl disable --now snapagent@app.timer snapagent-drill@app.timer; systemctl daemon-reload"
+            in r.stdout), r.stdout
+    assert sorted(p.name for p in units.iterdir()) == ["snapagent@other.timer", "timers.target.wants"]
     assert foreign.read_text() == "[Timer]\nOnCalendar=daily\n"
 
 
