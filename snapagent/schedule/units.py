@@ -80,7 +80,7 @@ def _service(head: str, description: str, exe: str, config: str | None, command:
     return f"""{MARK} edit the config and re-run install.
 {head}[Unit]
 Description={description}
-Documentation=file:///usr/share/doc/snapagent/runbook.md
+Documentation=file:///usr/local/share/doc/snapagent/docs/runbook.md
 After=local-fs.target network-online.target
 Wants=network-online.target
 
