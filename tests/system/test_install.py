@@ -196,3 +196,17 @@ def test_uninstall_removes_everything_but_what_it_says_it_kept(installed, tmp_pa
                        capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert r.returncode == 0 and "purged" in r.stderr, r.stderr
     assert set(files(installed)) == {"etc/systemd/system/other.service"}
+
+
+def test_install_refuses_to_write_over_a_checkout_in_opt(tmp_path, wheelhouse):
+    """The older setup (a checkout in /opt/snapagent, its .venv linked from /usr/local/bin) is refused
+    before anything is written, with the way out in the message."""
+    root = tmp_path / "root"
+    (root / "opt/snapagent/.venv/bin").mkdir(parents=True)
+    (root / "opt/snapagent/pyproject.toml").write_text("[project]\n")
+    (root / "usr/local/bin").mkdir(parents=True)
+    (root / "usr/local/bin/snapagent").symlink_to(root / "opt/snapagent/.venv/bin/snapagent")
+    before = files(root)
+    r = run_install(root, wheelhouse, cwd=tmp_path)
+    assert r.returncode == 1 and "is not a snapagent install" in r.stderr and "mv " in r.stderr, r.stderr
+    assert files(root) == before

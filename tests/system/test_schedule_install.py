@@ -171,3 +171,28 @@ def test_cron_file_owner_mode_format_and_refusal(tmp_path):
         (["0-59/20", "*", "*", "*", "*", "root"], ["app", ">/dev/null"])]
     r = snapagent("schedule", "remove", "--cron", "--root", str(root), config=cfg)
     assert r.returncode == 0 and not f.exists()
+
+
+def test_templates_need_no_config(tmp_path):
+    """`--templates` (what scripts/install.sh runs) reads no config; a later `schedule install` of a
+    job with a schedule keeps the timer template and rewrites the services only to name its
+    non-default config (`-c`); the end-to-end case (the installed program) is in
+    tests/system/test_install.py."""
+    root = tmp_path / "root"
+    root.mkdir()
+    missing = {"SNAPAGENT_CONFIG": str(tmp_path / "no-such.toml")}
+    r = snapagent("schedule", "install", "--templates", "--root", str(root), env=missing)
+    assert r.returncode == 0, r.stderr
+    units = root / "etc/systemd/system"
+    assert sorted(p.name for p in units.iterdir()) == ["snapagent-drill@.service", "snapagent-drill@.timer",
+                                                       "snapagent@.service"]
+    again = snapagent("schedule", "install", "--templates", "--root", str(root), env=missing)
+    assert again.stdout.strip() == "templates up to date", again.stdout
+    cfg = config(tmp_path / "etc/snapagent/snapagent.toml", {"app": "daily"})
+    dry = snapagent("schedule", "install", "--root", str(root), "--dry-run", env={"SNAPAGENT_CONFIG": str(cfg)})
+    assert dry.returncode == 0, dry.stderr
+    assert [ln.split()[1] for ln in dry.stdout.splitlines() if ln.startswith("would ")] == [
+        "write", "write", "keep", "write"], dry.stdout
+    assert f" -c {cfg} -q drill %i@latest" in dry.stdout
+    bad = snapagent("schedule", "install", "--templates", "--cron", "--root", str(root), env=missing)
+    assert bad.returncode == 2 and "--templates" in bad.stderr
