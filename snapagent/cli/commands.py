@@ -386,12 +386,14 @@ _STATE = {"new": "not installed", "changed": "installed, differs (install rewrit
 
 
 def do_schedule(args, out) -> int:
-    cfg = _config(args)
     root = Path(args.root)
     if args.action != "show" and not args.dry_run and not root.is_dir():
         raise UsageError(f"--root {args.root}: not a directory")
     if args.action == "remove":
         return _schedule_remove(root, args, out)
+    if args.templates:
+        return _schedule_templates(root, args, out)
+    cfg = _config(args)
     try:
         delay = 0 if args.randomized_delay in ("0", "") else round(parse_duration(args.randomized_delay))
     except ValueError as e:
@@ -431,6 +433,23 @@ def do_schedule(args, out) -> int:
     elif jobs:
         timers = " ".join(sched.units.timer_name(j) for j in jobs)
         out.line(f"next: systemctl daemon-reload && systemctl enable --now {timers}")
+        drills = " ".join(f"snapagent-drill@{j}.timer" for j in jobs)
+        out.line(f"weekly restore drill (optional): systemctl enable --now {drills}")
+    return EXIT_OK
+
+
+def _schedule_templates(root: Path, args, out) -> int:
+    """``schedule install|show --templates``: only the units that need no config (the package install)."""
+    if args.cron:
+        raise UsageError("--templates writes systemd units; it cannot be combined with --cron")
+    changes = sched.plan_templates(root, sched.entry_point())
+    if args.action == "show" or args.dry_run:
+        for c in changes:
+            out.line(f"# {c.path}: {_STATE[c.state]}" if args.action == "show" else
+                     f"would {'keep' if c.state == 'same' else 'write'} {c.path}")
+        return EXIT_OK
+    for line in sched.apply(changes) or ["templates up to date"]:
+        out.line(line)
     return EXIT_OK
 
 
@@ -441,7 +460,7 @@ def _schedule_remove(root: Path, args, out) -> int:
     lines = [f"would remove {p}" for p in mine] if args.dry_run else sched.remove(mine)
     for line in lines or ["nothing to remove"]:
         out.line(line)
-    timers = " ".join(p.name for p in mine if p.name.endswith(".timer"))
+    timers = " ".join(sched.enabled_timers(root, mine))
     if timers:
         out.line(f"next: systemctl disable --now {timers}; systemctl daemon-reload")
     return EXIT_OK

@@ -125,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="install under DIR/etc/systemd/system or DIR/etc/cron.d (default: /)")
     sp.add_argument("--dry-run", action="store_true", help="print what would be written or removed; write nothing")
     sp.add_argument("--cron", action="store_true", help="DIR/etc/cron.d/snapagent instead of systemd timers")
+    sp.add_argument("--templates", action="store_true",
+                    help="install/show only the template units (backup service, weekly drill service and timer), "
+                         "without reading the config: what scripts/install.sh writes")
     sp.add_argument("--randomized-delay", default="0", metavar="DURATION",
                     help="timers: RandomizedDelaySec, spreads the start of many hosts (e.g. 5m; default 0)")
     return p

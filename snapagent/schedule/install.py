@@ -68,6 +68,22 @@ def installed_timers(root: Path) -> list[Path]:
     return sorted(p for p in d.glob("snapagent@?*.timer") if p.is_file() and _marked(p)) if d.is_dir() else []
 
 
+def template_files(root: Path, exe: str, conf: str | None) -> dict[Path, str]:
+    """The units that do not depend on the jobs (``units.TEMPLATES``) under ``root``: path → content.
+    Raises ValueError for a path no unit can quote."""
+    return {root / units.UNIT_DIR / name: text for name, text in units.templates(exe, conf).items()}
+
+
+def plan_templates(root: Path, exe: str) -> list[Change]:
+    """Return the changes that writing only the template units (for the default config) would make
+    under ``root``: what the package install does, without reading a config. Raises UsageError."""
+    try:
+        files = template_files(root, exe, None)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return [Change(p, c, _state(p, c)) for p, c in files.items()]
+
+
 def plan(cfg: configmod.Config, root: Path, cron: bool, exe: str, randomized_delay: int = 0) -> list[Change]:
     """Return the changes install would make under ``root``. Raises ConfigError naming the job and
     key when ``cron`` and a schedule cron cannot express; UsageError for a path no unit can quote."""
@@ -80,7 +96,7 @@ def plan(cfg: configmod.Config, root: Path, cron: bool, exe: str, randomized_del
                 files[root / units.CRON_PATH] = units.cron_file(jobs, exe, conf)
         else:
             if jobs:
-                files[root / units.UNIT_DIR / units.SERVICE] = units.service_unit(exe, conf)
+                files.update(template_files(root, exe, conf))
             for job, expr in jobs.items():
                 files[root / units.UNIT_DIR / units.timer_name(job)] = units.timer_unit(job, expr, randomized_delay)
     except ValueError as e:
@@ -125,10 +141,21 @@ def removable(root: Path, cron: bool) -> tuple[list[Path], list[Path]]:
         paths = [root / units.CRON_PATH]
     else:
         d = root / units.UNIT_DIR
-        paths = [d / units.SERVICE] + (sorted(d.glob("snapagent@?*.timer")) if d.is_dir() else [])
+        paths = [d / n for n in units.TEMPLATES] + (sorted(d.glob("snapagent@?*.timer")) if d.is_dir() else [])
     present = [p for p in paths if p.exists() or p.is_symlink()]
     mine = [p for p in present if p.is_file() and not p.is_symlink() and _marked(p)]
     return mine, [p for p in present if p not in mine]
+
+
+def enabled_timers(root: Path, removed: list[Path]) -> list[str]:
+    """The timers to disable when ``removed`` are gone: each removed ``snapagent@JOB.timer``, and
+    every enabled instance (a ``*.wants/`` link under ``root``) of a removed template timer."""
+    names = [p.name for p in removed if p.name.endswith(".timer") and "@." not in p.name]
+    d = root / units.UNIT_DIR
+    for t in (p for p in removed if p.name.endswith(".timer") and "@." in p.name):
+        prefix = t.name.split("@", 1)[0] + "@"
+        names += sorted({w.name for w in d.glob(f"*.wants/{prefix}?*.timer") if w.is_symlink()})
+    return names
 
 
 def remove(paths: list[Path]) -> list[str]:

@@ -1,5 +1,7 @@
 """The text of what ``snapagent schedule install`` writes: the template ``snapagent@.service``, one
-``snapagent@JOB.timer`` per scheduled job, or the ``/etc/cron.d/snapagent`` file.
+``snapagent@JOB.timer`` per scheduled job, the drill templates ``snapagent-drill@.service`` +
+``snapagent-drill@.timer`` (weekly; enabled per job as ``snapagent-drill@JOB.timer``), or the
+``/etc/cron.d/snapagent`` file.
 
 Pure functions: in the jobs' names and schedules, the absolute path of the ``snapagent`` entry point
 and the config path (None: the default one); out the file contents. Raise ValueError for what
@@ -16,6 +18,11 @@ from snapagent.schedule.calendar import Item
 
 MARK = "# Written by `snapagent schedule install`; `snapagent schedule remove` deletes it. Do not edit:"
 SERVICE = "snapagent@.service"
+DRILL_SERVICE = "snapagent-drill@.service"
+DRILL_TIMER = "snapagent-drill@.timer"
+#: the units that do not depend on the config's jobs (the package install writes them too)
+TEMPLATES = (SERVICE, DRILL_SERVICE, DRILL_TIMER)
+DRILL_SCHEDULE = "Sun *-*-* 05:30:00"
 CRON_PATH = "etc/cron.d/snapagent"
 UNIT_DIR = "etc/systemd/system"
 
@@ -39,32 +46,7 @@ def _command(exe: str, config: str | None, *args: str) -> list[str]:
     return [exe] + (["-c", config] if config else []) + ["-q", *args]
 
 
-def service_unit(exe: str, config: str | None) -> str:
-    """Return the template service: ``systemctl start snapagent@JOB.service`` runs one backup."""
-    start = " ".join(_exec_arg(a) for a in _command(exe, config, "backup")) + " %i"
-    stop = " ".join(_exec_arg(a) for a in _command(exe, config, "cleanup"))
-    return f"""{MARK} edit the config and re-run install.
-# One backup of job %i; its timer is snapagent@%i.timer. Hardening: docs/runbook.md, "Schedule".
-[Unit]
-Description=snapagent backup of job %i
-Documentation=file:///usr/share/doc/snapagent/runbook.md
-After=local-fs.target network-online.target
-Wants=network-online.target
-
-[Service]
-Type=oneshot
-ExecStart={start}
-# Runs however the run ended (success, failure, stop, kill): releases what a killed run left
-# (snapshots, mounts, database locks); a clean run leaves nothing, so it is a no-op then.
-ExecStopPost={stop}
-# On stop the agent undoes its steps (unfreeze, release locks, delete snapshots): give it time.
-# mixed: SIGTERM to the agent only, so it can stop its children in order; SIGKILL to all at the end.
-TimeoutStopSec=120
-KillMode=mixed
-Nice=10
-IOSchedulingClass=best-effort
-IOSchedulingPriority=7
-# Hardening that fits a root agent which mounts, snapshots and talks to databases:
+_HARDENING = """# Hardening that fits a root agent which mounts, snapshots and talks to databases:
 # root without new privileges: it never needs a setuid program (it drops to database users itself).
 NoNewPrivileges=yes
 # It reads /proc and /sys but never writes kernel tunables or cgroups.
@@ -88,6 +70,74 @@ UMask=0077
 # ProtectClock= (needs /dev/mapper, /dev/zfs, loop devices); ProtectKernelModules= (lvcreate loads
 # dm-snapshot, zfs may load its module); MemoryDenyWriteExecute= (database client libraries).
 """
+
+
+def _service(head: str, description: str, exe: str, config: str | None, command: str, priority: str) -> str:
+    """Return a oneshot service running ``exe [-c config] -q COMMAND`` (``command`` already quoted,
+    may hold ``%i``), with ``cleanup`` after it however it ended, and the shared hardening."""
+    start = " ".join(_exec_arg(a) for a in _command(exe, config)) + " " + command
+    stop = " ".join(_exec_arg(a) for a in _command(exe, config, "cleanup"))
+    return f"""{MARK} edit the config and re-run install.
+{head}[Unit]
+Description={description}
+Documentation=file:///usr/local/share/doc/snapagent/docs/runbook.md
+After=local-fs.target network-online.target
+Wants=network-online.target
+
+[Service]
+Type=oneshot
+ExecStart={start}
+# Runs however the run ended (success, failure, stop, kill): releases what a killed run left
+# (snapshots, mounts, database locks, a drill's scratch copy and servers); a clean run leaves
+# nothing, so it is a no-op then.
+ExecStopPost={stop}
+# On stop the agent undoes its steps (unfreeze, release locks, delete snapshots): give it time.
+# mixed: SIGTERM to the agent only, so it can stop its children in order; SIGKILL to all at the end.
+TimeoutStopSec=120
+KillMode=mixed
+{priority}{_HARDENING}"""
+
+
+def service_unit(exe: str, config: str | None) -> str:
+    """Return the template service: ``systemctl start snapagent@JOB.service`` runs one backup."""
+    return _service("# One backup of job %i; its timer is snapagent@%i.timer. Hardening: docs/runbook.md, \"Schedule\".\n",
+                    "snapagent backup of job %i", exe, config, "backup %i",
+                    "Nice=10\nIOSchedulingClass=best-effort\nIOSchedulingPriority=7\n")
+
+
+def drill_service_unit(exe: str, config: str | None) -> str:
+    """Return the drill template: ``systemctl start snapagent-drill@JOB.service`` restores the newest
+    backup of JOB into scratch space and runs its databases' checks; a failed drill fails the unit."""
+    return _service("# The restore drill of job %i (its newest backup); its timer is snapagent-drill@%i.timer. The\n"
+                    "# report (PASS/FAIL per database) is in `journalctl -u snapagent-drill@%i`; a failed drill\n"
+                    "# fails this unit.\n",
+                    "snapagent restore drill of job %i", exe, config, "drill %i@latest",
+                    "Nice=19\nIOSchedulingClass=idle\n")
+
+
+def drill_timer_unit() -> str:
+    """Return the drill timer template: weekly, for the job named by its instance
+    (``systemctl enable --now snapagent-drill@JOB.timer``)."""
+    return f"""{MARK} to drill at other times: systemctl edit snapagent-drill@JOB.timer
+[Unit]
+Description=snapagent weekly restore drill of job %i
+
+[Timer]
+OnCalendar={calendar.validate(DRILL_SCHEDULE)}
+# Spread over an hour, so that the drills of several jobs (and hosts) do not all start at once.
+RandomizedDelaySec=3600
+# A drill missed while the machine was off is started at the next boot.
+Persistent=true
+
+[Install]
+WantedBy=timers.target
+"""
+
+
+def templates(exe: str, config: str | None) -> dict[str, str]:
+    """Return the units that do not depend on the jobs: file name → content."""
+    return {SERVICE: service_unit(exe, config), DRILL_SERVICE: drill_service_unit(exe, config),
+            DRILL_TIMER: drill_timer_unit()}
 
 
 def timer_unit(job: str, expr: str, randomized_delay: int = 0) -> str:

@@ -56,11 +56,13 @@ def test_generated_units_pass_systemd_analyze_verify(tmp_path, analyze):
     assert r.returncode == 0, r.stderr
     units = root / "etc/systemd/system"
     names = sorted(p.name for p in units.iterdir())
-    assert names == sorted(["snapagent@.service"] + [f"snapagent@{j}.timer" for j in JOBS])
+    templates = ["snapagent@.service", "snapagent-drill@.service", "snapagent-drill@.timer"]
+    assert names == sorted(templates + [f"snapagent@{j}.timer" for j in JOBS])
     for p in units.iterdir():
         assert stat.S_IMODE(p.stat().st_mode) == 0o644
-    timers = [f"snapagent@{j}.timer" for j in JOBS]
-    services = [f"snapagent@{j}.service" for j in JOBS]  # instances of the template: ExecStart checked
+    # instances of the templates: ExecStart and the drill timer's instance checked
+    timers = [f"snapagent@{j}.timer" for j in JOBS] + [f"snapagent-drill@{j}.timer" for j in JOBS]
+    services = [f"snapagent@{j}.service" for j in JOBS] + [f"snapagent-drill@{j}.service" for j in JOBS]
     v = verify(analyze, units, timers + services)
     assert v.returncode == 0 and v.stderr == "", v.stderr
     service = (units / "snapagent@.service").read_text()
@@ -69,6 +71,9 @@ def test_generated_units_pass_systemd_analyze_verify(tmp_path, analyze):
     assert "OnCalendar=*-*-* 00/6:15:00 Europe/Berlin" in (units / "snapagent@A_b.c-9.timer").read_text()
     assert "RandomizedDelaySec=120" in (units / "snapagent@app.timer").read_text()
     assert "next: systemctl daemon-reload && systemctl enable --now snapagent@db-1.main_x.timer" in r.stdout
+    assert "systemctl enable --now snapagent-drill@db-1.main_x.timer" in r.stdout
+    drill = (units / "snapagent-drill@.service").read_text()
+    assert " -q drill %i@latest\n" in drill and drill.count(" -q cleanup") == 1
 
     # the check can fail: a typo in the service makes verify speak
     (units / "snapagent@.service").write_text(service.replace("NoNewPrivileges=", "NoNewPrivilege="))
@@ -94,13 +99,18 @@ def test_install_show_remove_round_trip_leaves_foreign_files(tmp_path):
     config(cfg, {"app": "hourly", "db-1": None})
     r = snapagent("schedule", "install", "--root", str(root), config=cfg)
     assert r.returncode == 0 and f"removed {units / 'snapagent@db-1.timer'}" in r.stdout
-    assert sorted(p.name for p in units.iterdir()) == ["snapagent@.service", "snapagent@app.timer", "snapagent@other.timer"]
+    assert sorted(p.name for p in units.iterdir()) == ["snapagent-drill@.service", "snapagent-drill@.timer",
+                                                       "snapagent@.service", "snapagent@app.timer", "snapagent@other.timer"]
+    wants = units / "timers.target.wants"
+    wants.mkdir()
+    (wants / "snapagent-drill@app.timer").symlink_to(units / "snapagent-drill@.timer")  # as `systemctl enable` does
 
     r = snapagent("schedule", "remove", "--root", str(root), config=cfg)
     assert r.returncode == 0, r.stderr
     assert "left" in r.stderr and "snapagent@other.timer" in r.stderr
-    assert "next: systemctl disable --now snapagent@app.timer; systemctl daemon-reload" in r.stdout
-    assert [p.name for p in units.iterdir()] == ["snapagent@other.timer"]
+    assert ("next: systemctl disable --now snapagent@app.timer snapagent-drill@app.timer; systemctl daemon-reload"
+            in r.stdout), r.stdout
+    assert sorted(p.name for p in units.iterdir()) == ["snapagent@other.timer", "timers.target.wants"]
     assert foreign.read_text() == "[Timer]\nOnCalendar=daily\n"
 
 
@@ -161,3 +171,28 @@ def test_cron_file_owner_mode_format_and_refusal(tmp_path):
         (["0-59/20", "*", "*", "*", "*", "root"], ["app", ">/dev/null"])]
     r = snapagent("schedule", "remove", "--cron", "--root", str(root), config=cfg)
     assert r.returncode == 0 and not f.exists()
+
+
+def test_templates_need_no_config(tmp_path):
+    """`--templates` (what scripts/install.sh runs) reads no config; a later `schedule install` of a
+    job with a schedule keeps the timer template and rewrites the services only to name its
+    non-default config (`-c`); the end-to-end case (the installed program) is in
+    tests/system/test_install.py."""
+    root = tmp_path / "root"
+    root.mkdir()
+    missing = {"SNAPAGENT_CONFIG": str(tmp_path / "no-such.toml")}
+    r = snapagent("schedule", "install", "--templates", "--root", str(root), env=missing)
+    assert r.returncode == 0, r.stderr
+    units = root / "etc/systemd/system"
+    assert sorted(p.name for p in units.iterdir()) == ["snapagent-drill@.service", "snapagent-drill@.timer",
+                                                       "snapagent@.service"]
+    again = snapagent("schedule", "install", "--templates", "--root", str(root), env=missing)
+    assert again.stdout.strip() == "templates up to date", again.stdout
+    cfg = config(tmp_path / "etc/snapagent/snapagent.toml", {"app": "daily"})
+    dry = snapagent("schedule", "install", "--root", str(root), "--dry-run", env={"SNAPAGENT_CONFIG": str(cfg)})
+    assert dry.returncode == 0, dry.stderr
+    assert [ln.split()[1] for ln in dry.stdout.splitlines() if ln.startswith("would ")] == [
+        "write", "write", "keep", "write"], dry.stdout
+    assert f" -c {cfg} -q drill %i@latest" in dry.stdout
+    bad = snapagent("schedule", "install", "--templates", "--cron", "--root", str(root), env=missing)
+    assert bad.returncode == 2 and "--templates" in bad.stderr

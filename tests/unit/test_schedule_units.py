@@ -58,6 +58,7 @@ def test_cron_lines_have_the_user_field_and_quote_paths():
 
 def test_samples_in_etc_are_what_the_generator_writes():
     d = ROOT / "etc"
-    assert (d / "systemd" / "snapagent@.service").read_text() == units.service_unit(SAMPLE_EXE, None)
+    for name, text in units.templates(SAMPLE_EXE, None).items():  # the backup service, the drill's two
+        assert (d / "systemd" / name).read_text() == text, name
     assert (d / "systemd" / "snapagent@app.timer").read_text() == units.timer_unit("app", "hourly")
     assert (d / "cron.d-snapagent").read_text() == units.cron_file({"app": "hourly"}, SAMPLE_EXE, None)
