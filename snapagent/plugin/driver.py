@@ -11,7 +11,9 @@ protocol below that a driver class implements and the engine detects with ``isin
 - ``DatasetRestore``: restore a backup into a new dataset instead of a directory (``zfs receive``);
 - ``RestoreDirectoryCheck``: refuse a restore directory before anything is written (a ``btrfs
   send`` stream needs a btrfs directory);
-- ``CustomDiscard``: remove a restored copy in a way ``rm -r`` cannot (btrfs subvolumes).
+- ``CustomDiscard``: remove a restored copy in a way ``rm -r`` cannot (btrfs subvolumes);
+- ``SnapshotPlaces``: name the directories its options put snapshots or their mounts in, so the
+  core refuses one inside a volume or a database's data (``snapagent.places``).
 
 Register a driver under the ``snapagent.drivers`` entry point group. Run every command through
 ``self.runner`` (argv lists; reads and mutations marked, so ``--dry-run`` works without code of
@@ -201,3 +203,13 @@ class CustomDiscard(Protocol):
     @classmethod
     def discard(cls, path: Path, runner: Runner) -> None:
         """Remove the restored tree at ``path``."""
+
+
+@runtime_checkable
+class SnapshotPlaces(Protocol):
+    """Its options can put snapshots (or their mounts) at a directory of the user's choice."""
+
+    @classmethod
+    def configured_places(cls, options: Any) -> list[tuple[str, str]]:
+        """Return (key under the job, path as configured) of each such directory ``options`` set,
+        e.g. ``[("options.snapshot_dir", "/srv/.snaps")]``; [] when the defaults apply."""

@@ -14,11 +14,12 @@ def test_snapshot_argv_hostile_name():
     r = FakeRunner(dry_run=True)
     d = BtrfsDriver(r)
     snaps = d.snapshot([HOSTILE], "snapagent-app-1", time.monotonic() + 10)
+    # by default next to the volume (its parent is on the same filesystem), never inside it
     assert r.echoed == [
         "would run: btrfs subvolume snapshot -r '/srv/-x; $(touch pwned) `id` a b' "
-        "'/srv/-x; $(touch pwned) `id` a b/.snapagent-snapshots/snapagent-app-1'"
+        "/srv/.snapagent-snapshots/snapagent-app-1.0"
     ]
-    assert snaps[0].handle == f"{HOSTILE}/.snapagent-snapshots/snapagent-app-1"
+    assert snaps[0].handle == "/srv/.snapagent-snapshots/snapagent-app-1.0"
 
 
 def test_snapshot_real_argv_is_a_list(tmp_path):
@@ -26,7 +27,24 @@ def test_snapshot_real_argv_is_a_list(tmp_path):
     vol = tmp_path / "-v ol"
     vol.mkdir()
     BtrfsDriver(r).snapshot([str(vol)], "n", time.monotonic() + 10)
-    assert r.argvs() == [["btrfs", "subvolume", "snapshot", "-r", str(vol), f"{vol}/.snapagent-snapshots/n"]]
+    assert r.argvs() == [["btrfs", "subvolume", "snapshot", "-r", str(vol), f"{tmp_path}/.snapagent-snapshots/n.0"]]
+
+
+def test_default_place_is_outside_every_volume_of_the_job(tmp_path):
+    r = FakeRunner()
+    outer, inner = tmp_path / "pg", tmp_path / "pg" / "pg_wal"
+    inner.mkdir(parents=True)
+    d = BtrfsDriver(r)
+    d.snapshot([str(outer), str(inner)], "n", time.monotonic() + 10)
+    # pg_wal's parent is the other volume: its snapshot goes one level further up
+    assert [argv[-1] for argv in r.argvs()] == [f"{tmp_path}/.snapagent-snapshots/n.0", f"{tmp_path}/.snapagent-snapshots/n.1"]
+
+
+def test_an_empty_old_default_directory_is_removed_by_the_next_snapshot(tmp_path):
+    vol = tmp_path / "vol"
+    (vol / ".snapagent-snapshots").mkdir(parents=True)
+    BtrfsDriver(FakeRunner()).snapshot([str(vol)], "n", time.monotonic() + 10)
+    assert not (vol / ".snapagent-snapshots").exists()
 
 
 def test_absolute_snapshot_dir_suffixes_index(tmp_path):
