@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.helpers import pg
+from tests.helpers import pg, snapplaces
 from tests.helpers.caps import need
 from tests.helpers.cli import ROOT, snapagent, toml_str, write_config
 from tests.helpers.wrappers import slow_tool
@@ -345,7 +345,7 @@ def snapagent_sessions(c: pg.Cluster) -> list:
 
 
 def no_snapshots(vol: Path) -> bool:
-    d = vol / ".snapagent-snapshots"
+    d = snapplaces.snapdir(vol)
     return not d.exists() or not any(d.iterdir())
 
 
