@@ -1,8 +1,9 @@
 """The backup lifecycle: runs one job as a consistency group.
 
-preflight all → lock job → sweep leftovers → journal → quiesce all (fixed order) → snapshot all →
-verify all → release all (reverse order; only those that quiesced) → export → target commit
-(artifacts, then manifest) → release snapshots (or keep incremental bases) → prune by the job's
+preflight all → lock job → sweep leftovers → journal → driver.before_quiesce (what the snapshots
+need, e.g. a btrfs top-level mount) → quiesce all (fixed order) → snapshot all → verify all →
+release all (reverse order; only those that quiesced) → export → target commit (artifacts, then
+manifest) → release snapshots (or keep incremental bases) → prune by the job's
 retention in its own target → copy to the ``copy_to`` targets (``snapagent.copies``) → prune
 there (the job lock still held; a failed prune or copy is a warning). Everything taken is
 journaled before it is taken and undone from the journal on every exit path: exceptions and
@@ -246,6 +247,8 @@ class BackupRun:
 
     def _backup(self, backup_id: str, created: datetime, journal: Journal) -> BackupResult:
         snap_name = f"snapagent-{backup_id}"
+        with self.phases("prepare"):
+            self.driver.before_quiesce(list(self.job.cfg.volumes))
         snaps, qrecords, window = self._freeze_and_snapshot(snap_name)
         self.say(f"snapshot {snap_name}: {len(snaps)} volume(s), freeze window {window * 1000:.0f} ms")
         fmt = self.job.export

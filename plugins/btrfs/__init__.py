@@ -70,6 +70,7 @@ class BtrfsDriver(BtrfsChainMixin, Driver):
         self._links: dict[Path, Path] = {}
         self._volumes: list[Path] = []  # the job's volumes: no default place lies inside one
         self._tops: dict[str, Path] = {}  # filesystem (dev) -> its top-level mounted for this run
+        self._places: dict[str, tuple[Path, bool]] = {}  # volume -> _place(volume), found before the freeze
 
     @classmethod
     def configured_places(cls, options: BtrfsOptions | None) -> list[tuple[str, str]]:
@@ -77,8 +78,16 @@ class BtrfsDriver(BtrfsChainMixin, Driver):
         sd = options.snapshot_dir if options is not None else None
         return [("options.snapshot_dir", sd)] if sd is not None else []
 
+    def before_quiesce(self, volumes: list[str]) -> None:
+        """Find each volume's place and mount a top-level subvolume it needs now: not in the freeze window."""
+        self._volumes = self._volumes or [Path(v) for v in volumes]
+        for vol in volumes:
+            self._places[vol] = self._place(vol)
+
     def _place(self, volume: str) -> tuple[Path, bool]:
         """Return (the directory for snapshots of ``volume``, whether it is the top-level mount)."""
+        if volume in self._places:
+            return self._places[volume]
         if self.options.snapshot_dir is not None:
             return Path(self.options.snapshot_dir), False
         entries = mountinfo.read()

@@ -103,6 +103,11 @@ class Driver:
         """
         raise NotImplementedError
 
+    def before_quiesce(self, volumes: list[str]) -> None:
+        """Take what the snapshots will need (journaled, like everything taken) before the first
+        quiescer holds, so it does not count in the freeze window; called once per backup run
+        after ``journal`` is set. Default: nothing."""
+
     def snapshot(self, volumes: list[str], name: str, deadline: float) -> list[Snapshot]:
         """Snapshot every volume (journaling each before it is made); return them in order.
 

@@ -88,3 +88,20 @@ def test_undo_of_vanished_snapshot_runs_nothing(tmp_path):
     msg = BtrfsDriver.undo({"kind": "snapshot", "key": str(tmp_path / "gone")}, r)
     assert "already gone" in msg and r.calls == []
     assert Path(tmp_path).exists()
+
+
+def test_undo_of_a_top_level_mount_that_is_gone_removes_its_directory(tmp_path):
+    r = FakeRunner()
+    mnt = tmp_path / "top-x"
+    mnt.mkdir()
+    msg = BtrfsDriver.undo({"kind": "mount", "key": str(mnt)}, r)
+    assert "no longer mounted" in msg and r.calls == [] and not mnt.exists()
+
+
+def test_before_quiesce_finds_places_once(tmp_path):
+    r = FakeRunner()
+    vol = tmp_path / "v"
+    vol.mkdir()
+    d = BtrfsDriver(r)
+    d.before_quiesce([str(vol)])
+    assert d._places == {str(vol): (tmp_path / ".snapagent-snapshots", False)} and r.calls == []
