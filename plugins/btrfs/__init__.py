@@ -70,6 +70,7 @@ class BtrfsDriver(BtrfsChainMixin, Driver):
         self._links: dict[Path, Path] = {}
         self._volumes: list[Path] = []  # the job's volumes: no default place lies inside one
         self._tops: dict[str, Path] = {}  # filesystem (dev) -> its top-level mounted for this run
+        self._sources: dict[Path, str] = {}  # such a mount -> the device it mounts
         self._places: dict[str, tuple[Path, bool]] = {}  # volume -> _place(volume), found before the freeze
 
     @classmethod
@@ -104,7 +105,16 @@ class BtrfsDriver(BtrfsChainMixin, Driver):
     def _toplevel(self, m: mountinfo.MountEntry) -> Path:
         if m.dev not in self._tops:
             self._tops[m.dev] = places.mount_toplevel(self.runner, self.journal, m.source)
+            self._sources[self._tops[m.dev]] = m.source
         return self._tops[m.dev]
+
+    def _findable(self, path: Path) -> dict[str, str]:
+        """Return what a journal record of a snapshot under a top-level mount needs to find it
+        without that mount (it is gone after a reboot): the device and the path in the filesystem."""
+        for mnt, source in self._sources.items():
+            if path.parent.parent == mnt:
+                return {"source": source, "fs_path": f"/{path.relative_to(mnt)}"}
+        return {}
 
     # -- preflight ------------------------------------------------------------------------------
     def preflight(self, volumes: list[str]) -> list[Path]:
@@ -146,7 +156,7 @@ class BtrfsDriver(BtrfsChainMixin, Driver):
             if not self.runner.dry_run:
                 path.parent.mkdir(mode=0o700, exist_ok=True)
             if self.journal:
-                self.journal.open("snapshot", str(path), OWNER, volume=vol)
+                self.journal.open("snapshot", str(path), OWNER, volume=vol, **self._findable(path))
             remaining = max(0.1, deadline - time.monotonic())
             try:
                 self.runner.run(["btrfs", "subvolume", "snapshot", "-r", vol, str(path)], mutating=True, timeout=remaining)
@@ -185,6 +195,11 @@ class BtrfsDriver(BtrfsChainMixin, Driver):
         if kind not in ("snapshot", "received"):
             raise OperationFailed(f"btrfs: unknown journal record {kind!r}")
         what = "snapshot" if kind == "snapshot" else "received subvolume"
+        if kind == "snapshot" and not path.exists() and record.get("source") and record.get("fs_path"):
+            # its top-level mount is gone (a reboot): mount it again to find the snapshot
+            if places.via_toplevel(runner, record["source"], record["fs_path"], lambda p: cls._delete(runner, p)):
+                return f"deleted btrfs {what} {record['fs_path']} in the top-level subvolume of {record['source']}"
+            return f"btrfs {what} {record['fs_path']} of {record['source']} already gone"
         if cls._delete(runner, path, record.get("volume") if kind == "snapshot" else None):
             return f"deleted btrfs {what} {path}"
         return f"btrfs {what} {path} already gone"

@@ -99,7 +99,8 @@ class BtrfsChainMixin:
             log.warning("btrfs: not releasing %r: its UUID is not the one backup recorded", snap)
             return
         if self.journal:  # a run killed while deleting it: `snapagent cleanup` finishes the job
-            self.journal.open("snapshot", snap, {"kind": "driver", "name": "btrfs"}, volume=record.volume)
+            self.journal.open("snapshot", snap, {"kind": "driver", "name": "btrfs"}, volume=record.volume,
+                              **self._findable(Path(snap)))  # type: ignore[attr-defined]
         self._delete(self.runner, Path(snap), record.volume)  # type: ignore[attr-defined]
         if self.journal:
             self.journal.close("snapshot", snap)

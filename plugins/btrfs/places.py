@@ -116,3 +116,14 @@ def remove_old_dir(runner: Runner, volume: str) -> None:
         log.info("btrfs: removed the empty old snapshot directory %s", d)
     except OSError:
         pass  # not empty: a kept parent is still there; released with its chain
+
+
+def via_toplevel(runner: Runner, source: str, fs_path: str, delete) -> bool:
+    """Mount the top-level subvolume of ``source`` for a moment (unjournaled: ``cleanup`` itself
+    runs this, and unmounts in any case), call ``delete(path)`` on ``fs_path`` in it; return its
+    answer (False: nothing there)."""
+    mnt = mount_toplevel(runner, None, source)
+    try:
+        return bool(delete(mnt / fs_path.lstrip("/")))
+    finally:
+        unmount(runner, mnt)
