@@ -114,7 +114,7 @@ def kill_during_export(vol: Path, place: Path, workdir: Path) -> tuple[Path, lis
     """SIGKILL a backup of ``vol`` while it exports; return (its config, the snapshots in ``place``)."""
     make_db(vol)
     marker = workdir / "send-started"
-    send = slow_tool(workdir / "btrfs", "btrfs", marker, 30, when="send")
+    send = slow_tool(workdir / "btrfs", "btrfs", marker, 15, when="send")
     cfg = write_config(workdir, job(vol), agent=f"[agent.tools]\nbtrfs = {toml_str(send)}\n")
     agent = subprocess.Popen([sys.executable, "-m", "snapagent", "-c", str(cfg), "backup", "app"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
