@@ -80,10 +80,13 @@ class BtrfsDriver(BtrfsChainMixin, Driver):
         return [("options.snapshot_dir", sd)] if sd is not None else []
 
     def before_quiesce(self, volumes: list[str]) -> None:
-        """Find each volume's place and mount a top-level subvolume it needs now: not in the freeze window."""
+        """Find each volume's place and mount a top-level subvolume it needs now (not in the freeze
+        window); remove an empty old default directory inside a volume."""
         self._volumes = self._volumes or [Path(v) for v in volumes]
         for vol in volumes:
             self._places[vol] = self._place(vol)
+            if self._places[vol][0] != places.old_default(vol):
+                places.remove_old_dir(self.runner, vol)  # an upgrade's leftover, empty once its chain is released
 
     def _place(self, volume: str) -> tuple[Path, bool]:
         """Return (the directory for snapshots of ``volume``, whether it is the top-level mount)."""
@@ -151,8 +154,6 @@ class BtrfsDriver(BtrfsChainMixin, Driver):
         for i, vol in enumerate(volumes):
             sdir, top = self._place(vol)
             path = sdir / f"{name}.{i}"  # volumes of a job may share a place: the index keeps them apart
-            if sdir != places.old_default(vol):
-                places.remove_old_dir(self.runner, vol)  # an upgrade's leftover, empty once its chain is released
             if not self.runner.dry_run:
                 path.parent.mkdir(mode=0o700, exist_ok=True)
             if self.journal:

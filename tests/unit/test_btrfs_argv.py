@@ -40,11 +40,12 @@ def test_default_place_is_outside_every_volume_of_the_job(tmp_path):
     assert [argv[-1] for argv in r.argvs()] == [f"{tmp_path}/.snapagent-snapshots/n.0", f"{tmp_path}/.snapagent-snapshots/n.1"]
 
 
-def test_an_empty_old_default_directory_is_removed_by_the_next_snapshot(tmp_path):
-    vol = tmp_path / "vol"
+def test_an_empty_old_default_directory_is_removed_before_the_next_snapshot(tmp_path):
+    vol, kept = tmp_path / "vol", tmp_path / "chain"
     (vol / ".snapagent-snapshots").mkdir(parents=True)
-    BtrfsDriver(FakeRunner()).snapshot([str(vol)], "n", time.monotonic() + 10)
-    assert not (vol / ".snapagent-snapshots").exists()
+    (kept / ".snapagent-snapshots" / "snapagent-app-1").mkdir(parents=True)  # a kept parent: left for its chain
+    BtrfsDriver(FakeRunner()).before_quiesce([str(vol), str(kept)])
+    assert not (vol / ".snapagent-snapshots").exists() and (kept / ".snapagent-snapshots").exists()
 
 
 def test_absolute_snapshot_dir_suffixes_index(tmp_path):
