@@ -282,6 +282,8 @@ def parse(data: dict, path: Path) -> Config:
             problems.extend(_mode_problems(key, j, dcls, options))
         quiescers = [found for i, q in enumerate(j.quiesce)
                      if (found := typed("quiescer", q, f"{key}.quiesce[{i}]")) is not None]
+        if dcls is not None and (options is not None or dcls.Options is None):
+            problems.extend(_place_problems(key, j, dcls, options, quiescers))
         if dcls is not None:
             jobs[jname] = Job(jname, j, dcls, options, quiescers, j.target)
     if problems:
@@ -306,6 +308,20 @@ def _mode_problems(key: str, j: JobConfig, dcls: type, options: Any) -> list[str
         if why := dcls.incremental_refusal(fmt, options):
             out.append(f"{key}.mode: incremental mode is impossible here: {why}")
     return out
+
+
+def _place_problems(key: str, j: JobConfig, dcls: type, options: Any, quiescers: list[tuple[type, Any]]) -> list[str]:
+    """Return the snapshot places job ``key``'s options put inside its volumes or its databases'
+    data directories, as far as the config's own paths tell (the preflight checks the real ones)."""
+    from snapagent import places
+    from snapagent.plugin.driver import SnapshotPlaces
+
+    if not issubclass(dcls, SnapshotPlaces):
+        return []
+    roots = [(f"volume {v!r}", Path(v)) for v in j.volumes if v.startswith("/")]
+    for i, (qcls, qcfg) in enumerate(quiescers):
+        roots += [(f"the data of {key}.quiesce[{i}] ({qcls.type})", d) for d in getattr(qcls, "data_dirs", lambda c: [])(qcfg)]
+    return places.refusals(key, dcls.configured_places(options), roots)
 
 
 def config_path(cli_value: str | None) -> Path:

@@ -1,8 +1,9 @@
 """The backup lifecycle: runs one job as a consistency group.
 
-preflight all → lock job → sweep leftovers → journal → quiesce all (fixed order) → snapshot all →
-verify all → release all (reverse order; only those that quiesced) → export → target commit
-(artifacts, then manifest) → release snapshots (or keep incremental bases) → prune by the job's
+preflight all → lock job → sweep leftovers → journal → driver.before_quiesce (what the snapshots
+need, e.g. a btrfs top-level mount) → quiesce all (fixed order) → snapshot all → verify all →
+release all (reverse order; only those that quiesced) → export → target commit (artifacts, then
+manifest) → release snapshots (or keep incremental bases) → prune by the job's
 retention in its own target → copy to the ``copy_to`` targets (``snapagent.copies``) → prune
 there (the job lock still held; a failed prune or copy is a warning). Everything taken is
 journaled before it is taken and undone from the journal on every exit path: exceptions and
@@ -22,17 +23,18 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from pydantic import ValidationError
 
-from snapagent import __version__, chains, cleanup, copies, signals
+from snapagent import __version__, chains, cleanup, copies, places, signals
 from snapagent.config import Config, Job
-from snapagent.errors import FreezeOverrun, Interrupted, OperationFailed, PreflightFailed, SnapshotFailed
+from snapagent.errors import ConfigError, FreezeOverrun, Interrupted, OperationFailed, PreflightFailed, SnapshotFailed
 from snapagent.joblock import JobLock
 from snapagent.journal import Journal, read_open
 from snapagent.manifest import ExtraRecord, Manifest, QuiescerRecord, Volume
-from snapagent.plugin.driver import Driver, IncrementalBase, Snapshot
+from snapagent.plugin.driver import Driver, IncrementalBase, Snapshot, SnapshotPlaces
 from snapagent.plugin.quiescer import QuiesceContext, Quiescer
 from snapagent.plugin.target import Damaged, Stored, Writer
 from snapagent.retention.prune import prune
@@ -126,6 +128,7 @@ class BackupRun:
                     raise PreflightFailed(
                         f"{q.describe()}: {f} is not on any volume of job {self.job.name!r} "
                         f"({', '.join(map(str, roots))}); its snapshot would not hold it")
+        self._check_places(vols, roots)
         for q in self.quiescers:
             q.preflight()
         self.target.preflight(self.job.name)
@@ -134,6 +137,16 @@ class BackupRun:
             probe = probe.parent
         if not os.access(probe, os.W_OK | os.X_OK):
             raise PreflightFailed(f"state_dir {self.state_dir} is not writable ({probe} is not)")
+
+    def _check_places(self, vols: list[str], roots: list[Path]) -> None:
+        """Refuse (ConfigError, exit 2) a configured snapshot place inside a volume or a database's data."""
+        if not isinstance(self.driver, SnapshotPlaces):
+            return
+        where = [(f"volume {v!r}", Path(r)) for v, r in zip(vols, roots)]
+        where += [(f"the data of {q.describe()}", f if f.is_dir() else f.parent) for q in self.quiescers for f in q.files()]
+        if problems := places.refusals(f"jobs.{self.job.name}", self.driver.configured_places(self.driver.options),
+                                       where, resolve=True):
+            raise ConfigError("\n".join(problems))
 
     def _preflight_or_close(self) -> None:
         try:
@@ -234,6 +247,8 @@ class BackupRun:
 
     def _backup(self, backup_id: str, created: datetime, journal: Journal) -> BackupResult:
         snap_name = f"snapagent-{backup_id}"
+        with self.phases("prepare"):
+            self.driver.before_quiesce(list(self.job.cfg.volumes))
         snaps, qrecords, window = self._freeze_and_snapshot(snap_name)
         self.say(f"snapshot {snap_name}: {len(snaps)} volume(s), freeze window {window * 1000:.0f} ms")
         fmt = self.job.export

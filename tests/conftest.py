@@ -63,11 +63,12 @@ def subvol(btrfs_root):
         return p
 
     yield make
+    # the default place (next to the volume) is shared by every subvolume of the session: empty it
+    for snapdir in [btrfs_root / ".snapagent-snapshots"] + [p / ".snapagent-snapshots" for p in made]:
+        if snapdir.is_dir():
+            for s in snapdir.iterdir():
+                subprocess.run(["btrfs", "subvolume", "delete", str(s)], capture_output=True)
     for p in made:
-        for snapdir in (p / ".snapagent-snapshots",):
-            if snapdir.is_dir():
-                for s in snapdir.iterdir():
-                    subprocess.run(["btrfs", "subvolume", "delete", str(s)], capture_output=True)
         subprocess.run(["btrfs", "subvolume", "delete", str(p)], capture_output=True)
 
 

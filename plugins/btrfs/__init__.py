@@ -2,8 +2,10 @@
 (full, or in ``mode = "incremental"`` ``btrfs send -p`` from the previous backup's kept snapshot:
 ``incremental.py``).
 
-Snapshots live in ``<subvolume>/<snapshot_dir>/<name>`` (default ``.snapagent-snapshots``, excluded
-from tar exports). btrfs cannot snapshot several subvolumes atomically; the engine holds every
+Snapshots live outside the volumes they protect (``places.py``: next to the volume, or in the
+filesystem's top-level subvolume mounted privately for the run), or in the configured absolute
+``snapshot_dir``; each is named ``<snapshot name>.<volume index>``. btrfs cannot snapshot several
+subvolumes atomically; the engine holds every
 quiescer across all of them. A ``send`` backup restores with ``btrfs receive`` onto btrfs only
 (``check_restore_directory``); restored subvolumes are removed with ``discard``.
 """
@@ -11,6 +13,7 @@ quiescer across all of them. A ``send`` backup restores with ``btrfs receive`` o
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import subprocess
@@ -23,23 +26,23 @@ from snapagent.errors import CommandFailed, ExportFailed, OperationFailed, Prefl
 from snapagent.manifest import Volume
 from snapagent.plugin.driver import DirectoryDest, Driver, Snapshot, VolumeDest
 from snapagent.plugin.helpers import first_lines, stream_of
-from snapagent.util import tar
+from snapagent.util import mountinfo, tar
 from snapagent.util.names import check_component
 from snapagent.util.runner import Runner
 from snapagent.util.tar import ScanReport
 
+from . import places
 from .incremental import BtrfsChainMixin
 
+log = logging.getLogger("snapagent.btrfs")
 BTRFS_SUPER_MAGIC = 0x9123683E
-OWNER = {"kind": "driver", "name": "btrfs"}
+OWNER = places.OWNER
 
 
 class BtrfsOptions(Strict):
-    snapshot_dir: str = ".snapagent-snapshots"  # relative: inside each subvolume; absolute: one place
-
-    def dir_for(self, volume: Path) -> Path:
-        p = Path(self.snapshot_dir)
-        return p if p.is_absolute() else volume / p
+    #: one absolute directory on the volumes' filesystem, outside them (unset: ``places.py`` decides;
+    #: a relative one would lie inside every volume: refused, see ``configured_places``)
+    snapshot_dir: str | None = None
 
 
 def _fs_magic(path: Path) -> int | None:
@@ -65,6 +68,56 @@ class BtrfsDriver(BtrfsChainMixin, Driver):
     def __init__(self, runner: Runner, options: BtrfsOptions | None = None):
         super().__init__(runner, options)
         self._links: dict[Path, Path] = {}
+        self._volumes: list[Path] = []  # the job's volumes: no default place lies inside one
+        self._tops: dict[str, Path] = {}  # filesystem (dev) -> its top-level mounted for this run
+        self._sources: dict[Path, str] = {}  # such a mount -> the device it mounts
+        self._places: dict[str, tuple[Path, bool]] = {}  # volume -> _place(volume), found before the freeze
+
+    @classmethod
+    def configured_places(cls, options: BtrfsOptions | None) -> list[tuple[str, str]]:
+        """SnapshotPlaces: the configured ``snapshot_dir`` (none: the default is outside every volume)."""
+        sd = options.snapshot_dir if options is not None else None
+        return [("options.snapshot_dir", sd)] if sd is not None else []
+
+    def before_quiesce(self, volumes: list[str]) -> None:
+        """Find each volume's place and mount a top-level subvolume it needs now (not in the freeze
+        window); remove an empty old default directory inside a volume."""
+        self._volumes = self._volumes or [Path(v) for v in volumes]
+        for vol in volumes:
+            self._places[vol] = self._place(vol)
+            if self._places[vol][0] != places.old_default(vol):
+                places.remove_old_dir(self.runner, vol)  # an upgrade's leftover, empty once its chain is released
+
+    def _place(self, volume: str) -> tuple[Path, bool]:
+        """Return (the directory for snapshots of ``volume``, whether it is the top-level mount)."""
+        if volume in self._places:
+            return self._places[volume]
+        if self.options.snapshot_dir is not None:
+            return Path(self.options.snapshot_dir), False
+        entries = mountinfo.read()
+        vols = self._volumes or [Path(volume)]
+        if (p := places.parent_place(Path(volume), vols, entries)) is not None:
+            return p, False
+        m, fsp = places.fs_path(Path(volume), entries)
+        if fsp == "/":
+            log.warning("btrfs: %s is the filesystem's top-level subvolume: every place on the filesystem is "
+                        "inside it; its snapshots stay in %s", volume, places.old_default(volume))
+            return places.old_default(volume), False
+        return self._toplevel(m) / places.DIRNAME, True
+
+    def _toplevel(self, m: mountinfo.MountEntry) -> Path:
+        if m.dev not in self._tops:
+            self._tops[m.dev] = places.mount_toplevel(self.runner, self.journal, m.source)
+            self._sources[self._tops[m.dev]] = m.source
+        return self._tops[m.dev]
+
+    def _findable(self, path: Path) -> dict[str, str]:
+        """Return what a journal record of a snapshot under a top-level mount needs to find it
+        without that mount (it is gone after a reboot): the device and the path in the filesystem."""
+        for mnt, source in self._sources.items():
+            if path.parent.parent == mnt:
+                return {"source": source, "fs_path": f"/{path.relative_to(mnt)}"}
+        return {}
 
     # -- preflight ------------------------------------------------------------------------------
     def preflight(self, volumes: list[str]) -> list[Path]:
@@ -75,6 +128,7 @@ class BtrfsDriver(BtrfsChainMixin, Driver):
             self.runner.require("tar", "tar")
         except CommandFailed as e:
             raise PreflightFailed(str(e)) from None
+        configured = self.options.snapshot_dir
         for vol in volumes:
             p = Path(vol)
             if not p.is_absolute():
@@ -85,54 +139,69 @@ class BtrfsDriver(BtrfsChainMixin, Driver):
                 raise PreflightFailed(f"volume {vol!r}: not on a btrfs filesystem")
             if os.stat(p).st_ino not in (256, 2):  # 256: subvolume root; 2: empty subvolume
                 raise PreflightFailed(f"volume {vol!r}: not a btrfs subvolume (create it with `btrfs subvolume create`)")
-            sdir = self.options.dir_for(p)
-            if sdir.exists() and _fs_magic(sdir) != BTRFS_SUPER_MAGIC:
-                raise PreflightFailed(f"volume {vol!r}: snapshot_dir {sdir} is not on btrfs")
+            if configured is not None and Path(configured).is_absolute() and Path(configured).exists():
+                if _fs_magic(Path(configured)) != BTRFS_SUPER_MAGIC or \
+                        mountinfo.mount_of(configured).dev != mountinfo.mount_of(p).dev:
+                    raise PreflightFailed(f"volume {vol!r}: options.snapshot_dir {configured} is not on its btrfs "
+                                          "filesystem (snapshots are made on the volume's own filesystem)")
+        self._volumes = [Path(v) for v in volumes]
         return [Path(v) for v in volumes]
 
     # -- snapshots ------------------------------------------------------------------------------
-    def _snap_path(self, volume: str, name: str, index: int) -> Path:
-        sdir = self.options.dir_for(Path(volume))
-        # several volumes may share an absolute snapshot_dir: suffix the index
-        return sdir / (f"{name}.{index}" if Path(self.options.snapshot_dir).is_absolute() else name)
-
     def snapshot(self, volumes: list[str], name: str, deadline: float) -> list[Snapshot]:
         snaps: list[Snapshot] = []
+        self._volumes = self._volumes or [Path(v) for v in volumes]
         for i, vol in enumerate(volumes):
-            path = self._snap_path(vol, name, i)
+            sdir, top = self._place(vol)
+            path = sdir / f"{name}.{i}"  # volumes of a job may share a place: the index keeps them apart
             if not self.runner.dry_run:
                 path.parent.mkdir(mode=0o700, exist_ok=True)
             if self.journal:
-                self.journal.open("snapshot", str(path), OWNER, volume=vol)
+                self.journal.open("snapshot", str(path), OWNER, volume=vol, **self._findable(path))
             remaining = max(0.1, deadline - time.monotonic())
             try:
                 self.runner.run(["btrfs", "subvolume", "snapshot", "-r", vol, str(path)], mutating=True, timeout=remaining)
             except CommandFailed as e:
                 raise SnapshotFailed(f"btrfs snapshot of {vol!r} failed: {e.stderr.strip() or e}") from None
-            snaps.append(Snapshot(vol, str(path), name, {"path": str(path)}))
+            info = {"path": str(path)}
+            if top:  # the mount is this run's: a later run finds the snapshot by its path in the filesystem
+                info.update(place="top-level", fs_path=f"/{places.DIRNAME}/{path.name}")
+            snaps.append(Snapshot(vol, str(path), name, info))
         return snaps
 
     def release(self, snap: Snapshot) -> None:
-        self._delete(self.runner, Path(snap.handle))
+        self._delete(self.runner, Path(snap.handle), snap.volume)
         if self.journal:
             self.journal.close("snapshot", snap.handle)
 
     @staticmethod
-    def _delete(runner: Runner, path: Path) -> bool:
+    def _delete(runner: Runner, path: Path, volume: str | None = None) -> bool:
+        """Delete subvolume ``path``; the old default place inside ``volume`` goes too once empty."""
         if not runner.dry_run and not path.exists():
             return False
         runner.run(["btrfs", "subvolume", "delete", "--commit-after", str(path)], mutating=True, timeout=120)
+        if volume is not None and path.parent == places.old_default(volume):
+            places.remove_old_dir(runner, volume)
         return True
 
     @classmethod
     def undo(cls, record: dict, runner: Runner) -> str:
-        """Delete the snapshot (``snapshot``) or the received subvolume (``received``) of a record."""
+        """Delete the snapshot (``snapshot``) or the received subvolume (``received``) of a record;
+        unmount a top-level mount (``mount``)."""
         path = Path(record["key"])
         kind = record.get("kind")
+        if kind == "mount":
+            done = places.unmount(runner, path)
+            return f"unmounted {path}" if done else f"{path} no longer mounted"
         if kind not in ("snapshot", "received"):
             raise OperationFailed(f"btrfs: unknown journal record {kind!r}")
         what = "snapshot" if kind == "snapshot" else "received subvolume"
-        if cls._delete(runner, path):
+        if kind == "snapshot" and not path.exists() and record.get("source") and record.get("fs_path"):
+            # its top-level mount is gone (a reboot): mount it again to find the snapshot
+            if places.via_toplevel(runner, record["source"], record["fs_path"], lambda p: cls._delete(runner, p)):
+                return f"deleted btrfs {what} {record['fs_path']} in the top-level subvolume of {record['source']}"
+            return f"btrfs {what} {record['fs_path']} of {record['source']} already gone"
+        if cls._delete(runner, path, record.get("volume") if kind == "snapshot" else None):
             return f"deleted btrfs {what} {path}"
         return f"btrfs {what} {path} already gone"
 
@@ -140,10 +209,8 @@ class BtrfsDriver(BtrfsChainMixin, Driver):
     @contextlib.contextmanager
     def export(self, snap: Snapshot, fmt: str, base: Volume | None = None) -> Iterator[IO[bytes]]:
         if fmt == "tar":
-            excludes = []
-            if not Path(self.options.snapshot_dir).is_absolute():
-                excludes.append(self.options.snapshot_dir)
-            argv = tar.create_argv(Path(snap.handle), excludes)
+            # the old default place: nested subvolumes appear as empty directories in a snapshot
+            argv = tar.create_argv(Path(snap.handle), [places.DIRNAME])
         elif fmt == "send":
             argv = self.send_argv(snap, base)
         else:

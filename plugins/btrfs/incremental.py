@@ -21,7 +21,10 @@ from typing import Any
 from snapagent.errors import CommandFailed, ExportFailed, OperationFailed, RestoreRefused
 from snapagent.manifest import Volume
 from snapagent.plugin.driver import DirectoryDest, Snapshot, VolumeDest
+from snapagent.util import mountinfo
 from snapagent.util.runner import Runner
+
+from . import places
 
 log = logging.getLogger("snapagent.btrfs")
 
@@ -63,16 +66,29 @@ class BtrfsChainMixin:
             self.journal.close("snapshot", snap.handle)
 
     def _ours(self, volume: str, snapshot: str) -> str | None:
-        """Return why ``snapshot`` is not snapagent's snapshot of ``volume`` (None: it is)."""
+        """Return why ``snapshot`` is not snapagent's snapshot of ``volume`` (None: it is): it must
+        be named ``snapagent-…`` in a snapshot place (the configured one, a default one, or the old
+        default inside the volume)."""
         p = Path(snapshot)
-        if p.parent != self.options.dir_for(Path(volume)) or not p.name.startswith("snapagent-"):
+        configured = self.options.snapshot_dir
+        place = p.parent == Path(configured) if configured else p.parent.name == places.DIRNAME
+        if not (place or p.parent == places.old_default(volume)) or not p.name.startswith("snapagent-"):
             return f"{snapshot} is not a snapshot snapagent made of {volume}"
         return None
 
+    def _where(self, record: Volume) -> str:
+        """Return where the snapshot ``record`` kept is now: a top-level one under this run's mount
+        of the volume's filesystem top-level (mounted, journaled, on first use)."""
+        if record.info.get("place") != "top-level":
+            return record.snapshot
+        m, _ = places.fs_path(Path(record.volume), mountinfo.read())
+        rel = str(record.info.get("fs_path", "")).lstrip("/")
+        return str(self._toplevel(m) / rel)  # type: ignore[attr-defined]
+
     def release_base(self, record: Volume) -> None:
         """Delete the parent an earlier backup kept — only snapagent's own snapshot of that volume
-        with the UUID the record names. Idempotent."""
-        snap = record.snapshot
+        with the UUID the record names (wherever it was kept: old default place too). Idempotent."""
+        snap = self._where(record)
         if why := self._ours(record.volume, snap):
             log.warning("btrfs: not releasing %r: %s", snap, why)
             return
@@ -83,8 +99,9 @@ class BtrfsChainMixin:
             log.warning("btrfs: not releasing %r: its UUID is not the one backup recorded", snap)
             return
         if self.journal:  # a run killed while deleting it: `snapagent cleanup` finishes the job
-            self.journal.open("snapshot", snap, {"kind": "driver", "name": "btrfs"}, volume=record.volume)
-        self._delete(self.runner, Path(snap))  # type: ignore[attr-defined]
+            self.journal.open("snapshot", snap, {"kind": "driver", "name": "btrfs"}, volume=record.volume,
+                              **self._findable(Path(snap)))  # type: ignore[attr-defined]
+        self._delete(self.runner, Path(snap), record.volume)  # type: ignore[attr-defined]
         if self.journal:
             self.journal.close("snapshot", snap)
 
@@ -99,7 +116,7 @@ class BtrfsChainMixin:
         is recorded in ``snap.info["full_reason"]``)."""
         if base is None:
             return None
-        parent = base.snapshot
+        parent = self._where(base)
         why = None
         if base.volume != snap.volume:
             why = "it is of another volume"

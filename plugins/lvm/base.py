@@ -43,6 +43,12 @@ class LvmDriverBase(Driver):
     def owner(cls) -> dict[str, str]:
         return {"kind": "driver", "name": cls.name}
 
+    @classmethod
+    def configured_places(cls, options: Any) -> list[tuple[str, str]]:
+        """SnapshotPlaces: a configured ``mount_base`` (snapshots are mounted below it while exported)."""
+        base = getattr(options, "mount_base", None)
+        return [("options.mount_base", str(base))] if base is not None else []
+
     # -- preflight ------------------------------------------------------------------------------
     def preflight(self, volumes: list[str]) -> list[Path]:
         """Check names (ConfigError), tools, that each LV exists, is of this driver's kind and is

@@ -11,7 +11,9 @@ protocol below that a driver class implements and the engine detects with ``isin
 - ``DatasetRestore``: restore a backup into a new dataset instead of a directory (``zfs receive``);
 - ``RestoreDirectoryCheck``: refuse a restore directory before anything is written (a ``btrfs
   send`` stream needs a btrfs directory);
-- ``CustomDiscard``: remove a restored copy in a way ``rm -r`` cannot (btrfs subvolumes).
+- ``CustomDiscard``: remove a restored copy in a way ``rm -r`` cannot (btrfs subvolumes);
+- ``SnapshotPlaces``: name the directories its options put snapshots or their mounts in, so the
+  core refuses one inside a volume or a database's data (``snapagent.places``).
 
 Register a driver under the ``snapagent.drivers`` entry point group. Run every command through
 ``self.runner`` (argv lists; reads and mutations marked, so ``--dry-run`` works without code of
@@ -100,6 +102,11 @@ class Driver:
         placed on volumes by these). Raise PreflightFailed naming the volume and what is wrong.
         """
         raise NotImplementedError
+
+    def before_quiesce(self, volumes: list[str]) -> None:
+        """Take what the snapshots will need (journaled, like everything taken) before the first
+        quiescer holds, so it does not count in the freeze window; called once per backup run
+        after ``journal`` is set. Default: nothing."""
 
     def snapshot(self, volumes: list[str], name: str, deadline: float) -> list[Snapshot]:
         """Snapshot every volume (journaling each before it is made); return them in order.
@@ -201,3 +208,13 @@ class CustomDiscard(Protocol):
     @classmethod
     def discard(cls, path: Path, runner: Runner) -> None:
         """Remove the restored tree at ``path``."""
+
+
+@runtime_checkable
+class SnapshotPlaces(Protocol):
+    """Its options can put snapshots (or their mounts) at a directory of the user's choice."""
+
+    @classmethod
+    def configured_places(cls, options: Any) -> list[tuple[str, str]]:
+        """Return (key under the job, path as configured) of each such directory ``options`` set,
+        e.g. ``[("options.snapshot_dir", "/srv/.snaps")]``; [] when the defaults apply."""

@@ -109,6 +109,12 @@ class Quiescer:
         """Return the live files/directories that must lie on the job's volumes."""
         return []
 
+    @classmethod
+    def data_dirs(cls, cfg: Any) -> list[Path]:
+        """Return the data directories ``cfg`` names itself (``config check`` keeps snapshot places
+        out of them without connecting; the backup's preflight uses ``files()``)."""
+        return []
+
     def describe(self) -> str:
         """Return a one-line description for logs and dry-run output."""
         return self.type

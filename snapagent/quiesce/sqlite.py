@@ -81,6 +81,10 @@ class SqliteQuiescer(Quiescer):
     def files(self) -> list[Path]:
         return [self.cfg.path]
 
+    @classmethod
+    def data_dirs(cls, cfg: SqliteConfig) -> list[Path]:
+        return [cfg.path.parent]  # the -wal, -shm and journal files live beside it
+
     def describe(self) -> str:
         return f"sqlite {self.cfg.path}"
 

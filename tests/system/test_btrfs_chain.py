@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import snapplaces
 from tests.helpers.cli import snapagent, toml_str, write_config
 from tests.helpers.trees import tree
 from tests.system.test_btrfs_sqlite import Writer
 
 pytestmark = [pytest.mark.root, pytest.mark.btrfs]
-SNAPDIR = ".snapagent-snapshots"  # a nested subvolume: never part of a backup (tree() skips it)
 
 
 def job(vol: Path, db: Path, extra: str = "") -> str:
@@ -125,7 +125,7 @@ def test_chain_restores_byte_identical_and_broken_links_are_named(chain_env, wor
         assert v["incremental"] and v["parent"] == prev["id"] and v["kept"]
         assert v["info"]["parent_snapshot"] == prev["volumes"][0]["snapshot"]
         assert not Path(prev["volumes"][0]["snapshot"]).exists(), "the older parent was not released"
-    assert sorted(p.name for p in (vol / SNAPDIR).iterdir()) == [Path(m4["volumes"][0]["snapshot"]).name]
+    assert sorted(p.name for p in snapplaces.snapdir(vol).iterdir()) == [Path(m4["volumes"][0]["snapshot"]).name]
     assert m4["artifacts"][0]["raw_size"] < m1["artifacts"][0]["raw_size"] / 4  # incrementals are small
 
     newest = restore(cfg, m4["id"], dest())
@@ -194,7 +194,7 @@ def test_chain_restores_byte_identical_and_broken_links_are_named(chain_env, wor
     cfg = write_config(workdir, job(vol, db).replace('mode = "incremental"', 'mode = "full"'))
     m8 = json.loads(snapagent("--json", "backup", "app", config=cfg, check=True).stdout)
     assert not m8["volumes"][0]["kept"] and not m8["volumes"][0]["incremental"]
-    assert list((vol / SNAPDIR).iterdir()) == []
+    assert list(snapplaces.snapdir(vol).iterdir()) == []
 
 
 def test_retention_keeps_the_chain_a_kept_backup_needs_and_prunes_a_finished_one(chain_env, workdir):
@@ -203,7 +203,7 @@ def test_retention_keeps_the_chain_a_kept_backup_needs_and_prunes_a_finished_one
     is removed — with the read-only snapshots it kept — and the new full restores."""
     vol, db, writer, dest = chain_env
     cfg = write_config(workdir, job(vol, db, "full_every = 2\n[jobs.app.retention]\nkeep_last = 1"))
-    snapdir = vol / SNAPDIR
+    snapdir = snapplaces.snapdir(vol)
 
     def kept_snapshots() -> set[str]:
         return {p.name for p in snapdir.iterdir()} if snapdir.is_dir() else set()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import snapplaces
 from tests.helpers.cli import ROOT, snapagent, toml_str, write_config
 from tests.helpers.wrappers import slow_tool
 
@@ -80,7 +81,7 @@ def backup(cfg: Path, job: str = "app") -> str:
 
 
 def snapshots_left(vol: Path) -> list[str]:
-    d = vol / ".snapagent-snapshots"
+    d = snapplaces.snapdir(vol)
     return sorted(p.name for p in d.iterdir()) if d.is_dir() else []
 
 
@@ -138,7 +139,7 @@ def test_dry_run_changes_nothing(app, workdir):
     r = snapagent("backup", "app", "--dry-run", config=cfg)
     assert r.returncode == 0, r.stderr
     assert "would run: btrfs subvolume snapshot -r" in r.stdout and "would quiesce: sqlite" in r.stdout
-    assert not (vol / ".snapagent-snapshots").exists()
+    assert snapplaces.snapshots(vol) == []
     assert not (workdir / "backups").exists()
     assert list((workdir / "state").iterdir()) == []
 
@@ -151,7 +152,7 @@ def test_sqlite_outside_the_volumes_is_refused(subvol, workdir):
     r = snapagent("backup", "app", config=cfg)
     assert r.returncode == 1
     assert str(db) in r.stderr and str(vol) in r.stderr and "not on any volume" in r.stderr
-    assert not (vol / ".snapagent-snapshots").exists()
+    assert snapplaces.snapshots(vol) == []
 
 
 def _start_and_wait_for_export(cfg: Path, workdir: Path) -> subprocess.Popen:
@@ -243,7 +244,7 @@ def test_failed_quiesce_skips_snapshot(subvol, workdir):
         cfg = write_config(workdir, job_toml(vol, db, qextra='busy_timeout = "300ms"'))
         r = snapagent("backup", "app", config=cfg)
         assert r.returncode == 1 and "could not take the write lock" in r.stderr
-        assert not (vol / ".snapagent-snapshots").exists() or snapshots_left(vol) == []
+        assert not snapplaces.snapdir(vol).exists() or snapshots_left(vol) == []
         assert listed(cfg) == []
     finally:
         holder.execute("ROLLBACK")
@@ -264,7 +265,7 @@ def _run_state(workdir: Path, vol: Path) -> dict:
     """What a run may create: snapshots, stored and partial backups, journals and locks."""
     def names(d: Path) -> list[str]:
         return sorted(str(p.relative_to(d)) for p in d.rglob("*")) if d.exists() else []
-    return {"snapshots": names(vol / ".snapagent-snapshots"), "backups": names(workdir / "backups"),
+    return {"snapshots": names(snapplaces.snapdir(vol)), "backups": names(workdir / "backups"),
             "state": names(workdir / "state")}
 
 

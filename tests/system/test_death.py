@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from snapagent.journal import read_open
+from tests.helpers import snapplaces
 from tests.helpers.cli import ROOT, snapagent, toml_str, write_config
 from tests.helpers.loopfs import ext4_loop, is_frozen, was_frozen, write_takes
 
@@ -106,7 +107,7 @@ def blocked_since(ack: Path) -> float:
 
 
 def leftovers(workdir: Path, vol: Path) -> tuple[list, list]:
-    snapdir = vol / ".snapagent-snapshots"
+    snapdir = snapplaces.snapdir(vol)
     snaps = sorted(p.name for p in snapdir.iterdir()) if snapdir.exists() else []
     return snaps, sorted(p.name for p in (workdir / "state").glob("journal/*/*.jsonl"))
 

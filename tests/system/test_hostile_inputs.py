@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import snapplaces
 from tests.helpers.cli import ROOT, last_line, snapagent, toml_str, write_config
 from tests.helpers.exectrace import shells
 
@@ -143,6 +144,6 @@ def test_hostile_names_run_no_shell(btrfs_root, workdir, traced):
         assert all(line.split("\t")[1].startswith("/") for line in log.splitlines())  # resolved tools only
         assert not [d for d in (Path.cwd(), workdir, vol, Path("/")) if (d / "snapagent-pwned").exists()]
     finally:
-        for snap in (vol / ".snapagent-snapshots").glob("*"):
+        for snap in snapplaces.snapdir(vol).glob("*"):
             subprocess.run(["btrfs", "subvolume", "delete", "--", str(snap)], capture_output=True)
         subprocess.run(["btrfs", "subvolume", "delete", "--", str(vol)], capture_output=True)

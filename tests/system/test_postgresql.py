@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.helpers import pg
+from tests.helpers import pg, snapplaces
 from tests.helpers.caps import need
 from tests.helpers.cli import ROOT, snapagent, toml_str, write_config
 from tests.helpers.wrappers import slow_tool
@@ -345,7 +345,7 @@ def snapagent_sessions(c: pg.Cluster) -> list:
 
 
 def no_snapshots(vol: Path) -> bool:
-    d = vol / ".snapagent-snapshots"
+    d = snapplaces.snapdir(vol)
     return not d.exists() or not any(d.iterdir())
 
 
@@ -463,3 +463,19 @@ def test_drill_killed_while_the_copy_starts_then_cleanup(pg_ok, subvol, workdir,
     assert "removed the ACL entry" in r.stdout and "stopped pid" in r.stdout, r.stdout
     assert leftovers() == {"acl": [], "procs": [], "scratch": [], "journals": []}
     assert not list(Path(tempfile.gettempdir()).glob("snapagent-pgdrill-*"))
+
+
+def test_pg_basebackup_works_after_a_backup_of_pgdata_at_a_subvolume_root(pg_ok, subvol, workdir, clusters):
+    """Issue 12: with PGDATA at the subvolume root, a backup left a root-owned 0700
+    ``.snapagent-snapshots`` in PGDATA and ``pg_basebackup`` failed on it (Permission denied).
+    Snapshots now live outside the volume: a replica can be made after backups."""
+    vol = subvol("pgroot")
+    c = make_cluster(clusters, vol)  # PGDATA is the subvolume itself
+    cfg = write_config(workdir, job_toml([vol], dsn=c.dsn))
+    backup(cfg)
+    assert snapplaces.ours_inside(vol) == []
+    replica = pg.pg_dir(workdir / "replica")
+    r = pg.as_postgres([str(pg.BINDIR / "pg_basebackup"), "-d", c.dsn, "-D", str(replica), "-c", "fast", "-X", "fetch",
+                        "--no-sync"], timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert (replica / "PG_VERSION").exists() and not list(replica.glob(".snapagent*"))

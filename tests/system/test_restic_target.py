@@ -16,6 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.helpers import snapplaces
 from tests.helpers.caps import need
 from tests.helpers.cli import snapagent, toml_str, write_config
 from tests.helpers.procwatch import ProcWatch
@@ -131,7 +132,7 @@ def test_faults_are_one_clear_line(app, workdir, fault):
     expect = {"wrong password": "wrong password", "missing repository": "does not exist",
               "unreachable server": "unreachable"}[fault]
     assert expect in r.stderr and "Traceback" not in r.stderr, r.stderr
-    assert not (vol / ".snapagent-snapshots").is_dir() or not list((vol / ".snapagent-snapshots").iterdir())
+    assert not snapplaces.snapdir(vol).is_dir() or not list(snapplaces.snapdir(vol).iterdir())
 
 
 def _restic_backup_of(pid: int, timeout: float = 60) -> psutil.Process:

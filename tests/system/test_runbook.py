@@ -32,6 +32,7 @@ import pytest
 from snapagent.config import parse
 from snapagent.schedule.units import cron_file
 from tests.helpers import runbook_rules as rules
+from tests.helpers import snapplaces
 from tests.helpers.caps import need
 from tests.helpers.cli import ROOT, toml_str, write_config
 
@@ -158,7 +159,7 @@ def app_volume(btrfs_root):
     vol = parent / "app"
     subprocess.run(["btrfs", "subvolume", "create", str(vol)], check=True, capture_output=True)
     yield vol
-    snaps = vol / ".snapagent-snapshots"
+    snaps = snapplaces.snapdir(vol)
     for s in snaps.iterdir() if snaps.is_dir() else []:
         subprocess.run(["btrfs", "subvolume", "delete", str(s)], capture_output=True)
     subprocess.run(["btrfs", "subvolume", "delete", str(vol)], capture_output=True)
@@ -247,7 +248,7 @@ class Runbook:
                 with contextlib.suppress(ProcessLookupError):  # the run may have died on its own: the assert says so
                     os.kill(pid, signal.SIGKILL)
             agent.wait()
-        self.crashed = sorted(p.name for p in (self.vol / ".snapagent-snapshots").iterdir())
+        self.crashed = sorted(p.name for p in snapplaces.snapdir(self.vol).iterdir())
         assert self.crashed, "the killed run left no snapshot to clean up"
 
     def run(self, line: str) -> subprocess.CompletedProcess:
@@ -288,7 +289,7 @@ def test_every_runbook_command_runs(app_volume, workdir):
                     if line == "snapagent cleanup --dry-run":
                         assert all(s in r.stdout + r.stderr for s in book.crashed), (book.crashed, r)
                     if line == "snapagent cleanup":
-                        assert not list((app_volume / ".snapagent-snapshots").iterdir()), "cleanup left a snapshot"
+                        assert not list(snapplaces.snapdir(app_volume).iterdir()), "cleanup left a snapshot"
                     if line.startswith("sqlite3 ") and line.endswith(" .tables"):
                         assert r.stdout.split() == ["t"], f"{line}: {r.stdout}"
                     ran["sh"] += 1

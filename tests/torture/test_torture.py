@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import pg
+from tests.helpers import pg, snapplaces
 from tests.helpers.caps import need
 from tests.helpers.cli import last_line, snapagent, toml_str, write_config
 from tests.helpers.mariadb import MariaDB, available
@@ -113,7 +113,7 @@ def test_postgresql_on_btrfs(btrfs_root, workdir, torture_backups):
     finally:
         writer.stop()
         cluster.cleanup()
-        for snap in (vol / ".snapagent-snapshots").glob("*"):
+        for snap in snapplaces.snapdir(vol).glob("*"):
             subprocess.run(["btrfs", "subvolume", "delete", str(snap)], capture_output=True)
         subprocess.run(["btrfs", "subvolume", "delete", str(vol)], capture_output=True)
 
