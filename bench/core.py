@@ -40,6 +40,8 @@ class Row:
     target: str = ""
     met: bool | None = None
     note: str = ""
+    #: the case (module of bench/cases/) that measured it; bench/run.py sets it
+    case: str = ""
 
     @property
     def median(self) -> float:
@@ -57,7 +59,7 @@ class Row:
     def as_dict(self) -> dict:
         return {"figure": self.figure, "unit": self.unit, "ours": self.ours, "median": self.median,
                 "base": self.base, "base_name": self.base_name, "base_median": self.base_median,
-                "ratio": self.ratio, "target": self.target, "met": self.met, "note": self.note}
+                "ratio": self.ratio, "target": self.target, "met": self.met, "note": self.note, "case": self.case}
 
 
 @dataclass

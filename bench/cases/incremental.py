@@ -19,6 +19,7 @@ import shutil
 import statistics
 import time
 from pathlib import Path
+from typing import Callable
 
 from bench.core import Context, Row, alternate, btrfs_volume, measure, sh, snapagent_argv
 
@@ -52,36 +53,51 @@ def change(files: list[Path], pct: float, rng: random.Random) -> int:
     return blocks * BLOCK
 
 
-def config(work: Path, vol: Path) -> Path:
-    """Write the benchmark's snapagent config (jobs ``full`` and ``incr`` on ``vol``); return its path."""
-    jobs = "".join(f'[jobs.{name}]\ndriver = "btrfs"\nvolumes = [{json.dumps(str(vol))}]\ntarget = "local"\n'
-                   f'export = "send"\nmode = "{mode}"\n' for name, mode in (("full", "full"), ("incr", "incremental")))
-    cfg = work / "snapagent.toml"
+def config(work: Path, driver: str, volume: str, options: str = "") -> Path:
+    """Write the config of jobs ``full`` and ``incr`` backing up ``volume`` with ``driver``
+    (``options``: TOML lines of ``[jobs.<job>.options]``); return its path."""
+    jobs = "".join(f'[jobs.{name}]\ndriver = "{driver}"\nvolumes = [{json.dumps(volume)}]\ntarget = "local"\n'
+                   f'export = "send"\nmode = "{mode}"\n[jobs.{name}.options]\n{options}\n'
+                   for name, mode in (("full", "full"), ("incr", "incremental")))
+    cfg = work / "incremental.toml"
     cfg.write_text(f'[agent]\nstate_dir = {json.dumps(str(work / "state"))}\n'
                    f'[targets.local]\ntype = "directory"\npath = {json.dumps(str(work / "backups"))}\n{jobs}')
     cfg.chmod(0o600)
     return cfg
 
 
-class Backups:
-    """Runs ``backup JOB`` and keeps each one's figures: wall seconds, export seconds, stream and
-    stored MiB, and whether it was incremental."""
+#: Runs the CLI with these arguments; returns (exit code, stdout, stderr, wall seconds).
+Cli = Callable[[list[str]], "tuple[int, str, str, float]"]
 
-    def __init__(self, ctx: Context, cfg: Path, backups: Path):
-        self.ctx, self.cfg, self.backups = ctx, cfg, backups
+
+def subprocess_cli(ctx: Context, cfg: Path) -> Cli:
+    """A Cli running snapagent as an admin does: its own process, timed to its exit."""
+    def cli(args: list[str]) -> tuple[int, str, str, float]:
+        m = measure(snapagent_argv(ctx, cfg, *args))
+        return m.rc, m.stdout, m.stderr, m.seconds
+    return cli
+
+
+class Backups:
+    """Runs ``backup JOB`` through a Cli and keeps each one's figures: wall seconds, export
+    seconds, stream and stored MiB, and whether it was incremental. Each backup of job ``full``
+    is deleted from ``backups`` (the directory target's path) once measured."""
+
+    def __init__(self, cli: Cli, backups: Path):
+        self.cli, self.backups = cli, backups
         self.figures: dict[str, list[dict]] = {"full": [], "incr": []}
         self.last: dict[str, float] = {}
 
     def run(self, job: str) -> dict:
         # backup ids have one-second resolution: never two backups of one job in the same second
         time.sleep(max(0.0, self.last.get(job, 0.0) + 1.05 - time.time()))
-        m = measure(snapagent_argv(self.ctx, self.cfg, "-q", "--json", "backup", job))
+        rc, out, err, seconds = self.cli(["-q", "--json", "backup", job])
         self.last[job] = time.time()
-        if m.rc != 0:
-            raise RuntimeError(f"backup {job} exited {m.rc}: {m.stderr.strip()[-2000:]}")
-        man = json.loads(m.stdout)
+        if rc != 0:
+            raise RuntimeError(f"backup {job} exited {rc}: {err.strip()[-2000:]}")
+        man = json.loads(out)
         art = man["artifacts"][0]
-        fig = {"wall": m.seconds, "export": man["phases_ms"].get("export", 0.0) / 1000,
+        fig = {"wall": seconds, "export": man["phases_ms"].get("export", 0.0) / 1000,
                "stream": art.get("raw_size", art["size"]) / MiB, "stored": art["size"] / MiB,
                "incremental": bool(man["volumes"][0].get("incremental"))}
         self.figures[job].append(fig)
@@ -90,38 +106,42 @@ class Backups:
         return fig
 
 
+def compare(ctx: Context, b: Backups, files: list[Path], what: str) -> list[Row]:
+    """Alternate incremental backups (each after ~1 % of ``files`` was rewritten, untimed) with
+    full ones; return the rows (incremental vs full: wall, export phase, stream, stored bytes).
+    ``what`` names the setup in the first row's note."""
+    rng = random.Random(1)
+    changed: list[int] = []
+
+    def incremental() -> float:
+        changed.append(change(files, PCT, rng))
+        sh("sync")
+        return b.run("incr")["wall"]
+
+    # the warm-up's incr backup is the chain's full; every recorded one is incremental
+    alternate(incremental, lambda: b.run("full")["wall"], ctx.runs)
+    full, incr = b.figures["full"][1:], b.figures["incr"][1:]
+    if not all(f["incremental"] for f in incr) or any(f["incremental"] for f in full):
+        raise RuntimeError("incremental: a backup of job incr was not incremental, or one of job full was")
+    total = sum(f.stat().st_size for f in files)
+    note = f"{what}, {total // MiB} MiB, {100 * statistics.mean(changed) / total:.2g} % rewritten in 64 KiB blocks"
+    rows = []
+    for key, figure, unit in (("wall", "wall time", "s"), ("export", "export phase", "s"),
+                              ("stream", "send stream", "MiB"), ("stored", "stored bytes", "MiB")):
+        row = Row(f"incremental backup ({what.split()[0]}): {figure}", unit, [f[key] for f in incr],
+                  [f[key] for f in full], "the full backup", "≤ 0.05 ×", note="" if rows else note)
+        row.met = row.ratio is not None and row.ratio <= 0.05
+        rows.append(row)
+    return rows
+
+
 def run(ctx: Context) -> list[Row]:
     mb = ctx.scale(512, 32)
-    rng = random.Random(1)
     with btrfs_volume(ctx, mb * 3 + 512, "incr") as mnt:
         vol = mnt / "data"
         sh("btrfs", "subvolume", "create", vol)
         ctx.log(f"incremental: writing {mb} MiB")
         files = make_data(vol, mb)
         sh("sync")
-        b = Backups(ctx, config(ctx.work, vol), ctx.work / "backups")
-        changed: list[int] = []
-
-        def incremental() -> float:
-            changed.append(change(files, PCT, rng))
-            sh("sync")
-            return b.run("incr")["wall"]
-
-        # the warm-up's incr backup is the chain's full; every recorded one is incremental
-        alternate(incremental, lambda: b.run("full")["wall"], ctx.runs)
-    full, incr = b.figures["full"][1:], b.figures["incr"][1:]
-    if not all(f["incremental"] for f in incr) or any(f["incremental"] for f in full):
-        raise RuntimeError("incremental: a backup of job incr was not incremental, or one of job full was")
-    pct = 100 * statistics.mean(changed) / (mb * MiB)
-    note = f"btrfs send -p, {mb} MiB, {pct:.2g} % rewritten in 64 KiB blocks"
-    rows = []
-    for key, figure, unit in (("wall", "incremental backup: wall time", "s"),
-                              ("export", "incremental backup: export phase", "s"),
-                              ("stream", "incremental backup: send stream", "MiB"),
-                              ("stored", "incremental backup: stored bytes", "MiB")):
-        row = Row(figure, unit, [f[key] for f in incr], [f[key] for f in full], "the full backup", "≤ 0.05 ×",
-                  note="" if rows else note)
-        row.met = row.ratio is not None and row.ratio <= 0.05
-        rows.append(row)
-    return rows
-
+        cfg = config(ctx.work, "btrfs", str(vol))
+        return compare(ctx, Backups(subprocess_cli(ctx, cfg), ctx.work / "backups"), files, "btrfs send -p")
