@@ -100,7 +100,7 @@ def alternate(ours: Callable[[], float], base: Callable[[], float] | None, runs:
 
 def spread(samples: list[float]) -> str:
     """min–max of ``samples`` as text."""
-    return f"{min(samples):.3g}–{max(samples):.3g}" if len(samples) > 1 else "—"
+    return f"{fmt(min(samples))}–{fmt(max(samples))}" if len(samples) > 1 else "—"
 
 
 def fmt(v: float | None) -> str:

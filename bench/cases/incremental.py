@@ -118,9 +118,9 @@ def compare(ctx: Context, b: Backups, files: list[Path], what: str) -> list[Row]
         sh("sync")
         return b.run("incr")["wall"]
 
-    # the warm-up's incr backup is the chain's full; every recorded one is incremental
-    alternate(incremental, lambda: b.run("full")["wall"], ctx.runs)
-    full, incr = b.figures["full"][1:], b.figures["incr"][1:]
+    b.run("incr")  # the chain's full: every recorded backup of job incr is incremental
+    alternate(incremental, lambda: b.run("full")["wall"], ctx.runs, warmup=0 if ctx.quick else 1)
+    full, incr = b.figures["full"][-ctx.runs:], b.figures["incr"][-ctx.runs:]
     if not all(f["incremental"] for f in incr) or any(f["incremental"] for f in full):
         raise RuntimeError("incremental: a backup of job incr was not incremental, or one of job full was")
     total = sum(f.stat().st_size for f in files)
