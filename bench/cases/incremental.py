@@ -99,7 +99,7 @@ class Backups:
         art = man["artifacts"][0]
         fig = {"wall": seconds, "export": man["phases_ms"].get("export", 0.0) / 1000,
                "stream": art.get("raw_size", art["size"]) / MiB, "stored": art["size"] / MiB,
-               "incremental": bool(man["volumes"][0].get("incremental"))}
+               "incremental": bool(man["volumes"][0].get("incremental")), "phases": man["phases_ms"]}
         self.figures[job].append(fig)
         if job == "full":  # measured; keep the disk free for the next ones
             shutil.rmtree(self.backups / job / man["id"])
@@ -123,6 +123,9 @@ def compare(ctx: Context, b: Backups, files: list[Path], what: str) -> list[Row]
     full, incr = b.figures["full"][-ctx.runs:], b.figures["incr"][-ctx.runs:]
     if not all(f["incremental"] for f in incr) or any(f["incremental"] for f in full):
         raise RuntimeError("incremental: a backup of job incr was not incremental, or one of job full was")
+    for job, figs in (("incremental", incr), ("full", full)):  # where the time goes: the last one's phases
+        ctx.log(f"{what}: phases of the last {job} backup (ms): "
+                + ", ".join(f"{k} {v:.0f}" for k, v in figs[-1]["phases"].items()))
     total = sum(f.stat().st_size for f in files)
     note = f"{what}, {total // MiB} MiB, {100 * statistics.mean(changed) / total:.2g} % rewritten in 64 KiB blocks"
     rows = []
