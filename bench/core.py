@@ -40,6 +40,8 @@ class Row:
     target: str = ""
     met: bool | None = None
     note: str = ""
+    #: the case (module of bench/cases/) that measured it; bench/run.py sets it
+    case: str = ""
 
     @property
     def median(self) -> float:
@@ -57,7 +59,7 @@ class Row:
     def as_dict(self) -> dict:
         return {"figure": self.figure, "unit": self.unit, "ours": self.ours, "median": self.median,
                 "base": self.base, "base_name": self.base_name, "base_median": self.base_median,
-                "ratio": self.ratio, "target": self.target, "met": self.met, "note": self.note}
+                "ratio": self.ratio, "target": self.target, "met": self.met, "note": self.note, "case": self.case}
 
 
 @dataclass
@@ -98,7 +100,7 @@ def alternate(ours: Callable[[], float], base: Callable[[], float] | None, runs:
 
 def spread(samples: list[float]) -> str:
     """min–max of ``samples`` as text."""
-    return f"{min(samples):.3g}–{max(samples):.3g}" if len(samples) > 1 else "—"
+    return f"{fmt(min(samples))}–{fmt(max(samples))}" if len(samples) > 1 else "—"
 
 
 def fmt(v: float | None) -> str:

@@ -29,6 +29,9 @@ from bench.core import Context, Row, render  # noqa: E402
 
 #: The cases in table order (modules of bench/cases/).
 CASES = ["freeze", "datapath", "startup", "incremental", "vm"]
+#: Cases a --quick run leaves out unless --only names them, and why.
+QUICK_ELSEWHERE = {"vm": "booting the test VM costs minutes; its quick mode runs in the VM tier "
+                         "(tests/vm/test_bench_vm.py)"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("bench/run.py: run as root (loop devices, mounts, btrfs)", file=sys.stderr)
         return 2
-    names = a.only.split(",") if a.only else CASES
+    names = a.only.split(",") if a.only else [n for n in CASES if not (a.quick and n in QUICK_ELSEWHERE)]
     unknown = [n for n in names if n not in CASES]
     if unknown:
         print(f"bench/run.py: --only: unknown case(s) {', '.join(unknown)}; known: {', '.join(CASES)}", file=sys.stderr)
@@ -52,10 +55,17 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     failed: list[str] = []
     try:
-        for name in names:
+        for name in CASES:
+            if name not in names:
+                if a.quick and not a.only and name in QUICK_ELSEWHERE:
+                    ctx.log(f"== {name}: left out of --quick: {QUICK_ELSEWHERE[name]}")
+                continue
             ctx.log(f"== {name}")
             try:
-                rows += importlib.import_module(f"bench.cases.{name}").run(ctx)
+                case_rows = importlib.import_module(f"bench.cases.{name}").run(ctx)
+                for r in case_rows:
+                    r.case = name
+                rows += case_rows
             except Exception:  # noqa: BLE001 - one broken case must not hide the others' figures
                 failed.append(name)
                 traceback.print_exc()

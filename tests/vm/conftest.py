@@ -26,6 +26,12 @@ from tests.vm.vmtools import IN_VM, LoopDevice, VolumeGroup, ZPool, parse_size, 
 _names = itertools.count(1)
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--bench-vm-runs", type=int, default=0,
+                     help="tests/vm/test_bench_vm.py: runs per figure (0: quick mode, as in the VM tier); "
+                          "bench/cases/vm.py sets it")
+
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
     """Say in pytest's header where the VM tier runs, or why it cannot."""
     if IN_VM:

@@ -54,6 +54,7 @@ export LVM_SUPPRESS_FD_WARNINGS=1
 # run the tests marked vm here (the host deselects them).
 export SNAPAGENT_IN_VM=1 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 export SNAPAGENT_REPORT="$results/reliability.jsonl"  # the repo is read-only here
+export SNAPAGENT_VM_OUT="$results"  # where a test leaves files for the host (bench/cases/vm.py)
 cd "$repo" || finish 91
 if [ -e "$results/shell" ]; then
     echo "snapagent-vm: interactive shell (environment as for pytest); exit to power off"
