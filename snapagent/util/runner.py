@@ -272,6 +272,13 @@ class Stream:
         except BrokenPipeError:
             pass
 
+    def stderr_so_far(self) -> str:
+        """What the command wrote to stderr until now (while it runs; the file offset it writes at
+        is left alone)."""
+        if self._errfile is None or self._errfile.closed:
+            return ""
+        return os.pread(self._errfile.fileno(), 1 << 20, 0).decode(errors="replace")
+
     def stderr_text(self) -> str:
         if self._errfile is None:
             return ""

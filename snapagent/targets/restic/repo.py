@@ -15,15 +15,21 @@ import json
 import logging
 import os
 import re
+import subprocess
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from snapagent.errors import CommandFailed, CommandNotFound, TargetFailed
 from snapagent.targets.restic.config import ResticConfig, parse_env_file
+from snapagent.targets.restic.stall import Refusal
 from snapagent.util.runner import Runner
 
 log = logging.getLogger("snapagent.restic")
 TAG = "snapagent"
+
+
+#: What restic writes when a server refuses what it would retry anyway (lower case).
+REFUSALS = ("403 forbidden",)
 
 
 def public(repository: str) -> str:
@@ -135,6 +141,25 @@ class Repo:
         return [s for s in snaps or [] if isinstance(s, dict) and isinstance(s.get("id"), str)]
 
     def forget(self, ids: list[str], doing: str) -> None:
-        """Forget snapshots ``ids`` (no-op for none)."""
-        if ids:
-            self.run(["forget", *ids], doing, mutating=True)
+        """Forget snapshots ``ids`` (no-op for none), within ``stall_timeout``. A server that refuses
+        the removal (append-only: ``403 Forbidden``) fails it at once, not after restic's retries.
+        Raise TargetFailed (explained)."""
+        if not ids:
+            return
+        fired = False
+        try:
+            with repo_lock(self.lock):
+                st = self.runner.stream(self.argv("forget", *ids), mutating=True, stdout=subprocess.DEVNULL,
+                                        env=self.env())
+                with st, Refusal(st, REFUSALS) as watch:
+                    try:
+                        st.wait(self.cfg.stall_timeout)
+                    finally:
+                        fired = watch.fired
+        except CommandNotFound:
+            raise TargetFailed("restic is not installed (apt install restic)") from None
+        except CommandFailed as e:
+            if e.returncode is None:
+                raise TargetFailed(f"restic repository {public(self.cfg.repository)}: no answer within "
+                                   f"{self.cfg.stall_timeout:g}s (stall_timeout) while {doing}; the server is unreachable?") from None
+            raise TargetFailed(explain(self.cfg, ("403 forbidden\n" if fired else "") + (e.stderr or str(e)), doing)) from None
