@@ -18,9 +18,8 @@ import os
 import shutil
 import stat
 from pathlib import Path
-from typing import IO, Annotated, Literal
+from typing import IO, TYPE_CHECKING, Annotated, Literal
 
-import psutil
 from pydantic import AfterValidator, Field, model_validator
 
 from snapagent import manifest as manifestmod
@@ -28,11 +27,16 @@ from snapagent.config import Strict
 from snapagent.errors import NotFound, PreflightFailed, TargetFailed, VerifyFailed
 from snapagent.manifest import Artifact, Manifest, ManifestDamaged
 from snapagent.plugin.target import Damaged, Stored, Target, Writer, listing_order
-from snapagent.targets.streams import HashingSink, VerifyingReader, read_chunk, store_encrypted, store_plain
 from snapagent.util import age
 from snapagent.util.fs import fsync_dir, write_atomic
 from snapagent.util.names import BACKUP_ID_RE, NAME_RE
 from snapagent.util.runner import Runner
+
+if TYPE_CHECKING:
+    from snapagent.targets.streams import VerifyingReader
+
+# streams (zstandard, pyrage) are imported where they are used: listing backups, the
+# read commands' work, needs neither (start-up time, see tests/unit/test_startup.py).
 
 PARTIAL = ".partial-"
 DELETING = ".deleting-"
@@ -66,6 +70,8 @@ class DirectoryWriter(Writer):
         """Store ``stream`` as artifact ``name`` (compressed, encrypted when configured, hashed,
         fsynced); return its record. Raises TargetFailed when the target cannot take it (full,
         I/O error), ExportFailed when the stream cannot be read."""
+        from snapagent.targets.streams import HashingSink, store_encrypted, store_plain
+
         cfg = self.t.cfg
         comp = cfg.compression
         fname = name + (".zst" if comp == "zstd" else "") + (".age" if cfg.encryption == "age" else "")
@@ -92,6 +98,8 @@ class DirectoryWriter(Writer):
     def add_stored(self, art: Artifact, stream: IO[bytes]) -> Artifact:
         """Store the bytes of ``art`` exactly as they come (already compressed: never re-encoded),
         hashed and fsynced like ``add_artifact``; return the record of what was written."""
+        from snapagent.targets.streams import HashingSink, read_chunk
+
         part = self.tmp / f".{art.name}.part"
         try:
             fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
@@ -144,7 +152,7 @@ class DirectoryTarget(Target):
         if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
             raise PreflightFailed(f"target {self.name!r}: {p} is not a writable directory")
         last = [b for b in self.list(job) if isinstance(b, Stored)][-1:]
-        free = psutil.disk_usage(str(probe)).free
+        free = shutil.disk_usage(probe).free
         if last and free < last[0].manifest.size:
             need = last[0].manifest.size
             raise PreflightFailed(
@@ -223,6 +231,8 @@ class DirectoryTarget(Target):
         return self._open(backup_id, art)
 
     def _open(self, backup_id: str, art: Artifact, stored: bool = False) -> VerifyingReader:
+        from snapagent.targets.streams import VerifyingReader
+
         found = self._find(backup_id)
         if found is None:
             raise NotFound(f"no backup {backup_id!r} in target {self.name!r}")
