@@ -18,7 +18,7 @@ import os
 import shutil
 import stat
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Annotated, Literal
+from typing import IO, TYPE_CHECKING, Annotated, Iterator, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
@@ -171,45 +171,60 @@ class DirectoryTarget(Target):
             raise TargetFailed(f"target {self.name!r} cannot create {tmp}: {e.strerror or e}") from None
         return DirectoryWriter(self, tmp, jobdir / backup_id, journal)
 
-    def _dirs(self, job: str | None):
-        """Yield (job, backup directory) of every directory holding a ``manifest.json``."""
+    def _dirs(self, job: str | None) -> Iterator[tuple[str, os.DirEntry]]:
+        """Yield (job, directory entry) of every entry of a job directory but the hidden ones
+        (``.partial-``, ``.deleting-``): the candidates ``_read`` decides about."""
         root = self.cfg.path
         if not root.is_dir():
             return
         jobdirs = [root / job] if job else sorted(d for d in root.iterdir() if not d.name.startswith("."))
         for jd in jobdirs:
             if jd.is_dir() and not jd.is_symlink():
-                for d in jd.iterdir():
-                    if not d.name.startswith(".") and os.path.lexists(d / "manifest.json"):
-                        yield jd.name, d
+                with os.scandir(jd) as entries:
+                    for e in entries:
+                        if not e.name.startswith("."):
+                            yield jd.name, e
 
-    def _read(self, job: str, d: Path) -> Stored | Damaged:
-        """Return the backup in directory ``d`` of job directory ``job``, or why it is damaged."""
+    def _read(self, job: str, d: os.DirEntry | Path) -> Stored | Damaged | None:
+        """Return the backup in directory ``d`` of job directory ``job``, or why it is damaged;
+        None when ``d`` holds no ``manifest.json`` (not a backup). Every name and the manifest
+        itself are checked on each read (``manifest.loads``): nothing read back is trusted."""
+        path = os.fspath(d)
+
         def damaged(reason: str) -> Damaged:
-            return Damaged(d.name, job, self, str(d), reason)
+            return Damaged(d.name, job, self, path, reason)
 
+        mpath = f"{path}/manifest.json"
         if not NAME_RE.match(job) or not BACKUP_ID_RE.match(d.name):
-            return damaged("stored under a name snapagent never writes")
+            return damaged("stored under a name snapagent never writes") if os.path.lexists(mpath) else None
         if d.is_symlink():
-            return damaged("the backup directory is a symlink")
+            return damaged("the backup directory is a symlink") if os.path.lexists(mpath) else None
         try:
-            fd = os.open(d / "manifest.json", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-            with os.fdopen(fd, "rb") as f:
-                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                    return damaged("manifest.json is not a regular file")
-                raw = f.read(manifestmod.MAX_BYTES + 1)
+            fd = os.open(mpath, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except FileNotFoundError:
+            return None
         except OSError as e:
             return damaged(f"manifest.json cannot be read ({e.strerror})")
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return damaged("manifest.json is not a regular file")
+            raw = _read_at_most(fd, st.st_size, manifestmod.MAX_BYTES + 1)
+        except OSError as e:
+            return damaged(f"manifest.json cannot be read ({e.strerror})")
+        finally:
+            os.close(fd)
         try:
             m = manifestmod.loads(raw, expected_id=d.name)
         except ManifestDamaged as e:
             return damaged(str(e))
         if m.job != job:
             return damaged(f"manifest says job {m.job!r} but it is stored under job {job!r}")
-        return Stored(m, self, str(d))
+        return Stored(m, self, path)
 
     def list(self, job: str | None = None) -> list[Stored | Damaged]:
-        return sorted((self._read(j, d) for j, d in self._dirs(job)), key=listing_order)
+        found = (self._read(j, d) for j, d in self._dirs(job))
+        return sorted((b for b in found if b is not None), key=listing_order)
 
     def _find(self, backup_id: str) -> tuple[str, Path] | None:
         if not BACKUP_ID_RE.match(backup_id):
@@ -280,6 +295,17 @@ class DirectoryTarget(Target):
             return f"would remove partial backup {path}"
         shutil.rmtree(path, ignore_errors=True)
         return f"removed partial backup {path}"
+
+
+def _read_at_most(fd: int, size: int, limit: int) -> bytes:
+    """Return the content of file ``fd`` (``size`` bytes by its fstat), at most ``limit`` bytes:
+    read in the file's own size, not in a buffer of ``limit`` (a manifest is a few KiB; the limit
+    is 16 MiB, and allocating it for each of 10,000 manifests is what `list` would spend)."""
+    chunks, got = [], 0
+    while got < limit and (chunk := os.read(fd, min(limit - got, size - got + 1 if got < size else 1 << 16))):
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
 
 
 def _finish_delete(d: Path) -> None:
