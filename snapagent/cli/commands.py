@@ -95,15 +95,16 @@ def do_list(args, out) -> int:
     elif not rows:
         out.note("no backups")
     else:
-        out.line(f"{'ID':<36} {'JOB':<12} {'CREATED':<24} {'SIZE':>10} {'FREEZE':>8} TARGETS")
-        for b in rows:
+        def text(b: Stored | Damaged) -> str:
             if isinstance(b, Stored):
                 m = b.manifest
-                out.line(f"{m.id:<36} {m.job:<12} {iso(m.created):<24} {_size(m.size):>10} "
-                         f"{format_duration(m.freeze_window_ms / 1000):>8} {','.join(where[b.id])}")
-            else:
-                out.line(f"{_printable(b.id):<36} {_printable(b.job):<12} DAMAGED: {b.reason} "
-                         f"({_printable(b.location)}) {b.target.name}")
+                return (f"{m.id:<36} {m.job:<12} {iso(m.created):<24} {_size(m.size):>10} "
+                        f"{format_duration(m.freeze_window_ms / 1000):>8} {','.join(where[b.id])}")
+            return (f"{_printable(b.id):<36} {_printable(b.job):<12} DAMAGED: {b.reason} "
+                    f"({_printable(b.location)}) {b.target.name}")
+
+        out.lines([f"{'ID':<36} {'JOB':<12} {'CREATED':<24} {'SIZE':>10} {'FREEZE':>8} TARGETS",
+                   *map(text, rows)])
     if damaged:
         out.warn(f"{len(damaged)} backup(s) damaged: their manifests cannot be trusted; the others are usable")
     return EXIT_OK
