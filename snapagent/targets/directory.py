@@ -201,7 +201,7 @@ class DirectoryTarget(Target):
             return damaged("the backup directory is a symlink") if os.path.lexists(mpath) else None
         try:
             fd = os.open(mpath, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # no manifest (or a stray file): not a backup
             return None
         except OSError as e:
             return damaged(f"manifest.json cannot be read ({e.strerror})")
