@@ -240,13 +240,17 @@ def _unique(what: str, values: list[str]) -> None:
         seen.add(v)
 
 
+#: The canonical form's encoder, built once (``list`` checks thousands of manifests).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
+
 def _canonical(data: dict[str, Any]) -> bytes:
-    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+    return _CANONICAL.encode(data).encode()
 
 
 def checksum(data: dict[str, Any]) -> str:
     """Return the checksum of a manifest's JSON data (every field but ``checksum``)."""
-    body = {k: v for k, v in data.items() if k != "checksum"}
+    body = {k: v for k, v in data.items() if k != "checksum"} if "checksum" in data else data
     return "sha256:" + hashlib.sha256(_canonical(body)).hexdigest()
 
 

@@ -1,44 +1,46 @@
-"""One function per command: ``do_<name>(args, out) -> exit code``."""
+"""One function per command: ``do_<name>(args, out) -> exit code``.
+
+Each command imports what it uses inside its function: ``--help``, ``--version`` and the read
+commands (list, show, status, check, config check) must not pay for what only backup, restore or
+drill need (the start-up the benchmark measures; ``tests/unit/test_startup.py`` guards it).
+"""
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from snapagent import catalog, cleanup, copies, registry, verify
-from snapagent import config as configmod
-from snapagent.chains import check_links
 from snapagent.cli.output import human_size as _size
-from snapagent.drill import drill
-from snapagent.engine import BackupRun
 from snapagent.errors import EXIT_FAILED, EXIT_OK, OperationFailed, SnapagentError, UsageError
-from snapagent.manifest import iso
-from snapagent.monitor import check as checkmod
-from snapagent.monitor import facts as factsmod
-from snapagent.monitor.status import job_status
-from snapagent.monitor.watch import watch
-from snapagent.plugin.target import Damaged, Stored
-from snapagent.restore import restore
-from snapagent.retention.prune import describe, prune
-from snapagent.schedule import calendar
-from snapagent.schedule import install as sched
-from snapagent.util import age, logfields
+from snapagent.util import logfields
 from snapagent.util.durations import format_duration, parse_duration
-from snapagent.util.runner import Runner
+
+if TYPE_CHECKING:
+    from snapagent.plugin.target import Damaged, Stored
 
 
-def _config(args) -> configmod.Config:
+def _config(args):
+    from snapagent import config as configmod
+
     cfg = configmod.load(configmod.config_path(args.config))
     if getattr(args, "identity", None):
+        from snapagent.util import age
+
         cfg.identities = age.load_identities(Path(args.identity))
     return cfg
 
 
-def _runner(cfg: configmod.Config, out, dry_run: bool = False) -> Runner:
+def _runner(cfg, out, dry_run: bool = False):
+    from snapagent.util.runner import Runner
+
     return Runner(dry_run=dry_run, tools=dict(cfg.agent.tools), echo=out.line)
 
 
 def do_backup(args, out) -> int:
+    from snapagent.engine import BackupRun
+    from snapagent.monitor.watch import watch
+
     logfields.bind(job=args.job)
     cfg = _config(args)
     job = cfg.job(args.job)
@@ -68,11 +70,17 @@ def do_backup(args, out) -> int:
 def _list_rows(copies: list[Stored | Damaged]) -> list[Stored | Damaged]:
     """Return the rows of one backup: one row with its good copies, plus each damaged copy
     (one row per damaged copy when no copy is good)."""
+    from snapagent.plugin.target import Damaged, Stored
+
     good = [b for b in copies if isinstance(b, Stored)]
     return ([good[0]] if good else []) + [b for b in copies if isinstance(b, Damaged)]
 
 
 def do_list(args, out) -> int:
+    from snapagent import catalog
+    from snapagent.manifest import iso
+    from snapagent.plugin.target import Damaged, Stored
+
     cfg = _config(args)
     if args.job:
         cfg.job(args.job)
@@ -87,15 +95,16 @@ def do_list(args, out) -> int:
     elif not rows:
         out.note("no backups")
     else:
-        out.line(f"{'ID':<36} {'JOB':<12} {'CREATED':<24} {'SIZE':>10} {'FREEZE':>8} TARGETS")
-        for b in rows:
+        def text(b: Stored | Damaged) -> str:
             if isinstance(b, Stored):
                 m = b.manifest
-                out.line(f"{m.id:<36} {m.job:<12} {iso(m.created):<24} {_size(m.size):>10} "
-                         f"{format_duration(m.freeze_window_ms / 1000):>8} {','.join(where[b.id])}")
-            else:
-                out.line(f"{_printable(b.id):<36} {_printable(b.job):<12} DAMAGED: {b.reason} "
-                         f"({_printable(b.location)}) {b.target.name}")
+                return (f"{m.id:<36} {m.job:<12} {iso(m.created):<24} {_size(m.size):>10} "
+                        f"{format_duration(m.freeze_window_ms / 1000):>8} {','.join(where[b.id])}")
+            return (f"{_printable(b.id):<36} {_printable(b.job):<12} DAMAGED: {b.reason} "
+                    f"({_printable(b.location)}) {b.target.name}")
+
+        out.lines([f"{'ID':<36} {'JOB':<12} {'CREATED':<24} {'SIZE':>10} {'FREEZE':>8} TARGETS",
+                   *map(text, rows)])
     if damaged:
         out.warn(f"{len(damaged)} backup(s) damaged: their manifests cannot be trusted; the others are usable")
     return EXIT_OK
@@ -107,6 +116,10 @@ def _printable(s: str) -> str:
 
 
 def do_show(args, out) -> int:
+    from snapagent import catalog
+    from snapagent.manifest import iso
+    from snapagent.plugin.target import Damaged
+
     cfg = _config(args)
     b = catalog.find(cfg, args.id)
     m = b.manifest
@@ -140,6 +153,9 @@ def do_show(args, out) -> int:
 
 
 def do_verify(args, out) -> int:
+    from snapagent import catalog, verify
+    from snapagent.chains import check_links
+
     cfg = _config(args)
     b = catalog.find(cfg, args.id, args.source)
     chains, links = check_links(cfg, b)  # a missing or damaged link: one line naming both ids, exit 1
@@ -163,6 +179,8 @@ def do_verify(args, out) -> int:
 
 
 def do_restore(args, out) -> int:
+    from snapagent.restore import restore
+
     cfg = _config(args)
     summary = restore(cfg, _runner(cfg, out), args.id, Path(args.dest), force=args.force,
                       allow_special=args.allow_special, say=out.say, paths=args.paths, source=args.source)
@@ -184,6 +202,8 @@ def do_restore(args, out) -> int:
 
 
 def do_drill(args, out) -> int:
+    from snapagent.drill import drill
+
     cfg = _config(args)
     report = drill(cfg, _runner(cfg, out), args.id, keep=args.keep, say=out.say, source=args.source)
     if out.json:
@@ -201,6 +221,8 @@ def do_drill(args, out) -> int:
 
 
 def do_copy(args, out) -> int:
+    from snapagent import catalog, copies
+
     cfg = _config(args)
     if args.target not in cfg.targets:
         raise UsageError(f"--to: unknown target {args.target!r} (defined: {', '.join(sorted(cfg.targets))})")
@@ -220,6 +242,8 @@ def do_copy(args, out) -> int:
 
 
 def do_prune(args, out) -> int:
+    from snapagent.retention.prune import describe, prune
+
     cfg = _config(args)
     jobs = [cfg.job(args.job)] if args.job else [cfg.jobs[n] for n in sorted(cfg.jobs)]
     runner = _runner(cfg, out, args.dry_run)
@@ -273,6 +297,8 @@ def _print_prune(out, r, rules: str, dry_run: bool) -> None:
 
 
 def do_cleanup(args, out) -> int:
+    from snapagent import cleanup
+
     cfg = _config(args)
     done = cleanup.sweep(cfg.agent.state_dir, _runner(cfg, out, args.dry_run))
     if out.json:
@@ -302,6 +328,8 @@ def do_config_check(args, out) -> int:
 
 
 def do_plugins(args, out) -> int:
+    from snapagent import registry
+
     rows = []
     for kind in registry.GROUPS:
         for info in registry.discover(kind).values():
@@ -317,6 +345,8 @@ def do_plugins(args, out) -> int:
 
 def do_check(args, out) -> int:
     """Nagios plugin: exit 0/1/2/3; never 2 for a bad config or argument (that is UNKNOWN, 3)."""
+    from snapagent.monitor import check as checkmod
+
     try:
         code, text, checks = _check(args)
     except (SnapagentError, OSError) as e:
@@ -333,6 +363,9 @@ def do_check(args, out) -> int:
 
 
 def _check(args) -> tuple[int, str, list]:
+    from snapagent.monitor import check as checkmod
+    from snapagent.monitor import facts as factsmod
+
     ages = {}
     for opt in ("max_age", "warn_age"):
         value = getattr(args, opt)
@@ -352,6 +385,9 @@ def _check(args) -> tuple[int, str, list]:
 
 
 def do_status(args, out) -> int:
+    from snapagent.monitor import facts as factsmod
+    from snapagent.monitor.status import job_status
+
     cfg = _config(args)
     now = datetime.now().astimezone()
     jobs = [cfg.job(args.job)] if args.job else list(cfg.jobs.values())
@@ -386,6 +422,9 @@ _STATE = {"new": "not installed", "changed": "installed, differs (install rewrit
 
 
 def do_schedule(args, out) -> int:
+    from snapagent.schedule import calendar
+    from snapagent.schedule import install as sched
+
     root = Path(args.root)
     if args.action != "show" and not args.dry_run and not root.is_dir():
         raise UsageError(f"--root {args.root}: not a directory")
@@ -440,6 +479,8 @@ def do_schedule(args, out) -> int:
 
 def _schedule_templates(root: Path, args, out) -> int:
     """``schedule install|show --templates``: only the units that need no config (the package install)."""
+    from snapagent.schedule import install as sched
+
     if args.cron:
         raise UsageError("--templates writes systemd units; it cannot be combined with --cron")
     changes = sched.plan_templates(root, sched.entry_point())
@@ -454,6 +495,8 @@ def _schedule_templates(root: Path, args, out) -> int:
 
 
 def _schedule_remove(root: Path, args, out) -> int:
+    from snapagent.schedule import install as sched
+
     mine, foreign = sched.removable(root, args.cron)
     for p in foreign:
         out.warn(f"left {p} alone: snapagent did not write it")

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import types
 from typing import Sequence
 
 from snapagent import __version__
@@ -20,6 +22,23 @@ from snapagent.util import logfields, progress
 
 EXIT_UNKNOWN = 3  # Nagios UNKNOWN, `check` only
 LOG_FORMATS = ("text", "json")
+
+
+def _skip_pydantic_plugin_scan() -> None:
+    """Tell pydantic there are no pydantic plugins before it looks: its loader imports
+    importlib.metadata and reads every installed distribution's entry points when it builds the
+    first model (a tenth of a read command's start-up budget) to find observability plugins
+    snapagent does not use. A loader pydantic already imported, or PYDANTIC_DISABLE_PLUGINS set
+    explicitly, leaves pydantic's own loader in charge. Guarded by tests/unit/test_startup.py."""
+    name = "pydantic.plugin._loader"
+    if name in sys.modules or "PYDANTIC_DISABLE_PLUGINS" in os.environ:
+        return
+    loader = types.ModuleType(name, "snapagent: no pydantic plugins (see snapagent.cli.main)")
+    loader.get_plugins = lambda: ()
+    sys.modules[name] = loader
+
+
+_skip_pydantic_plugin_scan()
 
 
 class _Parser(argparse.ArgumentParser):

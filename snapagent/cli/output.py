@@ -24,7 +24,7 @@ import os
 import sys
 import time
 from datetime import datetime, timezone
-from typing import IO, Any, Mapping
+from typing import IO, Any, Iterable, Mapping
 
 from snapagent.util import logfields, progress
 from snapagent.util.durations import format_duration
@@ -55,6 +55,11 @@ class Output:
 
     def line(self, text: str = "") -> None:
         print(text, flush=True)
+
+    def lines(self, texts: Iterable[str]) -> None:
+        """Print many lines with one write (``list`` of 10,000 backups: not 10,000 flushes)."""
+        sys.stdout.write("".join(f"{t}\n" for t in texts))
+        sys.stdout.flush()
 
     def emit(self, obj: Any) -> None:
         print(json.dumps(obj, indent=2, sort_keys=True, default=str), flush=True)

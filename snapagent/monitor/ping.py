@@ -51,6 +51,8 @@ def send(url: str, event: str, body: str = "", timeout: float = DEFAULT_TIMEOUT)
             outcome.append(f"HTTP {e.code}")
         except Exception as e:  # noqa: BLE001 - a ping must never fail the run; say what it was
             reason = getattr(e, "reason", None) or e
+            if isinstance(reason, TimeoutError):  # the socket's own timeout may end it just before join's
+                return
             outcome.append(f"{type(reason).__name__}: {reason}" if str(reason) else type(reason).__name__)
 
     # urllib's timeout bounds each socket operation, not the request: a server that trickles

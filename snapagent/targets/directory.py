@@ -18,9 +18,8 @@ import os
 import shutil
 import stat
 from pathlib import Path
-from typing import IO, Annotated, Literal
+from typing import IO, TYPE_CHECKING, Annotated, Iterator, Literal
 
-import psutil
 from pydantic import AfterValidator, Field, model_validator
 
 from snapagent import manifest as manifestmod
@@ -28,11 +27,16 @@ from snapagent.config import Strict
 from snapagent.errors import NotFound, PreflightFailed, TargetFailed, VerifyFailed
 from snapagent.manifest import Artifact, Manifest, ManifestDamaged
 from snapagent.plugin.target import Damaged, Stored, Target, Writer, listing_order
-from snapagent.targets.streams import HashingSink, VerifyingReader, read_chunk, store_encrypted, store_plain
 from snapagent.util import age
 from snapagent.util.fs import fsync_dir, write_atomic
 from snapagent.util.names import BACKUP_ID_RE, NAME_RE
 from snapagent.util.runner import Runner
+
+if TYPE_CHECKING:
+    from snapagent.targets.streams import VerifyingReader
+
+# streams (zstandard, pyrage) are imported where they are used: listing backups, the
+# read commands' work, needs neither (start-up time, see tests/unit/test_startup.py).
 
 PARTIAL = ".partial-"
 DELETING = ".deleting-"
@@ -66,6 +70,8 @@ class DirectoryWriter(Writer):
         """Store ``stream`` as artifact ``name`` (compressed, encrypted when configured, hashed,
         fsynced); return its record. Raises TargetFailed when the target cannot take it (full,
         I/O error), ExportFailed when the stream cannot be read."""
+        from snapagent.targets.streams import HashingSink, store_encrypted, store_plain
+
         cfg = self.t.cfg
         comp = cfg.compression
         fname = name + (".zst" if comp == "zstd" else "") + (".age" if cfg.encryption == "age" else "")
@@ -92,6 +98,8 @@ class DirectoryWriter(Writer):
     def add_stored(self, art: Artifact, stream: IO[bytes]) -> Artifact:
         """Store the bytes of ``art`` exactly as they come (already compressed: never re-encoded),
         hashed and fsynced like ``add_artifact``; return the record of what was written."""
+        from snapagent.targets.streams import HashingSink, read_chunk
+
         part = self.tmp / f".{art.name}.part"
         try:
             fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
@@ -144,7 +152,7 @@ class DirectoryTarget(Target):
         if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
             raise PreflightFailed(f"target {self.name!r}: {p} is not a writable directory")
         last = [b for b in self.list(job) if isinstance(b, Stored)][-1:]
-        free = psutil.disk_usage(str(probe)).free
+        free = shutil.disk_usage(probe).free
         if last and free < last[0].manifest.size:
             need = last[0].manifest.size
             raise PreflightFailed(
@@ -163,45 +171,60 @@ class DirectoryTarget(Target):
             raise TargetFailed(f"target {self.name!r} cannot create {tmp}: {e.strerror or e}") from None
         return DirectoryWriter(self, tmp, jobdir / backup_id, journal)
 
-    def _dirs(self, job: str | None):
-        """Yield (job, backup directory) of every directory holding a ``manifest.json``."""
+    def _dirs(self, job: str | None) -> Iterator[tuple[str, os.DirEntry]]:
+        """Yield (job, directory entry) of every entry of a job directory but the hidden ones
+        (``.partial-``, ``.deleting-``): the candidates ``_read`` decides about."""
         root = self.cfg.path
         if not root.is_dir():
             return
         jobdirs = [root / job] if job else sorted(d for d in root.iterdir() if not d.name.startswith("."))
         for jd in jobdirs:
             if jd.is_dir() and not jd.is_symlink():
-                for d in jd.iterdir():
-                    if not d.name.startswith(".") and os.path.lexists(d / "manifest.json"):
-                        yield jd.name, d
+                with os.scandir(jd) as entries:
+                    for e in entries:
+                        if not e.name.startswith("."):
+                            yield jd.name, e
 
-    def _read(self, job: str, d: Path) -> Stored | Damaged:
-        """Return the backup in directory ``d`` of job directory ``job``, or why it is damaged."""
+    def _read(self, job: str, d: os.DirEntry | Path) -> Stored | Damaged | None:
+        """Return the backup in directory ``d`` of job directory ``job``, or why it is damaged;
+        None when ``d`` holds no ``manifest.json`` (not a backup). Every name and the manifest
+        itself are checked on each read (``manifest.loads``): nothing read back is trusted."""
+        path = os.fspath(d)
+
         def damaged(reason: str) -> Damaged:
-            return Damaged(d.name, job, self, str(d), reason)
+            return Damaged(d.name, job, self, path, reason)
 
+        mpath = f"{path}/manifest.json"
         if not NAME_RE.match(job) or not BACKUP_ID_RE.match(d.name):
-            return damaged("stored under a name snapagent never writes")
+            return damaged("stored under a name snapagent never writes") if os.path.lexists(mpath) else None
         if d.is_symlink():
-            return damaged("the backup directory is a symlink")
+            return damaged("the backup directory is a symlink") if os.path.lexists(mpath) else None
         try:
-            fd = os.open(d / "manifest.json", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-            with os.fdopen(fd, "rb") as f:
-                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                    return damaged("manifest.json is not a regular file")
-                raw = f.read(manifestmod.MAX_BYTES + 1)
+            fd = os.open(mpath, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except (FileNotFoundError, NotADirectoryError):  # no manifest (or a stray file): not a backup
+            return None
         except OSError as e:
             return damaged(f"manifest.json cannot be read ({e.strerror})")
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return damaged("manifest.json is not a regular file")
+            raw = _read_at_most(fd, st.st_size, manifestmod.MAX_BYTES + 1)
+        except OSError as e:
+            return damaged(f"manifest.json cannot be read ({e.strerror})")
+        finally:
+            os.close(fd)
         try:
             m = manifestmod.loads(raw, expected_id=d.name)
         except ManifestDamaged as e:
             return damaged(str(e))
         if m.job != job:
             return damaged(f"manifest says job {m.job!r} but it is stored under job {job!r}")
-        return Stored(m, self, str(d))
+        return Stored(m, self, path)
 
     def list(self, job: str | None = None) -> list[Stored | Damaged]:
-        return sorted((self._read(j, d) for j, d in self._dirs(job)), key=listing_order)
+        found = (self._read(j, d) for j, d in self._dirs(job))
+        return sorted((b for b in found if b is not None), key=listing_order)
 
     def _find(self, backup_id: str) -> tuple[str, Path] | None:
         if not BACKUP_ID_RE.match(backup_id):
@@ -223,6 +246,8 @@ class DirectoryTarget(Target):
         return self._open(backup_id, art)
 
     def _open(self, backup_id: str, art: Artifact, stored: bool = False) -> VerifyingReader:
+        from snapagent.targets.streams import VerifyingReader
+
         found = self._find(backup_id)
         if found is None:
             raise NotFound(f"no backup {backup_id!r} in target {self.name!r}")
@@ -270,6 +295,17 @@ class DirectoryTarget(Target):
             return f"would remove partial backup {path}"
         shutil.rmtree(path, ignore_errors=True)
         return f"removed partial backup {path}"
+
+
+def _read_at_most(fd: int, size: int, limit: int) -> bytes:
+    """Return the content of file ``fd`` (``size`` bytes by its fstat), at most ``limit`` bytes:
+    read in the file's own size, not in a buffer of ``limit`` (a manifest is a few KiB; the limit
+    is 16 MiB, and allocating it for each of 10,000 manifests is what `list` would spend)."""
+    chunks, got = [], 0
+    while got < limit and (chunk := os.read(fd, min(limit - got, size - got + 1 if got < size else 1 << 16))):
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
 
 
 def _finish_delete(d: Path) -> None:

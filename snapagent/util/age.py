@@ -15,8 +15,6 @@ import threading
 from pathlib import Path
 from typing import IO
 
-import pyrage
-
 from snapagent.errors import UsageError
 
 HEADER = b"age-encryption.org/v1\n"
@@ -24,10 +22,15 @@ RECIPIENT_RE = re.compile(r"^age1[02-9ac-hj-np-z]{58}$")
 SECRET_PREFIX = "AGE-SECRET-KEY-"
 MAX_IDENTITY_BYTES = 64 << 10
 
+# pyrage is imported in the functions that use it: reading a config whose target does not encrypt,
+# or listing backups, never needs it (start-up time, tests/unit/test_startup.py).
+
 
 def check_recipient(value: str) -> str:
     """Given a config ``recipients`` entry, return it when it is an age X25519 public key; raise
     ValueError saying what is wrong (never echoing a secret key put there by mistake)."""
+    import pyrage
+
     if value.strip().upper().startswith(SECRET_PREFIX):
         raise ValueError("this is an age identity (a secret key), not a recipient: put only public keys "
                          "(age1…, `age-keygen -y IDENTITY`) here and keep the identity off this host")
@@ -56,6 +59,8 @@ def load_identities(path: Path, arg: str = "--identity") -> Identities:
     """Read an age identity file (``age-keygen`` output: comments and ``AGE-SECRET-KEY-1…`` lines).
     Raise UsageError naming ``arg`` when it is missing, not a regular file, readable by anyone but
     its owner (it must be 0600 or stricter), or holds no valid identity."""
+    import pyrage
+
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as e:
@@ -117,6 +122,8 @@ def encrypt(src, sink, recipients: list[str]) -> None:
     """Encrypt everything read from ``src`` to ``recipients``, writing the age file to ``sink``
     (8 KiB at a time: constant memory). An exception raised by ``src`` or ``sink`` is re-raised as
     it was; any other failure raises OSError."""
+    import pyrage
+
     rsrc, rsink = _Guarded(src), _Guarded(sink)
     try:
         pyrage.encrypt_io(rsrc, rsink, [pyrage.x25519.Recipient.from_str(r) for r in recipients])
@@ -152,6 +159,8 @@ class Decrypting:
         self._thread.start()
 
     def _run(self, keys) -> None:
+        import pyrage
+
         try:
             pyrage.decrypt_io(self._src, _PipeSink(self._w), keys)
         except BaseException as e:  # handed to the reading thread
@@ -167,6 +176,8 @@ class Decrypting:
         return data
 
     def _raise(self) -> None:
+        import pyrage
+
         e = self._error
         if e is None:
             return

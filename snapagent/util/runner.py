@@ -18,8 +18,6 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Callable, Iterable, Mapping, Sequence
 
-import sh
-
 from snapagent.errors import CommandFailed, CommandNotFound, UsageError
 
 log = logging.getLogger("snapagent.runner")
@@ -112,6 +110,8 @@ class Executor:
 
     def run(self, cmd: Command) -> tuple[int, str, str]:
         """Run ``cmd`` to completion; return (exit code, stdout, stderr). Raise CommandTimedOut."""
+        import sh  # here, not at the top: read-only commands never start a child (start-up time)
+
         try:
             proc = sh.Command(cmd.path)(
                 *cmd.argv[1:], _tty_out=False, _tty_in=False, _in=cmd.input, _env=dict(cmd.env),
@@ -137,6 +137,8 @@ def _wait_or_kill(proc) -> None:
     """Wait for a started ``sh`` command. When the wait is interrupted (a signal handler raised
     Interrupted), kill the command and reap it before re-raising, so no child — and no pending
     ``_timeout`` timer thread, which would delay the agent's exit — outlives the interruption."""
+    import sh
+
     try:
         proc.wait()
     except (sh.ErrorReturnCode, sh.TimeoutException):
