@@ -63,7 +63,9 @@ def _bare_snapshot(vol: Path, n: list[int]) -> float:
     t = time.perf_counter()
     subprocess.run(["btrfs", "subvolume", "snapshot", "-r", str(vol), str(dest)], check=True, capture_output=True)
     ms = (time.perf_counter() - t) * 1000
-    sh("btrfs", "subvolume", "delete", dest)
+    # --commit-after, as snapagent releases its snapshots: neither side leaves the other an
+    # uncommitted deletion to pay for in its snapshot's transaction commit
+    sh("btrfs", "subvolume", "delete", "--commit-after", dest)
     return ms
 
 
