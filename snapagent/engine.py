@@ -405,12 +405,15 @@ class BackupRun:
                     q.quiesce(lock_deadline if first is None else min(lock_deadline, first + max_freeze))
                     held.append(q)
                     at = q.held_at or called
-                    steps.append(("lock", q.describe(), called, max(0.0, at - called), at))
+                    # unknown held_at (a command hook): the whole call is the lock, inside the window
+                    took = (at if q.held_at else time.monotonic()) - called
+                    steps.append(("lock", q.describe(), called, max(0.0, took), at))
                     first = first if first is not None else at
                     if time.monotonic() > first + max_freeze:
                         raise FreezeOverrun(f"quiescing took longer than max_freeze ({max_freeze:g}s)")
             first = first if first is not None else time.monotonic()
             with self.phases("snapshot"), self.runner.recording() as ran:
+                began = time.monotonic()
                 try:
                     snaps = self.driver.snapshot(list(cfg.volumes), snap_name, first + max_freeze)
                 except SnapshotFailed as e:
@@ -418,7 +421,8 @@ class BackupRun:
                         raise FreezeOverrun(f"the snapshot did not finish within max_freeze ({max_freeze:g}s): {e}") from None
                     raise
                 finally:
-                    steps += [("snapshot", r.line, r.start, r.seconds, None) for r in ran]
+                    steps += [("snapshot", r.line, r.start, r.seconds, None) for r in ran] or \
+                        [("snapshot", f"{self.driver.name} snapshot (no command)", began, time.monotonic() - began, None)]
             for q in held:
                 t = time.monotonic()
                 try:

@@ -177,8 +177,10 @@ class QuiescerRecord(BaseModel):
 class FreezeStep(_Model):
     """One step of the freeze window. Times are milliseconds relative to the window's start (the
     moment the first lock was held; negative: before it). ``lock``: a quiescer taking its lock
-    (``start_ms`` when it was asked, ``ms`` the wait until ``held_at_ms``); ``snapshot``: one
-    command the driver ran (its line); ``verify``, ``release``: one quiescer's."""
+    (``start_ms`` when it was asked, ``ms`` the wait until ``held_at_ms``; a quiescer that cannot
+    tell when its lock took effect — a command hook — counts from when it was asked, and ``ms`` is
+    the whole call); ``snapshot``: one command the driver ran (its line; a driver that runs none:
+    its whole ``snapshot`` call); ``verify``, ``release``: one quiescer's."""
 
     phase: Literal["lock", "snapshot", "verify", "release"]
     what: Text

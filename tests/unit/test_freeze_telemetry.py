@@ -89,3 +89,13 @@ def test_metrics_carry_the_last_window_and_its_split():
     got = _samples(metrics.render([JobFacts(facts.job, facts.targets, older)]).decode())
     assert not any(k[0] == "snapagent_last_freeze_phase_seconds" for k in got)
     assert got[("snapagent_last_freeze_window_seconds", (("backup_job", "app"),))] == 0.0065
+
+
+def test_a_driver_that_runs_no_command_and_a_quiescer_that_cannot_tell_when_it_held(make_run):
+    run, _, _ = make_run([{"n": "a", "sleep": 0.02}])
+    f = run.run().manifest.freeze
+    lock, snap = f.steps[0], f.steps[1]
+    # no held_at: the window counts from the call, and the whole call is the lock's time
+    assert lock.phase == "lock" and lock.start_ms == lock.held_at_ms == 0 and lock.ms >= 20
+    assert (snap.phase, snap.what) == ("snapshot", "fake snapshot (no command)")
+    assert f.window_ms >= lock.ms + snap.ms
