@@ -33,7 +33,7 @@ from snapagent.config import Config, Job
 from snapagent.errors import ConfigError, FreezeOverrun, Interrupted, OperationFailed, PreflightFailed, SnapshotFailed
 from snapagent.joblock import JobLock
 from snapagent.journal import Journal, read_open
-from snapagent.manifest import ExtraRecord, Manifest, QuiescerRecord, Volume
+from snapagent.manifest import ExtraRecord, Freeze, FreezeStep, Manifest, QuiescerRecord, Volume
 from snapagent.plugin.driver import Driver, IncrementalBase, Snapshot, SnapshotPlaces
 from snapagent.plugin.quiescer import QuiesceContext, Quiescer
 from snapagent.plugin.target import Damaged, Stored, Writer
@@ -58,6 +58,22 @@ def label_for(volume: str, taken: set[str]) -> str:
         label, n = f"{base[:200]}-{n}", n + 1
     taken.add(label)
     return label
+
+
+def _one_line(text: str) -> str:
+    """``text`` as one line of at most 500 characters (a path may hold a newline)."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")[:500]
+
+
+def _freeze_record(window: float, first: float, steps: list[tuple[str, str, float, float, float | None]]) -> Freeze:
+    """Return the Freeze of a window of ``window`` seconds that began at ``first`` (monotonic),
+    given its steps as (phase, what, start, seconds, held_at or None); times become milliseconds
+    relative to ``first``."""
+    def rel(t: float) -> float:
+        return round((t - first) * 1000, 3)
+    return Freeze(window_ms=round(window * 1000, 3), steps=[
+        FreezeStep(phase=ph, what=_one_line(what), start_ms=rel(start), ms=round(secs * 1000, 3),
+                   held_at_ms=None if at is None else rel(at)) for ph, what, start, secs, at in steps])
 
 
 class Phases:
@@ -249,8 +265,8 @@ class BackupRun:
         snap_name = f"snapagent-{backup_id}"
         with self.phases("prepare"):
             self.driver.before_quiesce(list(self.job.cfg.volumes))
-        snaps, qrecords, window = self._freeze_and_snapshot(snap_name)
-        self.say(f"snapshot {snap_name}: {len(snaps)} volume(s), freeze window {window * 1000:.0f} ms")
+        snaps, qrecords, freeze = self._freeze_and_snapshot(snap_name)
+        self.say(f"snapshot {snap_name}: {len(snaps)} volume(s), freeze window {freeze.window_ms:.1f} ms")
         fmt = self.job.export
         driver = self.driver
         keeps = self.job.cfg.mode == "incremental" and isinstance(driver, IncrementalBase) and driver.keeps_base(fmt)
@@ -281,7 +297,7 @@ class BackupRun:
                                     format=fmt, kept=keeps, info=snap.info, parent=parent, incremental=parent is not None))
                 kind = f"incremental on {parent}" if parent else "full"
                 self.say(f"exported {snap.volume} -> {art.name} ({kind}; {art.raw_size} bytes, stored {art.size})")
-        manifest = self._manifest(backup_id, created, snap_name, window, volumes, qrecords, extras, artifacts, fmt)
+        manifest = self._manifest(backup_id, created, snap_name, freeze, volumes, qrecords, extras, artifacts, fmt)
         with self.phases("commit"), signals.shielded(raise_after=False):
             writer.commit(manifest)
         return BackupResult(manifest, self.warnings + self._after_commit(snaps, keeps, recent))
@@ -298,7 +314,7 @@ class BackupRun:
             self.say(f"full backup: {choice.why_full}")
         return choice.prev
 
-    def _manifest(self, backup_id: str, created: datetime, snap_name: str, window: float, volumes: list[dict],
+    def _manifest(self, backup_id: str, created: datetime, snap_name: str, freeze: Freeze, volumes: list[dict],
                   qrecords: list[dict], extras: list[list[ExtraRecord]], artifacts: list, fmt: str) -> Manifest:
         quiescers = []
         for rec, ex in zip(qrecords, extras):
@@ -312,8 +328,8 @@ class BackupRun:
                 driver=self.driver.name, export_format=fmt, snapshot_name=snap_name,
                 volumes=[Volume.model_validate(v) for v in volumes],
                 quiescers=[QuiescerRecord.model_validate(q) for q in quiescers],
-                freeze_window_ms=round(window * 1000, 3), max_freeze_ms=round(self.job.cfg.max_freeze * 1000),
-                phases_ms=dict(self.phases.ms), artifacts=artifacts,
+                freeze_window_ms=freeze.window_ms, max_freeze_ms=round(self.job.cfg.max_freeze * 1000),
+                phases_ms=dict(self.phases.ms), freeze=freeze, artifacts=artifacts,
                 versions={"snapagent": __version__, **self.driver.tool_versions()})
         except ValidationError as e:  # a plugin recorded something the manifest cannot hold
             raise OperationFailed(f"the manifest of {backup_id} would be invalid, nothing was stored: {e}") from None
@@ -372,21 +388,30 @@ class BackupRun:
             extras.append(mine)
         return arts, extras
 
-    def _freeze_and_snapshot(self, snap_name: str) -> tuple[list[Snapshot], list[dict], float]:
-        """Quiesce all, snapshot all, verify all, release all; return (snaps, records, window s).
+    def _freeze_and_snapshot(self, snap_name: str) -> tuple[list[Snapshot], list[dict], Freeze]:
+        """Quiesce all, snapshot all, verify all, release all; return (snaps, records, Freeze).
 
-        The freeze window runs from the moment the first lock is held (``Quiescer.held_at``) to
-        the last release and is bounded by max_freeze; taking the first lock has its own bound,
-        max_lock_wait. A failed quiesce skips the snapshot; only quiescers that succeeded are
-        released, in reverse. Raises FreezeOverrun when the window passes max_freeze (snapshots
-        are then undone).
+        What the locks and the snapshot need besides themselves (checkpoints, helper processes:
+        ``Quiescer.prepare``; journal records, directories, lookups, flushing the volumes:
+        ``Driver.prepare_snapshot``) is done before the first lock, so the window holds only the
+        locks, the snapshot commands, the verifications and the releases; each is timed into the
+        returned Freeze. The window runs from the moment the first lock is held
+        (``Quiescer.held_at``) to the last release and is bounded by max_freeze; taking the first
+        lock has its own bound, max_lock_wait. A failed quiesce skips the snapshot; only quiescers
+        that succeeded are released, in reverse. Raises FreezeOverrun when the window passes
+        max_freeze (snapshots are then undone).
         """
         cfg = self.job.cfg
         max_freeze = cfg.max_freeze
+        with self.phases("prepare"):  # quiescers first: a checkpoint writes what the driver then flushes
+            for q in self.quiescers:
+                q.prepare()
+            self.driver.prepare_snapshot(list(cfg.volumes), snap_name)
         lock_deadline = time.monotonic() + (cfg.max_lock_wait or max_freeze)
         held: list[Quiescer] = []
         records: list[dict] = []
         snaps: list[Snapshot] = []
+        steps: list[tuple[str, str, float, float, float | None]] = []  # phase, what, start, seconds, held_at
         first: float | None = None
         try:
             with self.phases("quiesce"):
@@ -394,28 +419,42 @@ class BackupRun:
                     called = time.monotonic()
                     q.quiesce(lock_deadline if first is None else min(lock_deadline, first + max_freeze))
                     held.append(q)
-                    first = first if first is not None else (q.held_at or called)
+                    at = q.held_at or called
+                    # unknown held_at (a command hook): the whole call is the lock, inside the window
+                    took = (at if q.held_at else time.monotonic()) - called
+                    steps.append(("lock", q.describe(), called, max(0.0, took), at))
+                    first = first if first is not None else at
                     if time.monotonic() > first + max_freeze:
                         raise FreezeOverrun(f"quiescing took longer than max_freeze ({max_freeze:g}s)")
             first = first if first is not None else time.monotonic()
-            with self.phases("snapshot"):
+            with self.phases("snapshot"), self.runner.recording() as ran:
+                began = time.monotonic()
                 try:
                     snaps = self.driver.snapshot(list(cfg.volumes), snap_name, first + max_freeze)
                 except SnapshotFailed as e:
                     if time.monotonic() >= first + max_freeze:
                         raise FreezeOverrun(f"the snapshot did not finish within max_freeze ({max_freeze:g}s): {e}") from None
                     raise
+                finally:
+                    steps += [("snapshot", r.line, r.start, r.seconds, None) for r in ran] or \
+                        [("snapshot", f"{self.driver.name} snapshot (no command)", began, time.monotonic() - began, None)]
             for q in held:
-                q.verify()
+                t = time.monotonic()
+                try:
+                    q.verify()
+                finally:
+                    steps.append(("verify", q.describe(), t, time.monotonic() - t, None))
         finally:
             stopped = None
             with self.phases("thaw"):
                 for q in reversed(held):
+                    t = time.monotonic()
                     try:
                         records.append(q.release())
                     except BaseException as e:  # a signal cut this release short: release the others first
                         stopped = stopped or e
                         records.append({"type": q.type})
+                    steps.append(("release", q.describe(), t, time.monotonic() - t, None))
                 records.reverse()
             window = time.monotonic() - first if first is not None else 0.0
             if stopped is not None and sys.exception() is None:
@@ -425,7 +464,7 @@ class BackupRun:
                                 "the snapshot was abandoned and everything released")
         if len(snaps) != len(cfg.volumes):
             raise SnapshotFailed(f"driver returned {len(snaps)} snapshots for {len(cfg.volumes)} volumes")
-        return snaps, records, window
+        return snaps, records, _freeze_record(window, first, steps)
 
     # -- dry run --------------------------------------------------------------------------------
     def plan(self) -> dict[str, Any]:

@@ -174,6 +174,43 @@ class QuiescerRecord(BaseModel):
         return {"artifacts": [], **self.model_dump(mode="json")}
 
 
+class FreezeStep(_Model):
+    """One step of the freeze window. Times are milliseconds relative to the window's start (the
+    moment the first lock was held; negative: before it). ``lock``: a quiescer taking its lock
+    (``start_ms`` when it was asked, ``ms`` the wait until ``held_at_ms``; a quiescer that cannot
+    tell when its lock took effect — a command hook — counts from when it was asked, and ``ms`` is
+    the whole call); ``snapshot``: one command the driver ran (its line; a driver that runs none:
+    its whole ``snapshot`` call); ``verify``, ``release``: one quiescer's."""
+
+    phase: Literal["lock", "snapshot", "verify", "release"]
+    what: Text
+    start_ms: float
+    ms: float = Field(ge=0)
+    held_at_ms: float | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_held_at(self, handler):
+        data = handler(self)
+        if data.get("held_at_ms") is None:
+            data.pop("held_at_ms", None)
+        return data
+
+
+class Freeze(_Model):
+    """How the freeze window split: ``window_ms`` (first lock held to last release, the same figure
+    as the manifest's ``freeze_window_ms``) and its steps in the order they ran."""
+
+    window_ms: float = Field(ge=0)
+    steps: list[FreezeStep] = Field(default_factory=list)
+
+    def phase_ms(self) -> dict[str, float]:
+        """Return {phase: milliseconds spent in it}: lock (the waits), snapshot, verify, release."""
+        out = {"lock": 0.0, "snapshot": 0.0, "verify": 0.0, "release": 0.0}
+        for s in self.steps:
+            out[s.phase] += s.ms
+        return out
+
+
 class Manifest(_Model):
     """One backup. Cross-checked on construction: unique labels, artifact names and restore
     dirs; every artifact named by a volume or quiescer is described; every location's volume
@@ -193,8 +230,17 @@ class Manifest(_Model):
     freeze_window_ms: float = Field(ge=0)
     max_freeze_ms: float = Field(ge=0)
     phases_ms: dict[str, float] = Field(default_factory=dict)
+    #: How the window split (snapagent 0.x manifests before this field have none).
+    freeze: Freeze | None = None
     artifacts: list[Artifact] = Field(min_length=1)
     versions: dict[str, str] = Field(default_factory=dict)
+
+    @model_serializer(mode="wrap")
+    def _omit_no_freeze(self, handler):
+        data = handler(self)
+        if data.get("freeze") is None:
+            data.pop("freeze", None)  # a manifest written before the field dumps as it was
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> "Manifest":

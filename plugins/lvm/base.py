@@ -38,6 +38,8 @@ class LvmDriverBase(Driver):
         super().__init__(runner, options)
         self._infos: dict[str, LvInfo] = {}
         self._mounts: dict[str, mountinfo.MountEntry] = {}
+        #: (name, volumes, [(volume, handle, lvcreate argv, mount entry)]) made by prepare_snapshot
+        self._prepared: tuple[str, list[str], list[tuple[str, str, list[str], Any]]] | None = None
 
     @classmethod
     def owner(cls) -> dict[str, str]:
@@ -100,16 +102,27 @@ class LvmDriverBase(Driver):
         """Return the lvcreate argv making snapshot ``snap_lv`` of ``ref``."""
         raise NotImplementedError
 
-    def snapshot(self, volumes: list[str], name: str, deadline: float) -> list[Snapshot]:
-        snaps: list[Snapshot] = []
+    def prepare_snapshot(self, volumes: list[str], name: str) -> None:
+        """Look every volume up (``lvs``, mountinfo), build the ``lvcreate`` argv and journal the
+        snapshot before the first lock is taken: the freeze window holds only the ``lvcreate``s."""
+        plan = []
         for i, vol in enumerate(volumes):
             ref = parse_volume(vol)
             snap_lv = snapshot_name(name, i, len(volumes))
             handle = f"{ref.vg}/{snap_lv}"
-            info, entry = self._lookup(vol)
-            argv = self.create_argv(ref, snap_lv, vol)
+            entry = self._lookup(vol)[1]
+            plan.append((vol, handle, self.create_argv(ref, snap_lv, vol), entry))
             if self.journal:
                 self.journal.open("snapshot", handle, self.owner(), volume=vol, origin=ref.lv)
+        self._prepared = (name, list(volumes), plan)
+
+    def snapshot(self, volumes: list[str], name: str, deadline: float) -> list[Snapshot]:
+        if self._prepared is None or self._prepared[:2] != (name, list(volumes)):
+            self.prepare_snapshot(volumes, name)
+        assert self._prepared is not None
+        plan, self._prepared = self._prepared[2], None
+        snaps: list[Snapshot] = []
+        for vol, handle, argv, entry in plan:
             remaining = max(0.1, deadline - time.monotonic())
             try:
                 self.runner.run(argv, mutating=True, timeout=remaining)

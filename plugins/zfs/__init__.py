@@ -56,6 +56,7 @@ class ZfsDriver(ZfsRestoreMixin, Driver):
         super().__init__(runner, options)
         self.zfs = Zfs(runner)
         self._mountpoints: dict[str, str] = {}
+        self._prepared: tuple[str, list[str]] | None = None  # (name, volumes) journaled by prepare_snapshot
 
     # -- preflight ------------------------------------------------------------------------------
     def preflight(self, volumes: list[str]) -> list[Path]:
@@ -111,19 +112,31 @@ class ZfsDriver(ZfsRestoreMixin, Driver):
         return Path(self._mountpoints[volume])
 
     # -- snapshots ------------------------------------------------------------------------------
-    def snapshot(self, volumes: list[str], name: str, deadline: float) -> list[Snapshot]:
-        """One ``zfs snapshot`` call per pool (one call in all unless cross_pool); each snapshot is
-        journaled before the call. Raises SnapshotFailed with zfs's reason."""
-        rec = self.options.recursive
+    def _groups(self, volumes: list[str]) -> dict[str, list[str]]:
+        """Return {pool: its volumes}: one atomic ``zfs snapshot`` call per pool."""
         groups: dict[str, list[str]] = {}
         for v in volumes:
             groups.setdefault(pool_of(v), []).append(v)
+        return groups
+
+    def prepare_snapshot(self, volumes: list[str], name: str) -> None:
+        """Journal every snapshot before the first lock is taken: the freeze window then holds
+        only the ``zfs snapshot`` calls."""
+        self._prepared = (name, list(volumes))
+        if self.journal:
+            for v in volumes:
+                self.journal.open("snapshot", snapshot_of(v, name), OWNER, volume=v, recursive=self.options.recursive)
+
+    def snapshot(self, volumes: list[str], name: str, deadline: float) -> list[Snapshot]:
+        """One ``zfs snapshot`` call per pool (one call in all unless cross_pool); each snapshot is
+        journaled before the call (by ``prepare_snapshot``). Raises SnapshotFailed with zfs's reason."""
+        if self._prepared != (name, list(volumes)):
+            self.prepare_snapshot(volumes, name)
+        self._prepared = None
+        rec = self.options.recursive
         snaps: dict[str, Snapshot] = {}
-        for gi, (pool, vols) in enumerate(groups.items()):
+        for gi, (pool, vols) in enumerate(self._groups(volumes).items()):
             names = [snapshot_of(v, name) for v in vols]
-            if self.journal:
-                for v, s in zip(vols, names):
-                    self.journal.open("snapshot", s, OWNER, volume=v, recursive=rec)
             try:
                 self.zfs.snapshot(names, rec, timeout=max(0.1, deadline - time.monotonic()))
             except ZfsCommandFailed as e:

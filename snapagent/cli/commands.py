@@ -138,6 +138,11 @@ def do_show(args, out) -> int:
     out.line(f"driver:        {m.driver}, export {m.export_format}, snapshot {m.snapshot_name}")
     out.line(f"freeze window: {m.freeze_window_ms:.1f} ms (max {m.max_freeze_ms:.0f} ms)")
     out.line("phases:        " + ", ".join(f"{k} {v:.0f} ms" for k, v in m.phases_ms.items()))
+    if m.freeze is not None:
+        out.line("freeze split:  " + ", ".join(f"{k} {v:.1f} ms" for k, v in m.freeze.phase_ms().items()))
+        for st in m.freeze.steps:
+            held = f", held at {st.held_at_ms:+.1f} ms" if st.held_at_ms is not None else ""
+            out.line(f"  {st.start_ms:+9.1f} ms  {st.phase:<8} {st.ms:8.1f} ms  {_printable(st.what)}{held}")
     for v in m.volumes:
         out.line(f"volume:        {v.volume} -> {v.artifact} (restores to DEST/{v.label})"
                  + (f", incremental on {v.parent}" if v.parent else ", full")

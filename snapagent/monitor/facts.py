@@ -65,7 +65,8 @@ class JobFacts:
         m = b.manifest
         return Success(started=m.created, ended=m.completed,
                        duration_seconds=max(0.0, (m.completed - m.created).total_seconds()),
-                       backup_id=m.id, size_bytes=m.size, freeze_window_seconds=m.freeze_window_ms / 1000)
+                       backup_id=m.id, size_bytes=m.size, freeze_window_seconds=m.freeze_window_ms / 1000,
+                       freeze_phase_seconds=runs.freeze_phases(m))
 
 
 def gather(config: Config, job: Job, strict: bool = False) -> JobFacts:

@@ -5,7 +5,10 @@ Series (label ``backup_job``; ``snapagent_backups`` also ``target``):
 ``snapagent_last_run_timestamp_seconds``, ``snapagent_last_run_success``,
 ``snapagent_last_duration_seconds`` (only for jobs that have run since run records exist),
 ``snapagent_last_success_timestamp_seconds`` (0: never), ``snapagent_last_size_bytes``,
-``snapagent_last_freeze_window_seconds``, ``snapagent_backups``.
+``snapagent_last_freeze_window_seconds``, ``snapagent_backups``; and
+``snapagent_last_freeze_phase_seconds`` (labels ``backup_job``, ``phase``: ``lock`` — the waits
+for the locks —, ``snapshot``, ``verify``, ``release``) of the last success whose manifest records
+how its window split.
 """
 
 from __future__ import annotations
@@ -36,6 +39,10 @@ def render(facts: list[JobFacts]) -> bytes:
     g = {k: Gauge(f"snapagent_{k}", h, ["backup_job"], registry=reg) for k, h in _HELP.items()}
     backups = Gauge("snapagent_backups", "Complete backups of the job in the target.", ["backup_job", "target"],
                     registry=reg)
+    phases = Gauge("snapagent_last_freeze_phase_seconds",
+                   "How the freeze window of the last successful backup split: time in each phase "
+                   "(lock: waiting for the locks; snapshot: the snapshot commands; verify; release).",
+                   ["backup_job", "phase"], registry=reg)
     for f in facts:
         job = f.job.name
         if (run := f.run) is not None:
@@ -47,6 +54,8 @@ def render(facts: list[JobFacts]) -> bytes:
         if ok is not None:
             g["last_size_bytes"].labels(job).set(ok.size_bytes)
             g["last_freeze_window_seconds"].labels(job).set(ok.freeze_window_seconds)
+            for phase, seconds in ok.freeze_phase_seconds.items():
+                phases.labels(job, phase).set(seconds)
         for t in f.targets.values():
             backups.labels(job, t.name).set(len(t.backups))
     return generate_latest(reg)

@@ -8,11 +8,14 @@ import json
 import logging
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from snapagent.util.fs import write_atomic
+
+if TYPE_CHECKING:
+    from snapagent.manifest import Manifest
 
 log = logging.getLogger("snapagent.monitor")
 
@@ -29,6 +32,9 @@ class Success(BaseModel):
     backup_id: str
     size_bytes: int
     freeze_window_seconds: float
+    #: How that window split: {lock, snapshot, verify, release: seconds} (empty for backups
+    #: taken before manifests recorded it).
+    freeze_phase_seconds: dict[str, float] = {}
 
 
 class RunRecord(BaseModel):
@@ -47,6 +53,11 @@ class RunRecord(BaseModel):
     last_success: Success | None = None
     warnings: list[str] = []  # a successful run's warnings, e.g. a copy to a copy_to target that failed
     copy_failed: list[str] = []  # the copy_to targets that did not get this run's backup
+
+
+def freeze_phases(m: "Manifest") -> dict[str, float]:
+    """Return {phase: seconds} of ``m``'s freeze window (empty when the manifest predates it)."""
+    return {k: round(v / 1000, 6) for k, v in m.freeze.phase_ms().items()} if m.freeze is not None else {}
 
 
 def path(state_dir: Path, job: str) -> Path:

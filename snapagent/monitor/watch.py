@@ -70,7 +70,8 @@ def _finish(config: Config, job: Job, w: Watch, result: str, error: str | None, 
     m = w.manifest if result == "success" else None
     if m is not None:
         last = Success(started=started, ended=ended, duration_seconds=round(duration, 3), backup_id=m.id, size_bytes=m.size,
-                       freeze_window_seconds=m.freeze_window_ms / 1000)
+                       freeze_window_seconds=m.freeze_window_ms / 1000,
+                       freeze_phase_seconds=runs.freeze_phases(m))
     else:
         prev = runs.load(state_dir, job.name)
         last = prev.last_success if prev is not None else None

@@ -108,8 +108,15 @@ class Driver:
         quiescer holds, so it does not count in the freeze window; called once per backup run
         after ``journal`` is set. Default: nothing."""
 
+    def prepare_snapshot(self, volumes: list[str], name: str) -> None:
+        """Before the freeze window (no lock held yet): do what ``snapshot(volumes, name, …)``
+        needs besides the snapshot calls — journal records, directories, lookups — so the window
+        holds only those calls. A journaled snapshot that is never taken is undone as "already
+        gone". Default: nothing (``snapshot`` does it all). Raise SnapshotFailed."""
+
     def snapshot(self, volumes: list[str], name: str, deadline: float) -> list[Snapshot]:
-        """Snapshot every volume (journaling each before it is made); return them in order.
+        """Snapshot every volume (journaling each before it is made, unless ``prepare_snapshot``
+        did); return them in order.
 
         ``deadline`` is a ``time.monotonic()`` value no command may run past. Raise SnapshotFailed.
         """

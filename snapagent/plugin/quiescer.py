@@ -122,6 +122,12 @@ class Quiescer:
     def preflight(self) -> None:
         """Connect and check (privileges, modes); take no lock. Raise PreflightFailed."""
 
+    def prepare(self) -> None:
+        """Right before the freeze window (after preflight and the journal's start, before any
+        quiescer's lock): do the slow part of ``quiesce`` that needs no lock — a checkpoint, a
+        helper process — so the window holds only the lock itself. Bounded; may be skipped (a
+        dry run, a failure before it): ``quiesce`` must then do it itself. Raise QuiesceFailed."""
+
     def quiesce(self, deadline: float) -> None:
         """Take the lock; never wait past ``deadline`` (a ``time.monotonic()`` value); set
         ``held_at`` when it is known. Raise QuiesceFailed."""

@@ -104,8 +104,20 @@ class SqliteQuiescer(Quiescer):
             raise PreflightFailed(f"sqlite database {str(p)!r}: {e}") from None
         self.rec.update(journal_mode=mode, sqlite_version=sqlite3.sqlite_version)
 
+    def prepare(self) -> None:
+        """Checkpoint the WAL (bounded by CHECKPOINT_BUDGET and busy_timeout) before any lock of
+        the job is taken, and before the driver flushes the volume: inside the window it would
+        hold every other quiescer's lock for its duration. Raise QuiesceFailed."""
+        if self.conn is None:
+            self.preflight()
+        if self.cfg.checkpoint and self.rec.get("journal_mode") == "wal":
+            try:
+                self._checkpoint(time.monotonic() + min(CHECKPOINT_BUDGET, self.cfg.busy_timeout))
+            except sqlite3.Error as e:
+                raise QuiesceFailed(f"sqlite {str(self.cfg.path)!r}: checkpoint failed: {e}") from None
+
     def quiesce(self, deadline: float) -> None:
-        """Checkpoint the WAL (bounded, optional), then take the write lock, retrying at once while
+        """Checkpoint the WAL (bounded, optional; unless ``prepare`` did), then take the write lock, retrying at once while
         a writer holds it — SQLite's own busy handler sleeps between tries and loses the race
         against a writer that commits back to back. The wait is bounded by ``busy_timeout`` and
         ``deadline``. Raise QuiesceFailed."""
@@ -117,7 +129,7 @@ class SqliteQuiescer(Quiescer):
         if until <= start:
             raise QuiesceFailed(f"sqlite {str(self.cfg.path)!r}: no time left in max_freeze to take the lock")
         try:
-            if self.cfg.checkpoint and self.rec.get("journal_mode") == "wal":
+            if self.cfg.checkpoint and self.rec.get("journal_mode") == "wal" and "checkpoint" not in self.rec:
                 self._checkpoint(min(until, time.monotonic() + CHECKPOINT_BUDGET))
             t0 = time.monotonic()
             _, tries = _retry(lambda: self.conn.execute("BEGIN IMMEDIATE"), until)

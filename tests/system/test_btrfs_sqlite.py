@@ -101,6 +101,12 @@ def test_hot_backup_restore_has_every_acknowledged_row(app, workdir):
     locked, released = ts(q["locked_at"]), ts(q["released_at"])
     assert 0 < m["freeze_window_ms"] < 10000 and m["driver"] == "btrfs"
     assert snapshots_left(vol) == []
+    steps = m["freeze"]["steps"]  # how the window split: the lock, the one btrfs call, verify, release
+    assert [s["phase"] for s in steps] == ["lock", "snapshot", "verify", "release"]
+    assert steps[1]["what"].startswith(f"btrfs subvolume snapshot -r {vol} ") and steps[0]["held_at_ms"] == 0
+    assert m["freeze"]["window_ms"] == m["freeze_window_ms"] >= steps[1]["ms"]
+    shown = snapagent("show", bid, config=cfg, check=True).stdout
+    assert "freeze split:  lock " in shown and f"snapshot {steps[1]['ms']:8.1f} ms  btrfs subvolume" in shown
 
     dest = workdir / "restore"
     r = snapagent("restore", bid, "--to", str(dest), config=cfg, check=True)
@@ -405,10 +411,14 @@ def test_a_writer_committing_back_to_back_cannot_starve_the_lock(subvol, workdir
     rate = len(w.acks()) / (w.acks()[-1][1] - w.acks()[0][1])
     print(f"\nback-to-back writer ({journal_mode}, {rate:.0f} commits/s): lock wait p50 {sorted(waits)[2]:.1f} ms, "
           f"max {max(waits):.1f} ms; freeze window p50 {sorted(windows)[2]:.1f} ms, max {max(windows):.1f} ms")
-    # SQLite's own busy handler lost this race for 0.85-3.1 s per backup (p50 ~1.6 s); now the
-    # median is a few ms. One backup may still wait longer when the machine is overcommitted and
-    # the writer is descheduled while it holds the lock — no waiting strategy can beat that.
-    assert sorted(waits)[2] < 50 and max(waits) < 2000, waits
+    # SQLite's own busy handler lost this race for 0.85-3.1 s per backup (p50 ~1.6 s). The retry
+    # at once wins within the writer's next few transactions: a few ms on a quiet machine, ~0.2 s
+    # at a load of 9 on 2 cores where this writer manages only ~110 commits/s. (Until the
+    # checkpoint moved before the freeze window, its own retries hid this race: the lock came
+    # at once after it, while the writer slept in its busy handler — and its worst commit paid
+    # checkpoint and window together.) One backup may wait longer when the machine is
+    # overcommitted and the writer is descheduled while it holds the lock.
+    assert sorted(waits)[2] < 500 and max(waits) < 2000, waits
     dest = workdir / "restore"
     snapagent("restore", bid, "--to", str(dest), config=cfg, check=True)
     conn = sqlite3.connect(dest / m["volumes"][0]["label"] / "app.db")

@@ -214,7 +214,9 @@ def test_fsfreeze_watchdog_thaws_after_agent_killed(subvol, workdir, tmp_path, e
     assert resumed < MAX_FREEZE + 1
     assert wait_for(lambda: not _processes("snapagent.quiesce.fsfreeze.watchdog", str(ext4)), 5)
     journal, = (workdir / "state").glob("journal/*/*.jsonl")
-    assert [r["kind"] for r in read_open(journal) if r.get("op") == "open"] == ["freeze", "snapshot"]
+    # the snapshot is journaled before the first lock (Driver.prepare_snapshot); undone in
+    # reverse: the freeze first
+    assert [r["kind"] for r in read_open(journal) if r.get("op") == "open"] == ["snapshot", "freeze"]
     out = cleanup_leaves_nothing(cfg, workdir, vol)
     assert f"{ext4} was not frozen" in out
 

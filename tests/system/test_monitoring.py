@@ -167,6 +167,10 @@ def test_metrics_scraped_by_node_exporter(subvol, workdir):
         assert 0 < s[("snapagent_last_duration_seconds", app)] < time.time() - t0
         assert s[("snapagent_last_size_bytes", app)] == sum(a["size"] for a in m["artifacts"])
         assert s[("snapagent_last_freeze_window_seconds", app)] == pytest.approx(m["freeze_window_ms"] / 1000)
+        split = {ph: sum(st["ms"] for st in m["freeze"]["steps"] if st["phase"] == ph) / 1000
+                 for ph in ("lock", "snapshot", "verify", "release")}
+        assert {ph: s[("snapagent_last_freeze_phase_seconds", (*app, ("phase", ph)))] for ph in split} == \
+            pytest.approx(split, abs=1e-6)
         assert s[("snapagent_backups", (("backup_job", "app"), ("target", "local")))] == 1
         # every job of the config, not just the one that ran
         assert s[("snapagent_backups", (("backup_job", "other"), ("target", "local")))] == 0

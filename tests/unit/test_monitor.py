@@ -231,12 +231,15 @@ def test_run_record_unreadable_or_damaged(tmp_path, caplog):
 
 CONTRACT = {"snapagent_last_run_timestamp_seconds", "snapagent_last_run_success",
             "snapagent_last_success_timestamp_seconds", "snapagent_last_duration_seconds",
-            "snapagent_last_size_bytes", "snapagent_last_freeze_window_seconds", "snapagent_backups"}
+            "snapagent_last_size_bytes", "snapagent_last_freeze_window_seconds",
+            "snapagent_last_freeze_phase_seconds", "snapagent_backups"}
 
 
 def test_metric_names_are_the_contract_and_the_docs_use_only_them():
+    ok = runs.Success(started=T0, ended=T0, duration_seconds=1, backup_id="app-20261202T050000Z", size_bytes=1,
+                      freeze_window_seconds=0.005, freeze_phase_seconds={"lock": 0.001, "snapshot": 0.004})
     text = metrics.render([facts(1, RunRecord(job="app", started=T0, ended=T0, duration_seconds=1,
-                                              result="success"))]).decode()
+                                              result="success", last_success=ok))]).decode()
     emitted = set(re.findall(r"^(snapagent_\w+)\{", text, re.M))
     assert emitted == CONTRACT
     from tests.helpers.cli import ROOT

@@ -185,6 +185,12 @@ class FsfreezeQuiescer(Quiescer):
             wd.kill()
 
     # -- quiesce --------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Start the watchdog (a Python process: tens of milliseconds) before any lock of the
+        job is taken; ``quiesce`` then only asks it to freeze. Raises what ``quiesce`` raises when
+        the watchdog does not start."""
+        self._start_watchdog()
+
     def quiesce(self, deadline: float) -> None:
         self.check_mountpoints()  # mounts may have changed since preflight
         self._start_watchdog()
