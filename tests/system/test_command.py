@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.cli import ROOT, snapagent, toml_str, write_config
+from tests.helpers.snapplaces import snapdir as snapdir_of
 
 pytestmark = [pytest.mark.root, pytest.mark.btrfs]
 HELPERS = ROOT / "tests" / "helpers"
@@ -40,7 +41,7 @@ def backup(cfg: Path, job: str) -> dict:
 def assert_nothing_left(cfg: Path, workdir: Path, vol: Path) -> None:
     listed = json.loads(snapagent("--json", "list", config=cfg, check=True).stdout)
     assert listed == []
-    snapdir = vol / ".snapagent-snapshots"
+    snapdir = snapdir_of(vol)
     assert not snapdir.exists() or list(snapdir.iterdir()) == []
     assert list((workdir / "state").glob("journal/*/*.jsonl")) == []
 

@@ -23,6 +23,7 @@ import psutil
 import pytest
 
 from tests.helpers.cli import HELPERS, last_line, snapagent, toml_str, write_config
+from tests.helpers.snapplaces import snapdir as snapdir_of
 from tests.helpers.wrappers import slow_tool
 from tests.torture.check import record
 
@@ -99,7 +100,7 @@ def config(workdir: Path, vol: Path, db: Path, phase: str | None = None, tools: 
 
 
 def leftovers(workdir: Path, vol: Path) -> dict:
-    snapdir = vol / ".snapagent-snapshots"
+    snapdir = snapdir_of(vol)
     backups = workdir / "backups" / "app"
     scratch = workdir / "state" / "drill"
     return {

@@ -21,6 +21,7 @@ import pytest
 
 from snapagent import manifest as M
 from tests.helpers.cli import last_line, snapagent, toml_str, write_config
+from tests.helpers.snapplaces import snapdir, snapshots
 from tests.helpers.wrappers import failing_tool, slow_tool
 
 pytestmark = [pytest.mark.root, pytest.mark.btrfs]
@@ -52,11 +53,6 @@ def with_tool(cfg: Path, name: str, path: Path) -> Path:
     return out
 
 
-def snapshots(vol: Path) -> list[str]:
-    d = vol / ".snapagent-snapshots"
-    return sorted(p.name for p in d.iterdir()) if d.is_dir() else []
-
-
 def journals(workdir: Path) -> list[Path]:
     return sorted((workdir / "state").rglob("*.jsonl"))
 
@@ -75,12 +71,12 @@ def test_failure_after_commit_is_a_warning_and_cleanup_retries(subvol, workdir):
     assert "injected failure" in r.stderr and "`snapagent cleanup` will retry" in r.stderr
     assert "ERROR" not in r.stderr and "Traceback" not in r.stderr
     assert [b["id"] for b in json.loads(snapagent("list", "--json", config=cfg, check=True).stdout)] == [bid]
-    assert snapshots(vol) == [f"snapagent-{bid}"] and len(journals(workdir)) == 1
+    assert snapshots(vol) == [f"snapagent-{bid}.0"] and len(journals(workdir)) == 1
     assert snapagent("verify", bid, config=cfg).returncode == 0
 
     switch.unlink()
     c = snapagent("cleanup", config=cfg, check=True)
-    assert f"deleted btrfs snapshot {vol}/.snapagent-snapshots/snapagent-{bid}" in c.stdout
+    assert f"deleted btrfs snapshot {snapdir(vol)}/snapagent-{bid}.0" in c.stdout
     assert snapshots(vol) == [] and journals(workdir) == []
     # the next run of the job sweeps leftovers itself too
     switch.touch()

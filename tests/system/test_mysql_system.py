@@ -29,6 +29,7 @@ from tests.helpers.caps import need
 from tests.helpers.cli import ROOT, snapagent, toml_str, write_config
 from tests.helpers.mariadb import MariaDB, available
 from tests.helpers.procwatch import ProcWatch
+from tests.helpers.snapplaces import snapdir, snapshots
 from tests.helpers.wrappers import slow_tool
 from tests.torture.check import record
 
@@ -62,7 +63,7 @@ def shared_server(btrfs_root):
         yield db
     finally:
         db.cleanup()
-        snaps = vol / ".snapagent-snapshots"
+        snaps = snapdir(vol)
         for snap in (snaps.iterdir() if snaps.is_dir() else []):
             subprocess.run(["btrfs", "subvolume", "delete", str(snap)], capture_output=True)
         subprocess.run(["btrfs", "subvolume", "delete", str(vol)], capture_output=True)
@@ -269,8 +270,7 @@ def test_lock_wait_timeout_fails_cleanly(server, workdir, method):
         print(f"\n[{method}] lock wait timed out; backup failed after {took:.2f}s; writer made 20 commits "
               f"{resumed:.2f}s later: {r.stderr.strip().splitlines()[-1]}")
         assert snapagent("list", "db", config=cfg, check=True).stderr.strip() == "no backups"
-        snapdir = server.volume / ".snapagent-snapshots"
-        assert not snapdir.exists() or not any(snapdir.iterdir())  # the snapshot was skipped
+        assert not snapshots(server.volume)  # the snapshot was skipped
         assert not list((workdir / "state").rglob("*.jsonl"))  # the run finished its journal
     finally:
         holder.close()
@@ -322,7 +322,7 @@ def test_dead_or_hung_agent_releases(server, workdir, sig):
             agent.wait()
     time.sleep(5.5)  # let the orphaned slow snapshot finish, then cleanup sweeps it from the journal
     r = snapagent("cleanup", config=cfg, check=True)
-    assert not any((server.volume / ".snapagent-snapshots").iterdir()), r.stdout
+    assert not snapshots(server.volume), r.stdout
 
 
 def test_file_outside_the_volumes_is_refused(subvol, workdir, tmp_path):
