@@ -22,6 +22,7 @@ from snapagent.retention.span import Span, parse_span
 from snapagent.schedule import calendar
 from snapagent.util.durations import parse_duration
 from snapagent.util.names import NAME_RE
+from snapagent.util.secretfiles import config_stat_problem
 
 DEFAULT_CONFIG = "/etc/snapagent/snapagent.toml"
 
@@ -314,10 +315,11 @@ def config_path(cli_value: str | None) -> Path:
 
 
 def load(path: Path) -> Config:
-    """Read and validate the config file at ``path``; raise ConfigError (exit 2) on any problem."""
+    """Read and validate the config file at ``path``; raise ConfigError (exit 2) listing every
+    problem: the file's own permissions (its argv lists run as root) and every invalid key."""
     try:
         with open(path, "rb") as f:
-            mode = os.fstat(f.fileno()).st_mode
+            st = os.fstat(f.fileno())
             data = tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path} (use -c FILE or $SNAPAGENT_CONFIG)") from None
@@ -325,11 +327,18 @@ def load(path: Path) -> Config:
         raise ConfigError(f"config file not readable: {path} ({e.strerror or e})") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    cfg = parse(data, path)
+    problems = [why] if (why := config_stat_problem(path, st)) else []
+    mode = st.st_mode
     if mode & 0o077 and (key := _secret_key(data)):  # a plugin may take a secret; the file must be private then
-        raise ConfigError(f"{path}: {key} holds a secret but the file is readable by group/others "
-                          f"(mode {mode & 0o777:04o}); chmod 600 it — or better, keep secrets in their own 0600 "
-                          "files (pgpass, MySQL option files)")
+        problems.append(f"{key} holds a secret but {path} is readable by group/others "
+                        f"(mode {mode & 0o777:04o}); chmod 600 it — or better, keep secrets in their own 0600 "
+                        "files (pgpass, MySQL option files)")
+    try:
+        cfg = parse(data, path)
+    except ConfigError as e:
+        raise ConfigError("\n  ".join([str(e), *problems])) from None
+    if problems:
+        raise ConfigError(f"{path}: invalid configuration\n  " + "\n  ".join(problems))
     return cfg
 
 

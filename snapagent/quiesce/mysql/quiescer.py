@@ -34,6 +34,7 @@ from snapagent.config import Duration, Strict
 from snapagent.errors import PreflightFailed, QuiesceFailed
 from snapagent.plugin.quiescer import Locate, ProbeResult, Quiescer, RestoreContext
 from snapagent.quiesce.mysql import connection as mc
+from snapagent.util.secretfiles import check_secret_file
 
 log = logging.getLogger("snapagent.quiesce.mysql")
 
@@ -71,6 +72,12 @@ class MysqlConfig(Strict):
         if v is not None and not v.is_absolute():
             raise ValueError("must be an absolute path")
         return v
+
+    @field_validator("option_file")
+    @classmethod
+    def _private(cls, v: Path | None) -> Path | None:
+        # it may hold the password: it must exist now, 0600, owned by root or us (not at backup time)
+        return None if v is None else check_secret_file(v)
 
     @field_validator("port")
     @classmethod
