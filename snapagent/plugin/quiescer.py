@@ -105,6 +105,13 @@ class Quiescer:
         #: unset, the window counts from the moment ``quiesce`` was called (acquisition included).
         self.held_at: float | None = None
 
+    @classmethod
+    def lock_waits(cls, cfg: Any) -> dict[str, float]:
+        """Config check: return the keys of ``cfg`` set explicitly that bound how long taking the
+        lock may wait (seconds). The engine cuts every wait at the job's max_lock_wait (default
+        max_freeze; for all but the first quiescer also max_freeze), so a longer one is refused."""
+        return {}
+
     def files(self) -> list[Path]:
         """Return the live files/directories that must lie on the job's volumes."""
         return []

@@ -109,3 +109,51 @@ def test_an_age_identity_owned_by_another_user_is_refused(tmp_path):
     os.chown(p, 65534, 65534)
     with pytest.raises(UsageError, match=r"--identity: .*owned by uid 65534"):
         load_identities(p)
+
+
+def job_with(tmp_path: Path, job: str, quiescers: str = "") -> Path:
+    return write(tmp_path, BASE + job + quiescers)
+
+
+SQLITE = '[[jobs.j.quiesce]]\ntype = "sqlite"\npath = "/srv/a/a.db"\n'
+MYSQL = '[[jobs.j.quiesce]]\ntype = "mysql"\nsocket = "/run/mysqld/mysqld.sock"\n'
+
+
+@pytest.mark.parametrize("job, quiescers, ok", [
+    ('max_freeze = "2s"\n', SQLITE + 'busy_timeout = "2s"\n', True),   # equal fits
+    ('max_freeze = "2s"\n', SQLITE + 'busy_timeout = "2.5s"\n', False),
+    ('max_freeze = "2s"\n', SQLITE + MYSQL, True),                     # defaults (5s, 3s) are cut silently: not set
+    ('max_freeze = "2s"\nmax_lock_wait = "6s"\n', SQLITE + 'busy_timeout = "5s"\n', True),  # the first lock: max_lock_wait
+    ('max_freeze = "2s"\nmax_lock_wait = "6s"\n', SQLITE + MYSQL + 'lock_wait_timeout = "3s"\n', False),  # later: max_freeze
+    ('max_lock_wait = "1s"\n', MYSQL + 'lock_wait_timeout = "1500ms"\n', False),
+])
+def test_lock_waits_fit_in_the_freeze(tmp_path, job, quiescers, ok):
+    cfg = job_with(tmp_path, job, quiescers)
+    if ok:
+        assert config.load(cfg)
+    else:
+        [line] = refused(cfg)
+        assert "is longer than the job's max_" in line and "cuts every lock wait short" in line, line
+
+
+@pytest.mark.parametrize("value, ok", [('"10m"', True), ('"600s"', True), ('"601s"', False), ('"7d"', False),
+                                       ("10", False), ('"10"', False), ("10.5", False), ('"500ms"', True)])
+def test_max_freeze_needs_a_unit_and_stays_under_the_ceiling(tmp_path, value, ok):
+    cfg = job_with(tmp_path, f"max_freeze = {value}\n")
+    if ok:
+        assert config.load(cfg)
+    else:
+        [line] = refused(cfg)
+        assert line.startswith("jobs.j.max_freeze: ") and ("has no unit" in line or "ceiling of 600s" in line), line
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    """Permissions, secret files, relations, paths and plugin keys: one line each, the key first."""
+    text = (BASE.replace('"/srv/a"]', '"/srv/a", "rel/b"]') + 'max_freeze = "2s"\nping_timeout = 3\n' + SQLITE +
+            'busy_timeout = "4s"\n' + '[[jobs.j.quiesce]]\ntype = "mysql"\noption_file = "/nonexistent/my.cnf"\n'
+            '[[jobs.j.quiesce]]\ntype = "command"\npre = "not a list"\n'
+            '[jobs.k]\ndriver = "btrfs"\nvolumes = ["/srv/k"]\ntarget = "t"\nmax_freeze = "1h"\n')
+    lines = refused(write(tmp_path, text, 0o666))
+    keys = sorted(ln.split(":")[0] if not ln.startswith("/") else "(file)" for ln in lines)
+    assert keys == ["(file)", "jobs.j.ping_timeout", "jobs.j.quiesce[0].busy_timeout", "jobs.j.quiesce[1].option_file",
+                    "jobs.j.quiesce[2].pre", "jobs.j.volumes[1]", "jobs.k.max_freeze"], lines

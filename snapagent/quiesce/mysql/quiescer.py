@@ -112,6 +112,10 @@ class MysqlQuiescer(Quiescer):
     releases_on_death = True  # the lock belongs to the agent's session; the server ends it on EOF
     consistency = "application"
 
+    @classmethod
+    def lock_waits(cls, cfg: MysqlConfig) -> dict[str, float]:
+        return {"lock_wait_timeout": cfg.lock_wait_timeout} if "lock_wait_timeout" in cfg.model_fields_set else {}
+
     def __init__(self, cfg: MysqlConfig, ctx):
         super().__init__(cfg, ctx)
         self.params: mc.ConnectParams | None = None
