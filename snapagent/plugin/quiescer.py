@@ -112,6 +112,12 @@ class Quiescer:
         max_freeze; for all but the first quiescer also max_freeze), so a longer one is refused."""
         return {}
 
+    @classmethod
+    def programs(cls, cfg: Any) -> dict[str, str]:
+        """Config check: return the programs ``cfg`` names, by key (e.g. a command hook's argv[0]);
+        ``config check`` refuses one that is not found (through ``agent.tools`` and PATH)."""
+        return {}
+
     def files(self) -> list[Path]:
         """Return the live files/directories that must lie on the job's volumes."""
         return []

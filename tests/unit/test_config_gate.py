@@ -157,3 +157,40 @@ def test_every_problem_is_reported_at_once(tmp_path):
     keys = sorted(ln.split(":")[0] if not ln.startswith("/") else "(file)" for ln in lines)
     assert keys == ["(file)", "jobs.j.ping_timeout", "jobs.j.quiesce[0].busy_timeout", "jobs.j.quiesce[1].option_file",
                     "jobs.j.quiesce[2].pre", "jobs.j.volumes[1]", "jobs.k.max_freeze"], lines
+
+
+def test_config_check_names_every_program_that_cannot_run(tmp_path):
+    """`config check` (not `list` or `restore`, which never run them): agent.tools entries and a
+    command hook's argv[0]; exit 2, one line each, nothing executed."""
+    from tests.helpers.cli import snapagent
+
+    marker = tmp_path / "ran"
+    cfg = write(tmp_path, BASE.replace("[targets.t]", 'tools = { btrfs = "btrfs-wrapper", tar = "/nonexistent/tar" }\n'
+                                                      "[targets.t]") +
+                f'[[jobs.j.quiesce]]\ntype = "command"\npre = ["/nonexistent/freeze", "{marker}"]\n'
+                'post = ["/usr/bin/touch"]\nhold = ["no-such-program-anywhere"]\n')
+    r = snapagent("config", "check", config=cfg)
+    assert r.returncode == 2 and r.stdout == "" and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.splitlines()[1:] == [
+        "  agent.tools.btrfs: must be an absolute path, got 'btrfs-wrapper'",
+        "  agent.tools.tar: /nonexistent/tar is not an executable file",
+        "  jobs.j.quiesce[0].pre: program not found: /nonexistent/freeze (not executable, or not on PATH)",
+        "  jobs.j.quiesce[0].hold: program not found: no-such-program-anywhere (not executable, or not on PATH)"], r.stderr
+    assert snapagent("list", config=cfg).returncode == 0 and not marker.exists()
+
+
+def test_config_check_connect_reports_every_preflight_problem(tmp_path):
+    """--connect runs each job's preflight: a missing volume does not hide the database that is
+    missing too, nor the other job's problem; exit 1 (the host is wrong, not the file)."""
+    from tests.helpers.cli import snapagent
+
+    cfg = write(tmp_path, BASE.replace('"/srv/a"', f'"{tmp_path}/no volume"') +
+                f'[[jobs.j.quiesce]]\ntype = "sqlite"\npath = "{tmp_path}/no volume/a.db"\n'
+                f'[jobs.k]\ndriver = "btrfs"\nvolumes = ["{tmp_path}"]\ntarget = "t"\n')
+    assert snapagent("config", "check", config=cfg).returncode == 0
+    r = snapagent("config", "check", "--connect", config=cfg)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.splitlines()[1:]
+    assert [ln.split(":")[0].strip() for ln in lines] == ["jobs.j", "jobs.j", "jobs.k"], lines
+    assert "no volume': no such directory" in lines[0] and "a.db' does not exist" in lines[1], lines
+    assert "not on a btrfs filesystem" in lines[2] or "not a btrfs subvolume" in lines[2], lines

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,6 +139,25 @@ def query_dicts(conn, sql: str, args: Any = None) -> list[dict[str, Any]]:
 def quote_ident(name: str) -> str:
     """Return ``name`` as a backquoted MySQL identifier."""
     return "`" + name.replace("`", "``") + "`"
+
+
+_GLOBAL_GRANT = re.compile(r"^GRANT (.+?) ON \*\.\* TO ", re.I)
+
+
+def global_privileges(conn) -> set[str]:
+    """Return the global (``ON *.*``) privileges of the session's account and its enabled role,
+    upper case (``"ALL PRIVILEGES"`` when granted so), read from ``SHOW GRANTS``."""
+    out: set[str] = set()
+    for (line,) in query(conn, "SHOW GRANTS"):
+        if m := _GLOBAL_GRANT.match(str(line)):
+            out.update(p.strip().upper() for p in m.group(1).split(","))
+    return out
+
+
+def current_account(conn) -> str:
+    """Return the session's account as ``'user'@'host'`` (``CURRENT_USER()``), for a GRANT statement."""
+    user, _, host = str(query(conn, "SELECT CURRENT_USER()")[0][0]).rpartition("@")
+    return f"'{user}'@'{host}'"
 
 
 @dataclass
