@@ -419,6 +419,13 @@ def test_preflight_accepts_the_documented_grants(fake, version, grants, method):
     assert q.method == method
 
 
+def test_grants_through_a_role_are_left_to_the_server(fake):
+    fake(grants=["GRANT USAGE ON *.* TO `snap`@`localhost`", "GRANT `backup_role` TO `snap`@`localhost`"])
+    q = quiescer()
+    q.preflight()
+    assert q.method == "backup-stage"
+
+
 def test_a_refused_lock_leaves_nothing_to_release(fake):
     """BACKUP STAGE START refused (no RELOAD): release sends no BACKUP STAGE END (it would fail
     and warn about a lock never taken)."""

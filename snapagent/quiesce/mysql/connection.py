@@ -142,16 +142,21 @@ def quote_ident(name: str) -> str:
 
 
 _GLOBAL_GRANT = re.compile(r"^GRANT (.+?) ON \*\.\* TO ", re.I)
+_ROLE_GRANT = re.compile(r"^GRANT [^ ]+ TO ", re.I)  # GRANT `role` TO … (no ON): privileges held through a role
 
 
-def global_privileges(conn) -> set[str]:
-    """Return the global (``ON *.*``) privileges of the session's account and its enabled role,
-    upper case (``"ALL PRIVILEGES"`` when granted so), read from ``SHOW GRANTS``."""
+def global_privileges(conn) -> tuple[set[str], bool]:
+    """Return the global (``ON *.*``) privileges ``SHOW GRANTS`` lists for the session's account,
+    upper case (``"ALL PRIVILEGES"`` when granted so), and whether the account holds roles (whose
+    privileges that list may not show)."""
     out: set[str] = set()
+    roles = False
     for (line,) in query(conn, "SHOW GRANTS"):
         if m := _GLOBAL_GRANT.match(str(line)):
             out.update(p.strip().upper() for p in m.group(1).split(","))
-    return out
+        elif " ON " not in str(line).upper() and _ROLE_GRANT.match(str(line)):
+            roles = True
+    return out, roles
 
 
 def current_account(conn) -> str:

@@ -226,15 +226,18 @@ class MysqlQuiescer(Quiescer):
         """Refuse when the account lacks a global privilege the chosen method needs (RELOAD for
         FTWRL and BACKUP STAGE, BACKUP_ADMIN for LOCK INSTANCE) or the long-query guard needs
         (PROCESS: without it the processlist shows only the account's own sessions), naming the
-        GRANT statement to run. When the grants cannot be read, the statements themselves will tell."""
+        GRANT statement to run. When the grants cannot be read, or may come through a role, the
+        statements themselves will tell."""
         need = {"ftwrl": ["RELOAD"], "backup-stage": ["RELOAD"], "lock-instance": ["BACKUP_ADMIN"]}[self.method] + ["PROCESS"]
         try:
-            grants = mc.global_privileges(self.control)
+            grants, roles = mc.global_privileges(self.control)
         except Exception as e:  # noqa: BLE001 - an unreadable grant list is not a refusal
             log.debug("mysql: cannot read the account's grants: %s", e)
             return
         missing = [p for p in need if p not in grants and "ALL PRIVILEGES" not in grants]
-        if missing:
+        if missing and roles:  # a role may hold them: its statements will tell
+            log.debug("mysql: %s not granted directly; the account's roles may hold them", ", ".join(missing))
+        elif missing:
             account = mc.current_account(self.control)
             why = {"RELOAD": f"method {self.method} takes its lock with it",
                    "BACKUP_ADMIN": "method lock-instance takes LOCK INSTANCE FOR BACKUP with it",
