@@ -399,8 +399,8 @@ def load(path: Path) -> Config:
     problems = [why] if (why := config_stat_problem(path, st)) else []
     mode = st.st_mode
     if mode & 0o077 and (key := _secret_key(data)):  # a plugin may take a secret; the file must be private then
-        problems.append(f"{key} holds a secret but {path} is readable by group/others "
-                        f"(mode {mode & 0o777:04o}); chmod 600 it — or better, keep secrets in their own 0600 "
+        problems.append(f"{key} holds a secret but the file is readable by group/others "
+                        f"(mode {mode & 0o777:04o}); chmod 600 {path} — or better, keep secrets in their own 0600 "
                         "files (pgpass, MySQL option files)")
     try:
         cfg = parse(data, path)
