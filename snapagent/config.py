@@ -20,12 +20,16 @@ from snapagent import registry
 from snapagent.errors import ConfigError
 from snapagent.retention.span import Span, parse_span
 from snapagent.schedule import calendar
-from snapagent.util.durations import parse_duration
+from snapagent.util.durations import parse_config_duration, parse_duration
 from snapagent.util.names import NAME_RE
+from snapagent.util.secretfiles import config_stat_problem
 
 DEFAULT_CONFIG = "/etc/snapagent/snapagent.toml"
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+Duration = Annotated[float, BeforeValidator(parse_config_duration)]
+#: The longest max_freeze accepted: writers wait for the whole window (an FTWRL, BACKUP STAGE or
+#: SQLite lock blocks every commit), so a longer one is an outage, never meant (a unit mistake: "7d").
+MAX_FREEZE_CEILING = 600.0
 Within = Annotated[Span, BeforeValidator(parse_span)]
 
 
@@ -50,11 +54,21 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def absolute(v: Path | None) -> Path | None:
+    """A path in the config: absolute (a relative one would depend on the directory cron or
+    systemd happens to start in). Raise ValueError."""
+    if v is not None and not v.is_absolute():
+        raise ValueError(f"must be an absolute path, got {str(v)!r}")
+    return v
+
+
 class AgentConfig(Strict):
     state_dir: Path = Path("/var/lib/snapagent")
     scratch_dir: Path | None = None  # where `drill` restores; default <state_dir>/drill
     tools: dict[str, str] = Field(default_factory=dict)  # tool name -> path, e.g. btrfs = "/usr/bin/btrfs"
     metrics_file: Path | None = None  # Prometheus textfile collector file, written after every run
+
+    _absolute = field_validator("state_dir", "scratch_dir")(absolute)
 
     @field_validator("metrics_file")
     @classmethod
@@ -117,6 +131,15 @@ class JobConfig(Strict):
             parts = urlsplit(v)
             if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in v):
                 raise ValueError("must be an http:// or https:// URL with a host (e.g. https://hc-ping.com/<uuid>)")
+        return v
+
+    @field_validator("max_freeze")
+    @classmethod
+    def _max_freeze(cls, v: float) -> float:
+        if v > MAX_FREEZE_CEILING:
+            raise ValueError(f"{v:g}s is longer than the ceiling of {MAX_FREEZE_CEILING:g}s: writers wait for the "
+                             "whole freeze window, so a longer one is an outage, not a backup (seconds are meant: "
+                             "\"10s\", VSS's figure)")
         return v
 
     @field_validator("schedule")
@@ -231,11 +254,15 @@ def parse(data: dict, path: Path) -> Config:
 
     Raises ConfigError (exit 2) whose message names every offending key path.
     """
+    problems: list[str] = []
     try:
         raw = RawConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(f"{path}: invalid configuration\n  " + "\n  ".join(_errors(e))) from None
-    problems: list[str] = []
+        problems.extend(_errors(e))
+        raw = _valid_parts(data)  # go on with what is valid, so every problem is reported at once
+        if raw is None:
+            raise ConfigError(f"{path}: invalid configuration\n  " + "\n  ".join(problems)) from None
+    defined = sorted(data["targets"]) if isinstance(data.get("targets"), dict) else []
 
     def collect(fn):
         try:
@@ -245,7 +272,7 @@ def parse(data: dict, path: Path) -> Config:
             return None
 
     for kind, names in (("targets", raw.targets), ("jobs", raw.jobs)):
-        if not names:
+        if not names and isinstance(data.get(kind), dict) and not data[kind]:
             problems.append(f"{kind}: at least one entry is required")
         for n in names:
             if not NAME_RE.match(n):
@@ -266,11 +293,11 @@ def parse(data: dict, path: Path) -> Config:
     jobs: dict[str, Job] = {}
     for jname, j in raw.jobs.items():
         key = f"jobs.{jname}"
-        if j.target not in raw.targets:
-            problems.append(f"{key}.target: unknown target {j.target!r} (defined: {', '.join(sorted(raw.targets)) or 'none'})")
+        if j.target not in defined:
+            problems.append(f"{key}.target: unknown target {j.target!r} (defined: {', '.join(defined) or 'none'})")
         for i, c in enumerate(j.copy_to):
-            if c not in raw.targets:
-                problems.append(f"{key}.copy_to[{i}]: unknown target {c!r} (defined: {', '.join(sorted(raw.targets)) or 'none'})")
+            if c not in defined:
+                problems.append(f"{key}.copy_to[{i}]: unknown target {c!r} (defined: {', '.join(defined) or 'none'})")
             elif c == j.target or j.copy_to.index(c) != i:
                 problems.append(f"{key}.copy_to[{i}]: target {c!r} is the job's own target or listed twice")
         dcls = collect(lambda: registry.get("driver", j.driver, f"{key}.driver"))
@@ -280,15 +307,58 @@ def parse(data: dict, path: Path) -> Config:
             if j.export is not None and j.export not in dcls.export_formats:
                 problems.append(f"{key}.export: driver {j.driver!r} cannot export {j.export!r} (choose: {', '.join(dcls.export_formats)})")
             problems.extend(_mode_problems(key, j, dcls, options))
-        quiescers = [found for i, q in enumerate(j.quiesce)
-                     if (found := typed("quiescer", q, f"{key}.quiesce[{i}]")) is not None]
+        indexed = [(i, found) for i, q in enumerate(j.quiesce)
+                   if (found := typed("quiescer", q, f"{key}.quiesce[{i}]")) is not None]
+        quiescers = [found for _, found in indexed]
+        problems.extend(_wait_problems(key, j, indexed))
         if dcls is not None and (options is not None or dcls.Options is None):
             problems.extend(_place_problems(key, j, dcls, options, quiescers))
         if dcls is not None:
+            problems.extend(f"{key}.volumes[{i}]: {why}" for i, v in enumerate(j.volumes)
+                            if (why := dcls.volume_refusal(v)) is not None)
             jobs[jname] = Job(jname, j, dcls, options, quiescers, j.target)
     if problems:
         raise ConfigError(f"{path}: invalid configuration\n  " + "\n  ".join(problems))
     return Config(path, raw, targets, jobs)
+
+
+def _valid_parts(data: Any) -> RawConfig | None:
+    """Return a RawConfig of the sections of ``data`` that are valid on their own (the agent table,
+    each target, each job), or None when ``data`` has no usable shape; the caller has the errors."""
+    if not isinstance(data, dict) or not isinstance(data.get("targets", {}), dict) \
+            or not isinstance(data.get("jobs", {}), dict):
+        return None
+
+    def valid(model: type[BaseModel], value: Any) -> Any:
+        # once more without the keys that failed: the others (a job's quiescers) still get checked
+        for _ in range(2):
+            try:
+                return model.model_validate(value)
+            except ValidationError as e:
+                if not isinstance(value, dict):
+                    return None
+                value = {k: v for k, v in value.items() if k not in {err["loc"][0] for err in e.errors() if err["loc"]}}
+        return None
+
+    targets = {n: t for n, v in data.get("targets", {}).items() if (t := valid(TargetEntry, v)) is not None}
+    jobs = {n: j for n, v in data.get("jobs", {}).items() if (j := valid(JobConfig, v)) is not None}
+    return RawConfig.model_construct(agent=valid(AgentConfig, data.get("agent", {})) or AgentConfig(),
+                                     targets=targets, jobs=jobs)
+
+
+def _wait_problems(key: str, j: JobConfig, indexed: list[tuple[int, tuple[type, Any]]]) -> list[str]:
+    """Return the quiescers' lock waits (``Quiescer.lock_waits``) the engine would cut short: the
+    first lock may wait max_lock_wait (default max_freeze), every later one at most max_freeze."""
+    out = []
+    first = j.max_lock_wait or j.max_freeze
+    for n, (i, (cls, qcfg)) in enumerate(indexed):
+        bound, name = (first, "max_lock_wait" if j.max_lock_wait else "max_freeze") if n == 0 else \
+            (min(first, j.max_freeze), "max_freeze")
+        for wkey, seconds in cls.lock_waits(qcfg).items():
+            if seconds > bound:
+                out.append(f"{key}.quiesce[{i}].{wkey}: {seconds:g}s is longer than the job's {name} ({bound:g}s), "
+                           f"which cuts every lock wait short; lower it to {bound:g}s or less, or raise {name}")
+    return out
 
 
 def _mode_problems(key: str, j: JobConfig, dcls: type, options: Any) -> list[str]:
@@ -330,10 +400,11 @@ def config_path(cli_value: str | None) -> Path:
 
 
 def load(path: Path) -> Config:
-    """Read and validate the config file at ``path``; raise ConfigError (exit 2) on any problem."""
+    """Read and validate the config file at ``path``; raise ConfigError (exit 2) listing every
+    problem: the file's own permissions (its argv lists run as root) and every invalid key."""
     try:
         with open(path, "rb") as f:
-            mode = os.fstat(f.fileno()).st_mode
+            st = os.fstat(f.fileno())
             data = tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path} (use -c FILE or $SNAPAGENT_CONFIG)") from None
@@ -341,11 +412,18 @@ def load(path: Path) -> Config:
         raise ConfigError(f"config file not readable: {path} ({e.strerror or e})") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    cfg = parse(data, path)
+    problems = [why] if (why := config_stat_problem(path, st)) else []
+    mode = st.st_mode
     if mode & 0o077 and (key := _secret_key(data)):  # a plugin may take a secret; the file must be private then
-        raise ConfigError(f"{path}: {key} holds a secret but the file is readable by group/others "
-                          f"(mode {mode & 0o777:04o}); chmod 600 it — or better, keep secrets in their own 0600 "
-                          "files (pgpass, MySQL option files)")
+        problems.append(f"{key} holds a secret but the file is readable by group/others "
+                        f"(mode {mode & 0o777:04o}); chmod 600 {path} — or better, keep secrets in their own 0600 "
+                        "files (pgpass, MySQL option files)")
+    try:
+        cfg = parse(data, path)
+    except ConfigError as e:
+        raise ConfigError("\n  ".join([str(e), *problems])) from None
+    if problems:
+        raise ConfigError(f"{path}: invalid configuration\n  " + "\n  ".join(problems))
     return cfg
 
 

@@ -30,7 +30,16 @@ from pydantic import ValidationError
 
 from snapagent import __version__, chains, cleanup, copies, places, signals
 from snapagent.config import Config, Job
-from snapagent.errors import ConfigError, FreezeOverrun, Interrupted, OperationFailed, PreflightFailed, SnapshotFailed
+from snapagent.errors import (
+    ConfigError,
+    FreezeOverrun,
+    Interrupted,
+    OperationFailed,
+    PreflightFailed,
+    SnapagentError,
+    SnapshotFailed,
+    UsageError,
+)
 from snapagent.joblock import JobLock
 from snapagent.journal import Journal, read_open
 from snapagent.manifest import ExtraRecord, Freeze, FreezeStep, Manifest, QuiescerRecord, Volume
@@ -123,36 +132,77 @@ class BackupRun:
 
     # -- preflight ------------------------------------------------------------------------------
     def preflight(self) -> None:
-        """Check everything and take nothing; raise PreflightFailed naming what is wrong."""
+        """Check everything and take nothing; raise PreflightFailed naming every problem found
+        (a ConfigError when one of them is the config's: an option file that became unreadable)."""
+        problems = self.preflight_problems()
+        if len(problems) == 1:
+            raise problems[0]
+        if problems:
+            cls = next((type(e) for e in problems if isinstance(e, UsageError)), PreflightFailed)
+            raise cls(f"preflight of job {self.job.name!r} failed:\n  " + "\n  ".join(map(str, problems)))
+
+    def preflight_problems(self) -> list[SnapagentError]:
+        """Run every check of the preflight — the driver (tools, volumes), where each quiescer's
+        files lie, each quiescer's own preflight (connection, grants, modes), the target, the state
+        dir — and return every failure, not only the first; take nothing."""
+        problems: list[SnapagentError] = []
+
+        def check(fn: Callable[..., Any], *args: Any) -> Any:
+            try:
+                return fn(*args)
+            except SnapagentError as e:
+                problems.append(e)
+                return None
+
         vols = list(self.job.cfg.volumes)
-        roots = self.driver.preflight(vols)
-        if len(roots) != len(vols):
-            raise PreflightFailed(f"driver {self.driver.name!r} named {len(roots)} volume roots for {len(vols)} volumes")
-        self.ctx.volume_roots = list(roots)
+        roots = check(self.driver.preflight, vols)
+        if roots is not None and len(roots) != len(vols):
+            problems.append(PreflightFailed(f"driver {self.driver.name!r} named {len(roots)} volume roots for {len(vols)} volumes"))
+            roots = None
+        # the quiescers are still checked when the driver failed (their connections and grants)
+        self.ctx.volume_roots = list(roots) if roots is not None else [Path(v) for v in vols]
         self.ctx.atomic = bool(self.driver.atomic)
         for q in self.quiescers:
-            for f in q.files():
-                try:
-                    check_abspath(str(f))
-                except ValueError as e:
-                    raise PreflightFailed(f"{q.describe()}: {e}") from None
-                for i, root in enumerate(roots):
-                    if is_within(f, root):
-                        self.locations[str(f)] = (i, os.path.relpath(os.path.realpath(f), os.path.realpath(root)))
-                        break
-                else:
-                    raise PreflightFailed(
-                        f"{q.describe()}: {f} is not on any volume of job {self.job.name!r} "
-                        f"({', '.join(map(str, roots))}); its snapshot would not hold it")
-        self._check_places(vols, roots)
-        for q in self.quiescers:
-            q.preflight()
-        self.target.preflight(self.job.name)
+            files = check(q.files)
+            if files is None:  # it could not even tell (no connection): its preflight would say it again
+                continue
+            if roots is not None:
+                check(self._place_files, q, files, roots)
+            check(q.preflight)
+        if roots is not None:
+            check(self._check_places, vols, roots)
+        check(self.target.preflight, self.job.name)
         probe = self.state_dir
         while not probe.exists() and probe != probe.parent:
             probe = probe.parent
         if not os.access(probe, os.W_OK | os.X_OK):
-            raise PreflightFailed(f"state_dir {self.state_dir} is not writable ({probe} is not)")
+            problems.append(PreflightFailed(f"state_dir {self.state_dir} is not writable ({probe} is not)"))
+        return problems
+
+    def preflight_report(self) -> list[SnapagentError]:
+        """``config check --connect``: return every preflight problem (``preflight_problems``);
+        the quiescers' sessions are closed afterwards."""
+        try:
+            return self.preflight_problems()
+        finally:
+            self._close_quiescers()
+
+    def _place_files(self, q: Quiescer, files: list[Path], roots: list[Path]) -> None:
+        """Record which volume (of ``roots``) holds each of ``q``'s ``files`` (``self.locations``).
+        Raise PreflightFailed for a file on no volume."""
+        for f in files:
+            try:
+                check_abspath(str(f))
+            except ValueError as e:
+                raise PreflightFailed(f"{q.describe()}: {e}") from None
+            for i, root in enumerate(roots):
+                if is_within(f, root):
+                    self.locations[str(f)] = (i, os.path.relpath(os.path.realpath(f), os.path.realpath(root)))
+                    break
+            else:
+                raise PreflightFailed(
+                    f"{q.describe()}: {f} is not on any volume of job {self.job.name!r} "
+                    f"({', '.join(map(str, roots))}); its snapshot would not hold it")
 
     def _check_places(self, vols: list[str], roots: list[Path]) -> None:
         """Refuse (ConfigError, exit 2) a configured snapshot place inside a volume or a database's data."""

@@ -136,6 +136,13 @@ class BtrfsDriver(BtrfsChainMixin, Driver):
         return {}
 
     # -- preflight ------------------------------------------------------------------------------
+    @classmethod
+    def volume_refusal(cls, volume: str) -> str | None:
+        if not Path(volume).is_absolute():
+            return (f"{volume!r} is relative; btrfs volumes are absolute subvolume paths (a relative one "
+                    "would depend on the directory snapagent is started in)")
+        return None
+
     def preflight(self, volumes: list[str]) -> list[Path]:
         """Check tools, that each volume is a btrfs subvolume (and its snapshot_dir on btrfs);
         return the volumes as directories. Raise PreflightFailed naming the volume."""

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from snapagent.cli.output import human_size as _size
-from snapagent.errors import EXIT_FAILED, EXIT_OK, OperationFailed, SnapagentError, UsageError
+from snapagent.errors import EXIT_FAILED, EXIT_OK, ConfigError, OperationFailed, PreflightFailed, SnapagentError, UsageError
 from snapagent.util import logfields
 from snapagent.util.durations import format_duration, parse_duration
 
@@ -317,8 +317,20 @@ def do_cleanup(args, out) -> int:
 
 
 def do_config_check(args, out) -> int:
+    """The gate: the config (``_config`` refuses an invalid one), the programs it names and, with
+    --connect, each job's preflight. Every problem on its own line; exit 2 when a config change
+    fixes one of them, 1 when only the host or a server does (a missing grant, a volume)."""
+    from snapagent import gate
+
     cfg = _config(args)
-    summary = {"config": str(cfg.path), "ok": True,
+    runner = _runner(cfg, out, dry_run=True)
+    problems = gate.program_problems(cfg, runner)
+    if args.connect:
+        problems += gate.connect_problems(cfg, runner)
+    if problems:
+        cls = ConfigError if any(p.config for p in problems) else PreflightFailed
+        raise cls(f"{cfg.path}: {len(problems)} problem(s)" + "".join(f"\n  {p.text}" for p in problems))
+    summary = {"config": str(cfg.path), "ok": True, "connected": bool(args.connect),
                "jobs": {n: {"driver": j.cfg.driver, "volumes": j.cfg.volumes, "target": j.target_name,
                             "quiescers": [c.type for c, _ in j.quiescers], "export": j.export}
                         for n, j in cfg.jobs.items()},
@@ -326,7 +338,8 @@ def do_config_check(args, out) -> int:
     if out.json:
         out.emit(summary)
     else:
-        out.line(f"{cfg.path}: ok ({len(cfg.jobs)} job(s), {len(cfg.targets)} target(s))")
+        checked = "every job's preflight passed" if args.connect else "add --connect to run each job's preflight too"
+        out.line(f"{cfg.path}: ok ({len(cfg.jobs)} job(s), {len(cfg.targets)} target(s)); {checked}")
         for n, j in summary["jobs"].items():
             out.line(f"  job {n}: {j['driver']} {j['volumes']} -> {j['target']}, quiesce {j['quiescers'] or 'none'}")
     return EXIT_OK

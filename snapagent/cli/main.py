@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     csub = sp.add_subparsers(dest="config_command", metavar="SUBCOMMAND", parser_class=_Parser)
     csub.required = True
     cc = csub.add_parser("check", help="validate the configuration and the plugins it names", parents=[common])
+    cc.add_argument("--connect", action="store_true",
+                    help="also run each job's preflight as a backup would: tools, volumes, database connections and "
+                         "grants, target (takes nothing; exit 1 when only the host or a server is wrong)")
     cc.set_defaults(func=commands.do_config_check)
     sp = cmd("check", "Nagios/Icinga plugin: is the newest backup recent and did the last run succeed? "
                       "(exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)", commands.do_check)

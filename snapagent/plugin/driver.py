@@ -95,6 +95,12 @@ class Driver:
         #: The run's step journal, set by the engine before ``snapshot``/``restore`` (None in dry run).
         self.journal: Journal | None = None
 
+    @classmethod
+    def volume_refusal(cls, volume: str) -> str | None:
+        """Config check, before anything runs: return why ``volume`` can never name one of this
+        driver's volumes (e.g. a relative path where an absolute one is needed), or None."""
+        return None
+
     def preflight(self, volumes: list[str]) -> list[Path]:
         """Check tools, that each volume exists and is of this driver's kind; take nothing.
 

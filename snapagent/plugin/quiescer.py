@@ -105,6 +105,19 @@ class Quiescer:
         #: unset, the window counts from the moment ``quiesce`` was called (acquisition included).
         self.held_at: float | None = None
 
+    @classmethod
+    def lock_waits(cls, cfg: Any) -> dict[str, float]:
+        """Config check: return the keys of ``cfg`` set explicitly that bound how long taking the
+        lock may wait (seconds). The engine cuts every wait at the job's max_lock_wait (default
+        max_freeze; for all but the first quiescer also max_freeze), so a longer one is refused."""
+        return {}
+
+    @classmethod
+    def programs(cls, cfg: Any) -> dict[str, str]:
+        """Config check: return the programs ``cfg`` names, by key (e.g. a command hook's argv[0]);
+        ``config check`` refuses one that is not found (through ``agent.tools`` and PATH)."""
+        return {}
+
     def files(self) -> list[Path]:
         """Return the live files/directories that must lie on the job's volumes."""
         return []

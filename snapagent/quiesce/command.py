@@ -98,6 +98,10 @@ class CommandQuiescer(Quiescer):
     releases_on_death = True  # the hold process sees EOF; a `pre` lock is not (see __init__)
     consistency = "application"
 
+    @classmethod
+    def programs(cls, cfg: CommandConfig) -> dict[str, str]:
+        return {key: argv[0] for key in ("pre", "post", "hold") if (argv := getattr(cfg, key)) is not None}
+
     def __init__(self, cfg: CommandConfig, ctx):
         super().__init__(cfg, ctx)
         self.name = cfg.name or (cfg.pre or cfg.hold or ["?"])[0]

@@ -72,6 +72,10 @@ class SqliteQuiescer(Quiescer):
     releases_on_death = True  # the write lock is a POSIX lock of the agent's own descriptor
     consistency = "application"
 
+    @classmethod
+    def lock_waits(cls, cfg: SqliteConfig) -> dict[str, float]:
+        return {"busy_timeout": cfg.busy_timeout} if "busy_timeout" in cfg.model_fields_set else {}
+
     def __init__(self, cfg: SqliteConfig, ctx):
         super().__init__(cfg, ctx)
         self.conn: sqlite3.Connection | None = None

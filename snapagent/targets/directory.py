@@ -20,10 +20,10 @@ import stat
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Annotated, Iterator, Literal
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from snapagent import manifest as manifestmod
-from snapagent.config import Strict
+from snapagent.config import Strict, absolute
 from snapagent.errors import NotFound, PreflightFailed, TargetFailed, VerifyFailed
 from snapagent.manifest import Artifact, Manifest, ManifestDamaged
 from snapagent.plugin.target import Damaged, Stored, Target, Writer, listing_order
@@ -44,6 +44,7 @@ DELETING = ".deleting-"
 
 class DirectoryConfig(Strict):
     path: Path
+    _absolute = field_validator("path")(absolute)
     compression: Literal["zstd", "none"] = "zstd"
     zstd_level: int = Field(default=3, ge=1, le=19)
     zstd_threads: int = Field(default=-1, ge=-1, le=64)  # -1: one per core

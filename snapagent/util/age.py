@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 import threading
 from pathlib import Path
 from typing import IO
 
 from snapagent.errors import UsageError
+from snapagent.util.secretfiles import secret_stat_problem
 
 HEADER = b"age-encryption.org/v1\n"
 RECIPIENT_RE = re.compile(r"^age1[02-9ac-hj-np-z]{58}$")
@@ -58,7 +58,8 @@ class Identities:
 def load_identities(path: Path, arg: str = "--identity") -> Identities:
     """Read an age identity file (``age-keygen`` output: comments and ``AGE-SECRET-KEY-1…`` lines).
     Raise UsageError naming ``arg`` when it is missing, not a regular file, readable by anyone but
-    its owner (it must be 0600 or stricter), or holds no valid identity."""
+    its owner (it must be 0600 or stricter), owned by another user than root or the running one
+    (``snapagent.util.secretfiles``), or holds no valid identity."""
     import pyrage
 
     try:
@@ -67,11 +68,8 @@ def load_identities(path: Path, arg: str = "--identity") -> Identities:
         raise UsageError(f"{arg} {path}: cannot be read ({e.strerror})") from None
     with os.fdopen(fd, "rb") as f:
         st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise UsageError(f"{arg} {path}: not a regular file")
-        if st.st_mode & 0o077:
-            mode = stat.S_IMODE(st.st_mode)
-            raise UsageError(f"{arg} {path}: mode {mode:04o} lets others read the secret key; it must be 0600 (chmod 600 {path})")
+        if (why := secret_stat_problem(path, st)) is not None:
+            raise UsageError(f"{arg}: {why}")
         raw = f.read(MAX_IDENTITY_BYTES + 1)
     if len(raw) > MAX_IDENTITY_BYTES:
         raise UsageError(f"{arg} {path}: larger than any age identity file")

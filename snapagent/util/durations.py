@@ -26,6 +26,17 @@ def parse_duration(value: object) -> float:
     return seconds
 
 
+def parse_config_duration(value: object) -> float:
+    """A duration in the config: like ``parse_duration``, but the unit is required. A bare number
+    is refused, since the tools it stands beside disagree on the unit (SQLite's busy_timeout is in
+    milliseconds, MySQL's lock_wait_timeout in seconds). Raises ValueError asking for a unit."""
+    if (isinstance(value, (int, float)) and not isinstance(value, bool)) or \
+            (isinstance(value, str) and (m := _RE.match(value)) and not m.group(2)):
+        raise ValueError(f"{value!r} has no unit; write it with one, e.g. \"{value}s\" or \"{value}ms\" "
+                         "(a bare number is ambiguous: seconds? milliseconds?)")
+    return parse_duration(value)
+
+
 def format_duration(seconds: float) -> str:
     """Return a short human form of ``seconds`` (``850ms``, ``12.3s``, ``4m05s``)."""
     if seconds < 1:

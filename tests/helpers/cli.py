@@ -27,15 +27,16 @@ def toml_str(s: object) -> str:
 
 
 def write_config(workdir: Path, jobs: str, extra: str = "", agent: str = "") -> Path:
-    """Write ``workdir/snapagent.toml`` with state dir ``workdir/state`` and a ``local`` directory
-    target at ``workdir/backups``; ``agent`` adds lines to ``[agent]``, ``extra`` adds sections
-    before ``jobs``. Return its path."""
+    """Write ``workdir/snapagent.toml`` (mode 0600, as the docs say: its commands run as root) with
+    state dir ``workdir/state`` and a ``local`` directory target at ``workdir/backups``; ``agent``
+    adds lines to ``[agent]``, ``extra`` adds sections before ``jobs``. Return its path."""
     (workdir / "state").mkdir(exist_ok=True)
     cfg = workdir / "snapagent.toml"
     cfg.write_text(
         f"[agent]\nstate_dir = {toml_str(workdir / 'state')}\n{agent}\n"
         f"[targets.local]\ntype = \"directory\"\npath = {toml_str(workdir / 'backups')}\n\n{extra}\n{jobs}\n"
     )
+    cfg.chmod(0o600)
     return cfg
 
 

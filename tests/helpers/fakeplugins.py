@@ -70,7 +70,7 @@ class FakeQ(Quiescer):
 def backup_run(tmp_path: Path, quiescers: list[dict], max_freeze: float = 10.0,
                fail_snapshot: bool = False) -> tuple[BackupRun, Config]:
     """Return a BackupRun of job ``app`` with FakeDriver and one FakeQ per entry of ``quiescers``."""
-    jc = JobConfig(driver="fake", volumes=["/v1", "/v2"], target="local", max_freeze=max_freeze)
+    jc = JobConfig(driver="fake", volumes=["/v1", "/v2"], target="local", max_freeze=f"{max_freeze}s")
     FakeDriver.fail_snapshot = fail_snapshot
     job = Job("app", jc, FakeDriver, None, [(FakeQ, q) for q in quiescers], "local")
     raw = RawConfig(agent={"state_dir": str(tmp_path / "state")},

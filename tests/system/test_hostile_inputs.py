@@ -109,6 +109,22 @@ def test_bad_config_path(config_arg, tmp_path, traced):
     assert traced.read_text() == ""
 
 
+@pytest.mark.parametrize("mode", [0o666, 0o620])
+def test_a_config_others_can_change_runs_nothing(mode, tmp_path, traced):
+    """Its argv lists run as root: a config writable by group/others is refused before anything
+    in it runs, naming the file and the fix."""
+    cfg = valid_config(tmp_path)
+    cfg.write_text(cfg.read_text() + '[[jobs.app.quiesce]]\ntype = "command"\n'
+                   f'pre = ["/usr/bin/touch", {toml_str(PWNED)}]\n')
+    cfg.chmod(mode)
+    before = tree(tmp_path)
+    for args in (["backup", "app"], ["config", "check"]):
+        r = snapagent(*args, config=cfg, trace=traced)
+        assert r.returncode == 2 and f"{cfg} is writable by group/others (mode {mode:04o})" in r.stderr, r.stderr
+        assert f"chmod 600 {cfg}" in r.stderr and "Traceback" not in r.stderr and r.stdout == ""
+    assert traced.read_text() == "" and tree(tmp_path) == before and not PWNED.exists()
+
+
 def test_the_corpus_is_large_enough():
     assert len(INVALID) + len(BAD_ARGS) + 2 >= 50
 

@@ -381,6 +381,28 @@ def test_password_from_option_file_only(server, workdir):
     print(f"\nloose option file: {r.stderr.strip()}")
 
 
+def test_missing_grants_are_refused_by_the_gate(server, workdir):
+    """An account without RELOAD and PROCESS: `config check --connect`, `backup --dry-run` and the
+    backup itself refuse in preflight, naming both and the GRANT statement to run — before any
+    lock, without a warning about a lock never taken. Running that statement makes it pass."""
+    server.sql("CREATE USER 'snap_weak'@'localhost'")  # no password: the socket as root, user snap_weak
+    try:
+        server.sql("GRANT BINLOG MONITOR ON *.* TO 'snap_weak'@'localhost'")
+        cfg = write_config(workdir, job(server, user="snap_weak"))
+        grant = "GRANT RELOAD, PROCESS ON *.* TO 'snap_weak'@'localhost';"
+        for args in (["config", "check", "--connect"], ["backup", "db", "--dry-run"], ["backup", "db"]):
+            r = snapagent(*args, config=cfg)
+            assert r.returncode == 1 and "lacks RELOAD, PROCESS (RELOAD: method backup-stage" in r.stderr, r.stderr
+            assert grant in r.stderr and "warning" not in r.stderr.lower() and "Traceback" not in r.stderr, r.stderr
+        assert snapagent("list", "db", config=cfg, check=True).stderr.strip() == "no backups"
+        print(f"\nrefused: {r.stderr.strip()}")
+        server.sql(grant.rstrip(";"))
+        r = snapagent("config", "check", "--connect", config=cfg)
+        assert r.returncode == 0 and "every job's preflight passed" in r.stdout, r.stderr
+    finally:
+        server.sql("DROP USER 'snap_weak'@'localhost'")
+
+
 def doc_block() -> str:
     text = (ROOT / "docs" / "databases.md").read_text()
     section = text.split("## MySQL / MariaDB", 1)[1]

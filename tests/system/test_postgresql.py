@@ -194,6 +194,15 @@ def test_checkpoint_mode_hot_backup_restore_and_drill(pg_ok, subvol, workdir, cl
     cfg = write_config(workdir, job_toml([vol], dsn=c.dsn.replace("user=postgres", "user=weak")))
     r = snapagent("backup", "db", config=cfg)
     assert r.returncode == 1 and "lacks privileges" in r.stderr and "pg_read_all_settings" in r.stderr, r.stderr
+    # the gate reaches the same checks, grants included: each missing one named, then a pass
+    for grant, missing in (("pg_read_all_settings", "pg_read_all_settings"), ("pg_checkpoint", "pg_checkpoint"), (None, None)):
+        r = snapagent("config", "check", "--connect", config=cfg)
+        if missing is None:
+            assert r.returncode == 0 and "every job's preflight passed" in r.stdout, r.stderr
+        else:
+            assert r.returncode == 1 and "jobs.db: postgresql: " in r.stderr and missing in r.stderr, r.stderr
+            c.sql(f"GRANT {grant} TO weak")
+    assert no_snapshots(vol)
     cfg = write_config(workdir, job_toml([vol], dsn=c.dsn, mode="backup-api", wal_archive=workdir))
     r = snapagent("backup", "db", config=cfg)
     assert r.returncode == 1 and "archiving is off (archive_mode = off)" in r.stderr, r.stderr

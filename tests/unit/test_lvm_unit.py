@@ -367,7 +367,7 @@ def test_export_fails_naming_snap_percent_when_snapshot_fills(mounts, tmp_path):
     from snapagent.plugin.driver import Snapshot
 
     r = lvm_runner(answers, stream=lambda argv: ["sleep", "30"])  # a tar that would take 30 s
-    d = LvmDriver(r, LvmOptions(mount_base=base, poll_interval=0.05))
+    d = LvmDriver(r, LvmOptions(mount_base=base, poll_interval="0.05s"))
     snap = Snapshot("vg0/data", ref, "snapagent-j-1", {"fstype": "ext4", "cow_bytes": 4 * MIB})
     t0 = time.monotonic()
     with pytest.raises(SnapshotFailed) as e:

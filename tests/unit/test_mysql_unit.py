@@ -57,8 +57,9 @@ class FakeServer:
     """Answers the quiescer's statements like a server of ``version``; ``fail`` maps SQL -> error."""
 
     def __init__(self, version="10.11.6-MariaDB-0+deb12u1-log", comment="Debian 12", datadir="/srv/my sql/data/",
-                 log_bin="ON", extra_vars=None, processlist=(), non_innodb=()):
-        self.version, self.comment = version, comment
+                 log_bin="ON", extra_vars=None, processlist=(), non_innodb=(),
+                 grants=("GRANT ALL PRIVILEGES ON *.* TO `root`@`localhost` WITH GRANT OPTION",)):
+        self.version, self.comment, self.grants = version, comment, list(grants)
         self.vars = {"datadir": datadir, "innodb_log_group_home_dir": "./", "innodb_undo_directory": "./",
                      "innodb_data_home_dir": "", "log_bin": log_bin,
                      "log_bin_basename": datadir.rstrip("/") + "/mysql-bin",
@@ -84,6 +85,10 @@ class FakeServer:
             return ["Variable_name", "Value"], [(k, v) for k, v in self.vars.items() if k in args]
         if sql == "SELECT CONNECTION_ID()":
             return ["id"], [(conn.cid,)]
+        if sql == "SHOW GRANTS":
+            return ["Grants"], [(g,) for g in self.grants]
+        if sql == "SELECT CURRENT_USER()":
+            return ["u"], [("snap@localhost",)]
         if "PROCESSLIST" in sql:
             return ["ID", "USER", "HOST", "DB", "COMMAND", "TIME", "STATE"], self.processlist
         if "information_schema.TABLES" in sql:
@@ -383,3 +388,54 @@ def test_restored_paths_never_follow_a_symlink_out_of_the_copy(tmp_path):
     assert mr.restored_path(record, locate, "/var/lib/mysql/run/hostname") is None
     assert mr.restored_path(record, locate, "/var/lib/mysql/real.pid") == root / "datadir" / "real.pid"
     assert mr.restored_path(record, locate, "/var/lib/mysql/../../etc/passwd") is None
+
+
+@pytest.mark.parametrize("version, grants, method, missing", [
+    ("10.11.6-MariaDB", ["GRANT PROCESS, BINLOG MONITOR ON *.* TO `snap`@`localhost`"], "backup-stage", "RELOAD"),
+    ("10.11.6-MariaDB", ["GRANT USAGE ON *.* TO `snap`@`localhost`", "GRANT ALL PRIVILEGES ON `app`.* TO `snap`@`localhost`"],
+     "backup-stage", "RELOAD, PROCESS"),
+    ("8.0.36", ["GRANT RELOAD, PROCESS ON *.* TO `snap`@`localhost`"], "lock-instance", "BACKUP_ADMIN"),
+    ("5.7.44", ["GRANT RELOAD ON *.* TO 'snap'@'localhost'"], "ftwrl", "PROCESS"),
+])
+def test_preflight_names_the_missing_grant(fake, version, grants, method, missing):
+    fake(version=version, comment="x", grants=grants)
+    q = quiescer(method=method) if method == "lock-instance" else quiescer()
+    with pytest.raises(PreflightFailed) as e:
+        q.preflight()
+    msg = str(e.value)
+    assert f"the account 'snap'@'localhost' lacks {missing} (" in msg, msg
+    assert f"GRANT {missing} ON *.* TO 'snap'@'localhost';" in msg, msg
+
+
+@pytest.mark.parametrize("version, grants, method", [
+    ("10.11.6-MariaDB", ["GRANT RELOAD, PROCESS, BINLOG MONITOR ON *.* TO `snap`@`localhost`"], "backup-stage"),
+    ("8.0.36", ["GRANT RELOAD, PROCESS ON *.* TO `snap`@`%`", "GRANT BACKUP_ADMIN,SYSTEM_USER ON *.* TO `snap`@`%`"],
+     "lock-instance"),
+])
+def test_preflight_accepts_the_documented_grants(fake, version, grants, method):
+    fake(version=version, comment="x", grants=grants)
+    q = quiescer(method=method) if method == "lock-instance" else quiescer()
+    q.preflight()
+    assert q.method == method
+
+
+def test_grants_through_a_role_are_left_to_the_server(fake):
+    fake(grants=["GRANT USAGE ON *.* TO `snap`@`localhost`", "GRANT `backup_role` TO `snap`@`localhost`"])
+    q = quiescer()
+    q.preflight()
+    assert q.method == "backup-stage"
+
+
+def test_a_refused_lock_leaves_nothing_to_release(fake):
+    """BACKUP STAGE START refused (no RELOAD): release sends no BACKUP STAGE END (it would fail
+    and warn about a lock never taken)."""
+    import pymysql
+
+    server = fake()
+    server.fail["BACKUP STAGE START"] = pymysql.err.OperationalError(1227, "Access denied; you need the RELOAD privilege")
+    q = quiescer()
+    q.preflight()
+    with pytest.raises(QuiesceFailed, match="RELOAD"):
+        q.quiesce(time.monotonic() + 5)
+    q.release()
+    assert not [s for c in server.conns for s in c.log if s.startswith(("BACKUP STAGE END", "UNLOCK"))]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,6 +139,30 @@ def query_dicts(conn, sql: str, args: Any = None) -> list[dict[str, Any]]:
 def quote_ident(name: str) -> str:
     """Return ``name`` as a backquoted MySQL identifier."""
     return "`" + name.replace("`", "``") + "`"
+
+
+_GLOBAL_GRANT = re.compile(r"^GRANT (.+?) ON \*\.\* TO ", re.I)
+_ROLE_GRANT = re.compile(r"^GRANT [^ ]+ TO ", re.I)  # GRANT `role` TO … (no ON): privileges held through a role
+
+
+def global_privileges(conn) -> tuple[set[str], bool]:
+    """Return the global (``ON *.*``) privileges ``SHOW GRANTS`` lists for the session's account,
+    upper case (``"ALL PRIVILEGES"`` when granted so), and whether the account holds roles (whose
+    privileges that list may not show)."""
+    out: set[str] = set()
+    roles = False
+    for (line,) in query(conn, "SHOW GRANTS"):
+        if m := _GLOBAL_GRANT.match(str(line)):
+            out.update(p.strip().upper() for p in m.group(1).split(","))
+        elif " ON " not in str(line).upper() and _ROLE_GRANT.match(str(line)):
+            roles = True
+    return out, roles
+
+
+def current_account(conn) -> str:
+    """Return the session's account as ``'user'@'host'`` (``CURRENT_USER()``), for a GRANT statement."""
+    user, _, host = str(query(conn, "SELECT CURRENT_USER()")[0][0]).rpartition("@")
+    return f"'{user}'@'{host}'"
 
 
 @dataclass

@@ -34,6 +34,7 @@ from snapagent.config import Duration, Strict
 from snapagent.errors import PreflightFailed, QuiesceFailed
 from snapagent.plugin.quiescer import Locate, ProbeResult, Quiescer, RestoreContext
 from snapagent.quiesce.mysql import connection as mc
+from snapagent.util.secretfiles import check_secret_file
 
 log = logging.getLogger("snapagent.quiesce.mysql")
 
@@ -72,6 +73,12 @@ class MysqlConfig(Strict):
             raise ValueError("must be an absolute path")
         return v
 
+    @field_validator("option_file")
+    @classmethod
+    def _private(cls, v: Path | None) -> Path | None:
+        # it may hold the password: it must exist now, 0600, owned by root or us (not at backup time)
+        return None if v is None else check_secret_file(v)
+
     @field_validator("port")
     @classmethod
     def _port(cls, v: int | None) -> int | None:
@@ -104,6 +111,10 @@ class MysqlQuiescer(Quiescer):
     Config = MysqlConfig
     releases_on_death = True  # the lock belongs to the agent's session; the server ends it on EOF
     consistency = "application"
+
+    @classmethod
+    def lock_waits(cls, cfg: MysqlConfig) -> dict[str, float]:
+        return {"lock_wait_timeout": cfg.lock_wait_timeout} if "lock_wait_timeout" in cfg.model_fields_set else {}
 
     def __init__(self, cfg: MysqlConfig, ctx):
         super().__init__(cfg, ctx)
@@ -202,6 +213,7 @@ class MysqlQuiescer(Quiescer):
         self._connect()
         self.files()
         self.method = self._choose_method()
+        self._check_grants()
         self._warn_split_innodb(self._volume_of(self.files()[0]))
         self.rec.update(flavor=self.info.flavor, version=self.info.version, method=self.method,
                         consistency="crash" if self.method == "lock-instance" else "application",
@@ -209,6 +221,31 @@ class MysqlQuiescer(Quiescer):
                         server={k: self.info.variables.get(k) for k in mc.VARIABLES if k != "socket"})
         if self.cfg.long_query_policy == "refuse":
             self._refuse_long_queries()
+
+    def _check_grants(self) -> None:
+        """Refuse when the account lacks a global privilege the chosen method needs (RELOAD for
+        FTWRL and BACKUP STAGE, BACKUP_ADMIN for LOCK INSTANCE) or the long-query guard needs
+        (PROCESS: without it the processlist shows only the account's own sessions), naming the
+        GRANT statement to run. When the grants cannot be read, or may come through a role, the
+        statements themselves will tell."""
+        need = {"ftwrl": ["RELOAD"], "backup-stage": ["RELOAD"], "lock-instance": ["BACKUP_ADMIN"]}[self.method] + ["PROCESS"]
+        try:
+            grants, roles = mc.global_privileges(self.control)
+        except Exception as e:  # noqa: BLE001 - an unreadable grant list is not a refusal
+            log.debug("mysql: cannot read the account's grants: %s", e)
+            return
+        missing = [p for p in need if p not in grants and "ALL PRIVILEGES" not in grants]
+        if missing and roles:  # a role may hold them: its statements will tell
+            log.debug("mysql: %s not granted directly; the account's roles may hold them", ", ".join(missing))
+        elif missing:
+            account = mc.current_account(self.control)
+            why = {"RELOAD": f"method {self.method} takes its lock with it",
+                   "BACKUP_ADMIN": "method lock-instance takes LOCK INSTANCE FOR BACKUP with it",
+                   "PROCESS": "the long-query check sees other sessions only with it"}
+            raise PreflightFailed(
+                f"mysql: the account {account} lacks {', '.join(missing)} "
+                f"({'; '.join(f'{p}: {why[p]}' for p in missing)}); as an administrator run: "
+                f"GRANT {', '.join(missing)} ON *.* TO {account};")
 
     def _warn_split_innodb(self, datadir_vol: str | None) -> None:
         if self.ctx.atomic:
@@ -291,19 +328,21 @@ class MysqlQuiescer(Quiescer):
         self.rec["locked_at"] = _utc(time.time())
         self.rec.update(self._positions())
 
+    # A release statement is due only once the statement it undoes succeeded: after a refused
+    # BACKUP STAGE START, "BACKUP STAGE END" would fail too and warn about a lock never taken.
     def _lock_ftwrl(self, until: float) -> None:
         self._exec("FLUSH TABLES", until)
-        self._release_sql = ["UNLOCK TABLES"]
         self._exec("FLUSH TABLES WITH READ LOCK", until)
+        self._release_sql = ["UNLOCK TABLES"]
 
     def _lock_backup_stage(self, until: float) -> None:
-        self._release_sql = ["BACKUP STAGE END"]
         self._exec("BACKUP STAGE START", until)
+        self._release_sql = ["BACKUP STAGE END"]
         self._exec("BACKUP STAGE BLOCK_COMMIT", until)
 
     def _lock_instance(self, until: float) -> None:
-        self._release_sql = ["UNLOCK INSTANCE"]
         self._exec("LOCK INSTANCE FOR BACKUP", until)
+        self._release_sql = ["UNLOCK INSTANCE"]
         tables = mc.query(self.conn,
                           "SELECT TABLE_SCHEMA, TABLE_NAME FROM information_schema.TABLES WHERE TABLE_TYPE = 'BASE TABLE' "
                           "AND ENGINE IS NOT NULL AND ENGINE <> 'InnoDB' AND TABLE_SCHEMA NOT IN (%s, %s, %s, %s)",

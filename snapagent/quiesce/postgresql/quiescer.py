@@ -37,6 +37,7 @@ from snapagent.errors import PreflightFailed, QuiesceFailed
 from snapagent.plugin.quiescer import ExtraArtifact, Locate, ProbeResult, Quiescer, RestoreContext
 from snapagent.quiesce.postgresql import wal
 from snapagent.util.fs import is_within
+from snapagent.util.secretfiles import check_secret_file
 
 log = logging.getLogger("snapagent.quiesce.postgresql")
 
@@ -64,6 +65,12 @@ class PostgresConfig(Strict):
         if "password" in parts:
             raise ValueError("must not contain a password (it would end up in configs and logs); "
                              "use a pgpass file: passfile=/path or $PGPASSFILE, mode 0600")
+        for key in ("passfile", "sslkey"):  # secrets libpq reads: private now, not at backup time
+            if parts.get(key):
+                try:
+                    check_secret_file(Path(parts[key]))
+                except ValueError as e:
+                    raise ValueError(f"{key}: {e}") from None
         return v
 
     @field_validator("wal_archive", "bindir")

@@ -2,43 +2,28 @@
 
 In: the TOML keys. Out: a frozen ResticConfig. Raised: pydantic errors that name the key (the
 config loader turns them into one ConfigError, exit 2). Secret files must exist, be regular files
-and be mode 0600 (checked here, before anything runs); the environment file's values are read only
-when a command runs and are never logged.
+of mode 0600 owned by root or the running user (``snapagent.util.secretfiles``, checked here,
+before anything runs); the environment file's values are read only when a command runs and are
+never logged.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import socket
-import stat
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
 from snapagent.config import Strict
+from snapagent.util.secretfiles import check_secret_file
 
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 #: Names an environment file may not set: snapagent sets the repository and password itself, and
 #: these would change which program runs or how.
 _FORBIDDEN = re.compile(r"^(RESTIC_PASSWORD.*|RESTIC_REPOSITORY.*|RESTIC_KEY_HINT|PATH|HOME|LD_.*|LC_ALL|SNAPAGENT_.*)$")
 _SCHEMES = ("rest:", "s3:", "sftp:", "b2:", "azure:", "gs:", "swift:", "rclone:")
-
-
-def check_secret_file(p: Path) -> Path:
-    """Return ``p`` when it is an absolute path to a regular file of mode 0600; raise ValueError."""
-    if not p.is_absolute():
-        raise ValueError(f"must be an absolute path, got {str(p)!r}")
-    try:
-        st = os.stat(p)
-    except OSError as e:
-        raise ValueError(f"{p}: {e.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise ValueError(f"{p} is not a regular file")
-    if stat.S_IMODE(st.st_mode) & 0o077:
-        raise ValueError(f"{p} has mode {stat.S_IMODE(st.st_mode):04o}; it holds a secret: chmod 600 it")
-    return p
 
 
 def parse_env_file(p: Path) -> dict[str, str]:
