@@ -2,7 +2,7 @@
 changed, against the full backup of the same subvolume — wall time, export phase, stream bytes
 and stored bytes. Target: the incremental costs ≤ 5 % of the full in time and in bytes.
 
-Data: one subvolume of 512 MiB (quick: 32 MiB) in 1 MiB files, half random, half compressible
+Data: one subvolume of 2 GiB (quick: 32 MiB) in 1 MiB files, half random, half compressible
 log lines. Two jobs back the same subvolume up to a directory target (zstd): ``full`` (``mode =
 "full"``, ``export = "send"``) and ``incr`` (``mode = "incremental"``: each backup sends the
 difference from the previous one). Before each ``incr`` backup ~1 % of the bytes are rewritten in
@@ -139,7 +139,7 @@ def compare(ctx: Context, b: Backups, files: list[Path], what: str) -> list[Row]
 
 
 def run(ctx: Context) -> list[Row]:
-    mb = ctx.scale(512, 32)
+    mb = ctx.scale(2048, 32)
     with btrfs_volume(ctx, mb * 3 + 512, "incr") as mnt:
         vol = mnt / "data"
         sh("btrfs", "subvolume", "create", vol)
