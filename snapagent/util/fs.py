@@ -41,3 +41,23 @@ def is_within(path: Path, root: Path) -> bool:
         return True
     except ValueError:
         return False
+
+
+def syncfs(paths: list[Path]) -> None:
+    """Flush every filesystem holding one of ``paths`` to disk (``syncfs(2)``, once per
+    filesystem): what a restore wrote survives a crash once it says it is done. Raise OSError."""
+    import ctypes  # only restores need it
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    seen: set[int] = set()
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            dev = os.fstat(fd).st_dev
+            if dev not in seen:
+                seen.add(dev)
+                if libc.syncfs(fd) != 0:
+                    e = ctypes.get_errno()
+                    raise OSError(e, os.strerror(e), str(p))
+        finally:
+            os.close(fd)
