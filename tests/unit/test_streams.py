@@ -1,5 +1,6 @@
 """The directory target's data path: a multi-threaded zstd store (bounded jobs, written back while
-writing) reads back byte for byte with every hash checked; a restore flushes what it wrote."""
+writing) reads back byte for byte with every hash checked; a restore flushes what it wrote; the
+pipes a restore feeds tar through hold a whole chunk."""
 
 from __future__ import annotations
 
@@ -60,3 +61,16 @@ def test_syncfs_flushes_once_per_filesystem_and_names_what_fails(tmp_path):
     result = restore.Restored({"volumes": [{"path": str(tmp_path / "gone")}]}, lambda live: tmp_path)
     with pytest.raises(OperationFailed, match="cannot flush the restored files to disk.*gone"):
         restore._durable(result)
+
+
+def test_widen_pipe_grows_a_pipe_and_leaves_anything_else():
+    import fcntl
+
+    r, w = os.pipe()
+    try:
+        with os.fdopen(w, "wb") as f:
+            fs.widen_pipe(f)
+            assert fcntl.fcntl(r, fcntl.F_GETPIPE_SZ) == 1 << 20
+    finally:
+        os.close(r)
+    fs.widen_pipe(io.BytesIO())  # no pipe: nothing happens, nothing raised
