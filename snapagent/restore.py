@@ -43,7 +43,7 @@ from snapagent.plugin.driver import (
 )
 from snapagent.plugin.quiescer import Locate, RestoreContext
 from snapagent.plugin.target import Stored
-from snapagent.util import logfields, progress, tar
+from snapagent.util import fs, logfields, progress, tar
 from snapagent.util.runner import Runner
 from snapagent.util.tar import ScanReport
 
@@ -192,6 +192,7 @@ def restore(config: Config, runner: Runner, backup_id: str, dest: Path | str, fo
         done = False
         try:
             result = restore_into(config, runner, checked, dest, force, allow_special, scope, say, selection)
+            _durable(result)
             done = True
         finally:
             scope.end(keep=lambda rec: done)
@@ -278,6 +279,18 @@ def _restore_paths(runner: Runner, checked: Checked, dest: Path, moved: str | No
             "(restore the whole backup for a database to start as it was)")
     summary = {"id": m.id, "dest": str(dest), "moved_aside": moved, "volumes": out_vols, "databases": []}
     return Restored(summary, locator(m, roots))
+
+
+def _durable(result: Restored) -> None:
+    """Flush what the restore wrote (its volumes, its extra artifacts) to disk before it reports
+    success, like ``tar -x …; sync`` (a drill's scratch copy needs no such flush); raise
+    OperationFailed when a filesystem cannot."""
+    paths = [Path(v["path"]) for v in result.summary["volumes"]]
+    paths += [Path(a["restored"]) for rec in result.records for a in rec.get("artifacts", [])]
+    try:
+        fs.syncfs(paths)
+    except OSError as e:
+        raise OperationFailed(f"cannot flush the restored files to disk ({e.strerror or e}): {e.filename}") from None
 
 
 def _prepare_directory(dest: Path, force: bool, held: Held, driver: str) -> str | None:

@@ -81,7 +81,7 @@ class DirectoryWriter(Writer):
         try:
             fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "wb") as f:
-                sink = HashingSink(f)
+                sink = HashingSink(f, writeback=True)
                 if cfg.encryption == "age":
                     raw_size, plain = store_encrypted(stream, sink, cfg)
                 else:
@@ -105,7 +105,7 @@ class DirectoryWriter(Writer):
         try:
             fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "wb") as f:
-                sink = HashingSink(f)
+                sink = HashingSink(f, writeback=True)
                 while chunk := read_chunk(stream):
                     sink.write(chunk)
                 f.flush()

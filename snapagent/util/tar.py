@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import IO, Iterable, Sequence
 
 from snapagent.errors import CommandFailed, RestoreRefused
+from snapagent.util.fs import widen_pipe
 from snapagent.util.runner import Runner
 
 CHUNK = 1 << 20
@@ -237,6 +238,7 @@ def scan(stream: IO[bytes], allow_special: bool = False, runner: Runner | None =
     with tempfile.TemporaryFile() as listing:
         proc = runner.stream(list_argv(), mutating=False, stdin=subprocess.PIPE, stdout=listing)
         try:
+            widen_pipe(proc.stdin)
             proc.feed(stream, CHUNK)
             proc.wait()
         except CommandFailed as e:
@@ -269,6 +271,8 @@ def extract(runner: Runner, stream: IO[bytes], dest: Path, report: ScanReport | 
     proc = runner.stream(extract_argv(dest, allow_special, members), mutating=True, stdin=subprocess.PIPE,
                          stdout=subprocess.DEVNULL)
     try:
+        if proc.proc is not None:  # not a dry run
+            widen_pipe(proc.stdin)
         proc.feed(stream, CHUNK)
         proc.wait()
     finally:
