@@ -285,7 +285,9 @@ def _durable(result: Restored) -> None:
     """Flush what the restore wrote (its volumes, its extra artifacts) to disk before it reports
     success, like ``tar -x …; sync`` (a drill's scratch copy needs no such flush); raise
     OperationFailed when a filesystem cannot."""
-    paths = [Path(v["path"]) for v in result.summary["volumes"]]
+    # a received dataset (``restored_as``) is flushed where it is mounted; unmounted, its data is
+    # the pool's, which ``zfs receive`` wrote
+    paths = [Path(v["path"]) for v in result.summary["volumes"] if "restored_as" not in v or Path(v["path"]).is_dir()]
     paths += [Path(a["restored"]) for rec in result.records for a in rec.get("artifacts", [])]
     try:
         fs.syncfs(paths)
