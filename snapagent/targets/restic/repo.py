@@ -123,13 +123,19 @@ class Repo:
         try:
             with repo_lock(self.lock if mutating else None):
                 return self.runner.run(self.argv(*args), mutating=mutating, env=self.env(), timeout=timeout).stdout
-        except CommandNotFound:
-            raise TargetFailed("restic is not installed (apt install restic)") from None
-        except CommandFailed as e:
-            if e.returncode is None:  # the runner's timeout: restic was still retrying
-                raise TargetFailed(f"restic repository {public(self.cfg.repository)}: no answer within "
-                                   f"{timeout:g}s (stall_timeout) while {doing}; the server is unreachable?") from None
-            raise TargetFailed(explain(self.cfg, e.stderr or str(e), doing)) from None
+        except (CommandNotFound, CommandFailed) as e:
+            raise self._failure(e, doing, timeout) from None
+
+    def _failure(self, e: CommandNotFound | CommandFailed, doing: str, timeout: float | None,
+                 refused: bool = False) -> TargetFailed:
+        """Return the one-line TargetFailed for a restic that is missing, ran past ``timeout``
+        (the runner killed it: still retrying), or failed (``refused``: stopped at a refusal)."""
+        if isinstance(e, CommandNotFound):
+            return TargetFailed("restic is not installed (apt install restic)")
+        if e.returncode is None:
+            return TargetFailed(f"restic repository {public(self.cfg.repository)}: no answer within "
+                                f"{timeout:g}s (stall_timeout) while {doing}; the server is unreachable?")
+        return TargetFailed(explain(self.cfg, ("403 forbidden\n" if refused else "") + (e.stderr or str(e)), doing))
 
     def snapshots(self, *tags: str) -> list[dict[str, Any]]:
         """Return the snapshots carrying tag ``snapagent`` and every one of ``tags``."""
@@ -156,10 +162,5 @@ class Repo:
                         st.wait(self.cfg.stall_timeout)
                     finally:
                         fired = watch.fired
-        except CommandNotFound:
-            raise TargetFailed("restic is not installed (apt install restic)") from None
-        except CommandFailed as e:
-            if e.returncode is None:
-                raise TargetFailed(f"restic repository {public(self.cfg.repository)}: no answer within "
-                                   f"{self.cfg.stall_timeout:g}s (stall_timeout) while {doing}; the server is unreachable?") from None
-            raise TargetFailed(explain(self.cfg, ("403 forbidden\n" if fired else "") + (e.stderr or str(e)), doing)) from None
+        except (CommandNotFound, CommandFailed) as e:
+            raise self._failure(e, doing, self.cfg.stall_timeout, refused=fired) from None
