@@ -34,7 +34,16 @@ from pydantic import field_validator, model_validator
 
 from snapagent.config import Duration, Strict
 from snapagent.errors import PreflightFailed, QuiesceFailed
-from snapagent.plugin.quiescer import ExtraArtifact, Locate, ProbeResult, Quiescer, RestoreContext
+from snapagent.plugin.quiescer import (
+    Archive,
+    ArchiveCleanup,
+    ExtraArtifact,
+    KeptRecord,
+    Locate,
+    ProbeResult,
+    Quiescer,
+    RestoreContext,
+)
 from snapagent.quiesce.postgresql import wal
 from snapagent.util.fs import is_within
 from snapagent.util.secretfiles import check_secret_file
@@ -48,6 +57,7 @@ class PostgresConfig(Strict):
     dsn: str  # libpq conninfo or URI, without a password (pgpass: passfile=… or $PGPASSFILE)
     mode: Literal["auto", "checkpoint", "backup-api"] = "auto"
     wal_archive: Path | None = None  # where archive_command puts the segments (backup-api)
+    wal_prune: bool = True  # after prune: remove archived WAL no kept backup needs (quiesce/postgresql/archive.py)
     checkpoint: bool = True  # CHECKPOINT before a checkpoint-mode snapshot
     connect_timeout: Duration = 10.0
     archive_timeout: Duration = 60.0  # how long to wait for the backup's WAL to be archived
@@ -357,6 +367,9 @@ class PostgresQuiescer(Quiescer):
         m = re.search(r"^START WAL LOCATION: \S+ \(file ([0-9A-F]{24})\)", labelfile, re.M)
         if m:
             self.rec["start_walfile"] = m.group(1)
+            from snapagent.quiesce.postgresql import archive
+
+            archive.record_facts(self.rec, self.cfg.wal_archive)
             try:
                 self.rec["wal_files"] = wal.wanted_files(self.rec)
             except Exception as e:  # noqa: BLE001 - release never raises; artifacts() reports it
@@ -387,6 +400,18 @@ class PostgresQuiescer(Quiescer):
             return wal.tar_stream(self.ctx.runner, archive, present)
 
         return [ExtraArtifact("wal", open_wal)]
+
+    # -- archive hygiene (after prune) ----------------------------------------------------------
+    @classmethod
+    def archive(cls, cfg: PostgresConfig) -> Archive | None:
+        return None if cfg.wal_archive is None else Archive(cfg.wal_archive, cfg.wal_prune, "wal_prune")
+
+    @classmethod
+    def clean_archive(cls, cfg: PostgresConfig, kept: list[KeptRecord], others: list[Path], dry_run: bool) -> ArchiveCleanup:
+        from snapagent.quiesce.postgresql import archive
+
+        assert cfg.wal_archive is not None
+        return archive.clean(cls.type, cfg.wal_archive, kept, others, dry_run)
 
     # -- restore side ---------------------------------------------------------------------------
     @classmethod
