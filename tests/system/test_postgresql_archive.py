@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import pg
-from tests.helpers.cli import snapagent, write_config
+from tests.helpers.cli import ROOT, snapagent, write_config
 from tests.system.test_postgresql import (  # noqa: F401 - fixtures
     backup,
     btrfs_root,
@@ -34,8 +36,14 @@ pytestmark = [pytest.mark.postgres, pytest.mark.btrfs, pytest.mark.root]
 
 
 def cleanup_oracle(archive: Path, oldest: str) -> set[str]:
-    """The file names ``pg_archivecleanup -n`` would remove before ``oldest``."""
-    r = pg.as_postgres([str(pg.BINDIR / "pg_archivecleanup"), "-n", str(archive), oldest])
+    """The file names ``pg_archivecleanup -n`` would remove before ``oldest``: the manual command
+    of docs/databases.md as written, with the archive and the segment put in."""
+    text = (ROOT / "docs" / "databases.md").read_text()
+    line = re.search(r"<!-- wal:cleanup -->\n```sh\n(.*?)\n```", text).group(1)
+    argv = [str(archive) if a == "/srv/pg-archive" else oldest if re.fullmatch(r"[0-9A-F]{24}", a) else a
+            for a in shlex.split(line)]
+    assert argv[0] == str(pg.BINDIR / "pg_archivecleanup") and "-n" in argv and str(archive) in argv
+    r = pg.as_postgres(argv)
     assert r.returncode == 0, r.stderr
     return {Path(line).name for line in r.stdout.splitlines() if line}
 
