@@ -12,7 +12,6 @@ prune cleans up). The other jobs' locks are held while their archive is cleaned.
 
 from __future__ import annotations
 
-import logging
 import os
 from contextlib import ExitStack
 from typing import Callable
@@ -23,8 +22,6 @@ from snapagent.plugin.quiescer import ArchiveCleanup, KeptRecord
 from snapagent.plugin.target import Stored
 from snapagent.retention import policy
 from snapagent.retention.prune import TargetPrune, targets_of
-
-log = logging.getLogger("snapagent.prune")
 
 
 def _norm(p) -> str:
@@ -103,9 +100,7 @@ def _clean_one(config: Config, job: Job, qcls, qcfg, path, decided: list[TargetP
     if result.removed:
         say(f"{describe(result)}: removed {len(result.removed)} file(s), {_mib(result.bytes)}, older than "
             f"{result.kept_from} (needed by {result.needed_by}); {result.kept} file(s) kept")
-    for f in result.failed:
-        log.warning("archive %s: could not remove %s", result.archive, f)
-    return result
+    return result  # the callers report ``failed`` (a warning each)
 
 
 def describe(r: ArchiveCleanup) -> str:

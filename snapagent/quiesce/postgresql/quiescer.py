@@ -18,6 +18,10 @@ include the archiver's latency; the agent itself then waits (``archive_timeout``
 needed segment is complete in ``wal_archive``, which also proves archiving works. No lock that
 blocks writers is taken in either mode; the agent's death ends the session, which aborts a
 running backup server-side. Passwords are never accepted in the DSN (use a pgpass file).
+
+A backup-API record also names ``oldest_needed_walfile`` and ``wal_archive``: after prune,
+``clean_archive`` (``archive.py``) removes from the archive what no kept backup needs
+(``wal_prune = false``: left alone).
 """
 
 from __future__ import annotations
