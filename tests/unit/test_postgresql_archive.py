@@ -141,6 +141,9 @@ def test_a_record_counts_for_its_archive_an_unnamed_one_or_one_no_longer_configu
     got = archive.counted(ks, mine, [mine, other])
     assert [k.backup for k in got] == ["db-0", "db-2", "db-3"]
     assert archive.needed(got)[0] == seg(1, 6)
+    # a manifest written before oldest_needed_walfile: its start_walfile is the same segment
+    older = [KeptRecord("db-old", "db", {"type": "postgresql", "mode": "backup-api", "start_walfile": seg(1, 3)})]
+    assert archive.needed(archive.counted(older + got, mine, [mine]))[:1] == (seg(1, 3),)
 
 
 # -- prune: retention first, then the archive ------------------------------------------------------
