@@ -50,10 +50,12 @@ class TargetPrune:
 
     def as_dict(self) -> dict:
         """Return the ``--json`` record (design note: job, target, keep, remove, reasons; plus
-        damaged, removed, failed, archives)."""
-        return {"job": self.job, "target": self.target, "keep": self.keep, "remove": self.remove,
-                "reasons": self.reasons, "damaged": self.damaged, "removed": self.removed, "failed": self.failed,
-                "archives": [a.as_dict() for a in self.archives]}
+        damaged, removed, failed; archives when there are some)."""
+        out = {"job": self.job, "target": self.target, "keep": self.keep, "remove": self.remove,
+               "reasons": self.reasons, "damaged": self.damaged, "removed": self.removed, "failed": self.failed}
+        if self.archives:  # only a job whose quiescer names an archive has any
+            out["archives"] = [a.as_dict() for a in self.archives]
+        return out
 
 
 def describe(rules: RetentionConfig | None) -> str:
