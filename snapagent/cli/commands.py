@@ -247,6 +247,7 @@ def do_copy(args, out) -> int:
 
 
 def do_prune(args, out) -> int:
+    from snapagent.retention import archives
     from snapagent.retention.prune import describe, prune
 
     cfg = _config(args)
@@ -256,15 +257,21 @@ def do_prune(args, out) -> int:
     for job in jobs:
         try:
             done = prune(cfg, job, runner, say=out.say)
+            cleaned = archives.clean(cfg, job, done, args.dry_run, say=out.say)
         except OperationFailed as e:  # one job locked or failing: the others are still pruned
             if args.job:
                 raise
             failed.append(f"job {job.name!r}: {e}")
             continue
+        if done:
+            done[0].archives = cleaned  # the job's own target's record carries them
         results += done
+        failed += [f"{archives.describe(a)}: could not remove {f}" for a in cleaned for f in a.failed]
         if not out.json:
             for r in done:
                 _print_prune(out, r, describe(job.cfg.retention), args.dry_run)
+            for a in cleaned:
+                _print_archive(out, job.name, a, args.dry_run)
     if out.json:
         out.emit([r.as_dict() for r in results])
     failed += [f for r in results for f in r.failed]
@@ -298,6 +305,25 @@ def _print_prune(out, r, rules: str, dry_run: bool) -> None:
     for i in r.remove:
         state = "" if dry_run or i in r.removed else "  (FAILED, left for the next prune)"
         out.line(f"  {i:<36} {r.created[i]:<24}{state}")
+    out.line()
+
+
+def _print_archive(out, job: str, a, dry_run: bool) -> None:
+    """Print one archive's cleanup after the job's prune: what stays, what goes (listed in a dry run)."""
+    out.line(f"job {job}, archive {_printable(a.archive)} ({a.quiescer}):")
+    if a.reason:
+        out.line(f"nothing removed: {a.reason}")
+    else:
+        out.line(f"keep from {a.kept_from} on (needed by backup {a.needed_by}): {a.kept} file(s)")
+        if not a.remove:
+            out.line("nothing older to remove")
+        elif dry_run:
+            out.line(f"would remove {len(a.remove)} file(s), {_size(a.bytes)}:")
+            for n in a.remove:
+                out.line(f"  {n}")
+        else:
+            out.line(f"removed {len(a.removed)} file(s), {_size(a.bytes)}"
+                     + (f"; {len(a.failed)} could not be removed" if a.failed else ""))
     out.line()
 
 

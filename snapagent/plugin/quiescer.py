@@ -5,7 +5,9 @@ connection it keeps) → snapshot → ``verify()`` (still the same session?) →
 (idempotent, bounded, never raises; returns what goes into the manifest) → ``artifacts()`` (extra
 data the backup needs). Restore: ``prepare_restore(record, locate, ctx)`` makes the restored
 database start as it is; drill: ``drill(record, locate, ctx)`` checks a restored copy. ``undo``
-releases what a killed run journaled. Register under ``snapagent.quiescers``.
+releases what a killed run journaled. After prune, a quiescer whose backups draw on a directory
+outside them (PostgreSQL's WAL archive) names it (``archive``) and removes from it what no kept
+backup needs (``clean_archive``). Register under ``snapagent.quiescers``.
 """
 
 from __future__ import annotations
@@ -73,6 +75,54 @@ class RestoreContext:
     config: "Config"
     held: "Held"
     say: Callable[[str], None] = lambda line: None
+
+
+@dataclass(frozen=True)
+class Archive:
+    """A directory outside the backups that a quiescer's backups draw on (PostgreSQL's WAL
+    archive): ``path`` as configured, ``prune`` whether prune may clean it, ``key`` the config key
+    that says so (named in messages)."""
+
+    path: Path
+    prune: bool
+    key: str
+
+
+@dataclass(frozen=True)
+class KeptRecord:
+    """One quiescer record of a backup that prune keeps (in some target): whose it is and what it says."""
+
+    backup: str
+    job: str
+    record: dict[str, Any]
+
+
+@dataclass
+class ArchiveCleanup:
+    """What ``clean_archive`` removed (or, in a dry run, would remove) from one archive.
+
+    ``remove``: the file names, oldest first; ``removed``: those actually removed; ``bytes``: their
+    size; ``kept_from``: the oldest file every kept backup still needs, and ``needed_by`` the
+    backup that needs it; ``kept``: how many archive files stay; ``reason``: why nothing was
+    removed (no kept backup, opted out, …), or ""; ``failed``: one message per file that could
+    not be removed."""
+
+    quiescer: str
+    archive: str
+    remove: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    bytes: int = 0
+    kept_from: str | None = None
+    needed_by: str | None = None
+    kept: int = 0
+    reason: str = ""
+    failed: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the ``prune --json`` record of this archive."""
+        return {"quiescer": self.quiescer, "archive": self.archive, "remove": self.remove, "removed": self.removed,
+                "bytes": self.bytes, "kept_from": self.kept_from, "needed_by": self.needed_by, "kept": self.kept,
+                "reason": self.reason, "failed": self.failed}
 
 
 @dataclass
@@ -157,6 +207,22 @@ class Quiescer:
         """After ``release()`` of a successful snapshot: return extra data the backup needs to be
         self-contained (stored as tar artifacts). Raise OperationFailed when it cannot be had."""
         return []
+
+    @classmethod
+    def archive(cls, cfg: Any) -> Archive | None:
+        """Return the directory outside the backups that backups made with ``cfg`` draw on, or
+        None (most quiescers: their backups hold everything)."""
+        return None
+
+    @classmethod
+    def clean_archive(cls, cfg: Any, kept: list[KeptRecord], others: list[Path], dry_run: bool) -> ArchiveCleanup:
+        """After prune: remove from ``archive(cfg)`` what none of the ``kept`` records (this
+        quiescer type's records of every backup still kept, in every target, of every job sharing
+        the archive) needs; ``others``: the archives other quiescers of this type are configured
+        with. With no kept record that says what it needs, remove nothing and say why
+        (``reason``). ``dry_run``: list, remove nothing. Never raises for a file it cannot remove
+        (``failed``)."""
+        raise NotImplementedError(f"quiescer {cls.type} keeps no archive")
 
     @classmethod
     def undo(cls, record: dict[str, Any], runner: Runner) -> str:
