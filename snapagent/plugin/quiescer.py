@@ -136,6 +136,12 @@ class Quiescer:
         ``config check`` refuses one that is not found (through ``agent.tools`` and PATH)."""
         return {}
 
+    @classmethod
+    def job_problems(cls, cfg: Any, volumes: list[str]) -> dict[str, str]:
+        """Config check: return {key: problem} for what ``cfg`` gets wrong about its job, whose
+        ``volumes`` are given (e.g. a probe placeholder naming no volume of the job)."""
+        return {}
+
     def files(self) -> list[Path]:
         """Return the live files/directories that must lie on the job's volumes."""
         return []

@@ -114,6 +114,13 @@ class CommandQuiescer(Quiescer):
     def programs(cls, cfg: CommandConfig) -> dict[str, str]:
         return {key: argv[0] for key in ("pre", "post", "hold", "probe") if (argv := getattr(cfg, key)) is not None}
 
+    @classmethod
+    def job_problems(cls, cfg: CommandConfig, volumes: list[str]) -> dict[str, str]:
+        from snapagent.quiesce.command_probe import placeholder_problems
+
+        found = placeholder_problems(cfg.probe or [], volumes)
+        return {"probe": "; ".join(found)} if found else {}
+
     def __init__(self, cfg: CommandConfig, ctx):
         super().__init__(cfg, ctx)
         self.name = name_of(cfg)

@@ -12,6 +12,12 @@ with the environment of the hook's other commands (``SNAPAGENT_JOB``, ``SNAPAGEN
 - ``SNAPAGENT_RESTORED_VOLUMES``: where each volume was restored, one per line, in the order of
   ``SNAPAGENT_VOLUMES`` (names may contain spaces; a newline in a name is refused by the config).
 
+An argv element that is exactly ``{restored}`` is replaced by the scratch copy's directory, one
+that is exactly ``{restored:VOLUME}`` (VOLUME as written in the job's ``volumes``) by where that
+volume was restored — each as a whole element, never inside a longer string, never through a
+shell. A placeholder naming no volume of the job fails the probe (``config check`` refuses it
+before: ``placeholder_problems``).
+
 Out: one ProbeResult — ok iff the probe exits 0 within ``probe_timeout``; the message is the last
 lines of its stdout (of stderr when it failed and said why there); details: exit code, seconds.
 Raised: nothing for a failing probe (a result); Interrupted passes through after the probe's
@@ -21,6 +27,7 @@ process group is killed.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import tempfile
@@ -54,11 +61,48 @@ def environment(job: str, scene: DrillScene) -> dict[str, str]:
     }
 
 
+PLACEHOLDER = re.compile(r"\{restored(?::(?P<volume>.+))?\}", re.S)
+
+
+def placeholder_problems(argv: list[str], volumes: list[str]) -> list[str]:
+    """Return one line per ``{restored:VOLUME}`` element of ``argv`` whose VOLUME is not one of
+    ``volumes``."""
+    out = []
+    for a in argv:
+        m = PLACEHOLDER.fullmatch(a)
+        if m and m["volume"] is not None and m["volume"] not in volumes:
+            out.append(f"{a!r} names no volume of the job (its volumes: {', '.join(map(repr, volumes))})")
+    return out
+
+
+def substitute(argv: list[str], scene: DrillScene) -> list[str]:
+    """Return ``argv`` with each placeholder element replaced (module docstring); raise
+    ValueError naming an element whose volume the backup does not hold."""
+    where = {live: str(p) for live, p in scene.volumes}
+    out = []
+    for a in argv:
+        m = PLACEHOLDER.fullmatch(a)
+        if m is None:
+            out.append(a)
+        elif m["volume"] is None:
+            out.append(str(scene.dest))
+        elif m["volume"] in where:
+            out.append(where[m["volume"]])
+        else:
+            raise ValueError(f"probe argument {a!r} names no volume of backup {scene.backup_id} "
+                             f"(its volumes: {', '.join(map(repr, where))})")
+    return out
+
+
 def run_probe(name: str, argv: list[str], timeout: float, ctx: RestoreContext) -> ProbeResult:
     """Run ``argv`` as the probe ``name`` of a drill (``ctx.drill`` says where the copy is);
     return its result."""
     scene = ctx.drill
     assert scene is not None, "a probe runs in a drill"
+    try:
+        argv = substitute(argv, scene)
+    except ValueError as e:
+        return ProbeResult(name, False, {}, str(e))
     details: dict[str, Any] = {"argv": format_argv(argv)}
     ctx.say(f"probe {name}: {format_argv(argv)}")
     t0 = time.monotonic()

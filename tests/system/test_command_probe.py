@@ -72,8 +72,8 @@ def probed(subvol, workdir, tmp_path):
         assert list(scratch.iterdir()) == [], "the drill left its scratch copy"
         return r
 
-    def argv(mode: str) -> str:
-        return f"probe = [{', '.join(toml_str(a) for a in [PY, script, report, mode, *NASTY])}]\n"
+    def argv(mode: str, *more: str) -> str:
+        return f"probe = [{', '.join(toml_str(a) for a in [PY, script, report, mode, *NASTY, *more])}]\n"
 
     ns = type("NS", (), {})()
     ns.vol, ns.cfg, ns.bid, ns.report, ns.scratch, ns.drill, ns.argv = vol, cfg, bid, report, scratch, drill, argv
@@ -81,16 +81,18 @@ def probed(subvol, workdir, tmp_path):
 
 
 def test_probe_passes_with_the_restored_paths_in_its_environment(probed, workdir):
-    r = probed.drill(hook(probed.argv("ok")))
+    places = ["{restored}", f"{{restored:{probed.vol}}}", f"x{{restored:{probed.vol}}}"]
+    r = probed.drill(hook(probed.argv("ok", *places)))
     assert r.returncode == 0, r.stderr
     assert "PASS command store: checked 3 records, all consistent" in r.stdout
-    assert f"drill of {probed.bid}: PASSED" in r.stdout and "{" not in r.stdout
+    assert f"drill of {probed.bid}: PASSED" in r.stdout and "{'" not in r.stdout
     seen = json.loads(probed.report.read_text())
-    assert seen["argv"] == NASTY  # each element as written: no shell ran, nothing was interpolated
     env = seen["env"]
     dest = Path(env["SNAPAGENT_RESTORE_DIR"])
-    assert seen["cwd"] == str(dest) and dest.parent == probed.scratch
     restored = Path(env["SNAPAGENT_RESTORED_VOLUMES"])
+    # each element as written, no shell ran; a placeholder is replaced only as a whole element
+    assert seen["argv"] == [*NASTY, str(dest), str(restored), places[2]]
+    assert seen["cwd"] == str(dest) and dest.parent == probed.scratch
     assert restored.parent == dest and (env["SNAPAGENT_VOLUMES"], env["SNAPAGENT_JOB"]) == (str(probed.vol), "j")
     assert env["SNAPAGENT_PHASE"] == "probe" and env["SNAPAGENT_BACKUP_ID"] == probed.bid
     assert not list(Path.cwd().glob("pwned")) and not list(workdir.rglob("pwned"))
@@ -115,6 +117,14 @@ def test_hanging_probe_is_killed_at_probe_timeout(probed):
     r = probed.drill(hook(probed.argv("hang"), 'probe_timeout = "1s"\n'))
     assert r.returncode == 1, r.stderr
     assert "probe did not finish within 1s; killed it: checking slowly" in r.stdout
+
+
+def test_placeholder_of_another_volume_is_refused(probed):
+    bad = hook(probed.argv("ok", "{restored:/srv/elsewhere}"))
+    r = probed.drill(bad)
+    assert r.returncode == 1 and "probe argument '{restored:/srv/elsewhere}' names no volume of backup" in r.stdout
+    r = snapagent("config", "check", config=probed.cfg)  # drill rewrote the config: the gate refuses it
+    assert r.returncode == 2 and "jobs.j.quiesce[0].probe: '{restored:/srv/elsewhere}' names no volume" in r.stderr
 
 
 def test_hook_without_probe_is_not_passed(probed):
