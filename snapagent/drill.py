@@ -66,7 +66,7 @@ def drill(config: Config, runner: Runner, backup_id: str, keep: bool = False,
                                                                           drill=scene))
         finally:
             scope.end(keep=lambda rec: keep and rec["kind"] in ("dir", "dataset") and rec["key"] == dest)
-    verdict = None if probes else nothing_probed(m.job, m.quiescers, not_probed)
+    verdict = None if probes else nothing_probed(m.job, m.quiescers, not_probed, m.job not in config.jobs)
     return {"id": m.id, "ok": bool(probes) and all(p["ok"] for p in probes), "probes": probes,
             "not_probed": not_probed, **({"message": verdict} if verdict else {}),
             "restore_seconds": round(restore_s, 3), "scratch": dest if keep else None,
@@ -106,8 +106,12 @@ def _why_not(job: str, i: int, qtype: str, job_gone: bool) -> str:
     return f"quiescer {qtype!r} has no probe"
 
 
-def nothing_probed(job: str, quiescers: Sequence[QuiescerRecord], not_probed: list[dict[str, Any]]) -> str:
+def nothing_probed(job: str, quiescers: Sequence[QuiescerRecord], not_probed: list[dict[str, Any]],
+                   job_gone: bool = False) -> str:
     """Return why a drill that probed nothing did not pass, and what to add to the config."""
+    if job_gone and quiescers:
+        return (f"nothing was probed: job {job} is not in the config, where its probes are read from "
+                "(drill with a config that has the job)")
     hooks = [n for n in not_probed if n["name"].startswith("command")]
     if hooks:
         where = ", ".join(f"jobs.{job}.quiesce[{n['quiesce']}]" for n in hooks)
