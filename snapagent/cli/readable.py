@@ -44,6 +44,8 @@ def lines(data: Any, depth: int = 0) -> list[str]:
                 out += [key, *lines(v, depth + 1)]
             elif isinstance(v, str) and "\n" in v.rstrip("\n"):
                 out += [key, *(f"{pad}{INDENT}{scalar(ln)}" for ln in v.rstrip("\n").split("\n"))]
+            elif isinstance(v, str):  # a command's one line of output ends with its newline
+                out.append(f"{key} {scalar(v.rstrip(chr(10)))}".rstrip())
             else:
                 out.append(f"{key} {inline(v)}".rstrip())
         return out
