@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from snapagent.cli import readable
 from snapagent.cli.output import human_size as _size
 from snapagent.errors import EXIT_FAILED, EXIT_OK, ConfigError, OperationFailed, PreflightFailed, SnapagentError, UsageError
 from snapagent.util import logfields
@@ -151,8 +152,9 @@ def do_show(args, out) -> int:
         enc = f", {a.encryption}-encrypted" if a.encryption != "none" else ""
         out.line(f"artifact:      {a.name} {_size(a.size)} ({a.compression}{enc}, raw {_size(a.raw_size)}) sha256 {a.sha256}")
     for q in m.quiescers:
-        extra = {k: v for k, v in q.facts().items() if k not in ("type", "locations", "artifacts")}
-        out.line(f"quiescer:      {q.type} {extra}")
+        facts = q.facts()
+        out.line(f"quiescer:      {q.type}")
+        out.lines(readable.lines({k: v for k, v in facts.items() if k != "type" and v not in ([], {})}, 1))
     out.line("versions:      " + ", ".join(f"{k} {v}" for k, v in m.versions.items()))
     return EXIT_OK
 
@@ -215,11 +217,12 @@ def do_drill(args, out) -> int:
         out.emit(report)
     else:
         for p in report["probes"]:
-            details = {k: v for k, v in p.items() if k not in ("name", "ok", "message")}
-            out.line(f"{'PASS' if p['ok'] else 'FAIL'} {p['name']}: {p['message']} {details}")
-        if not report["probes"]:
-            out.line("no database probes recorded for this backup; restore succeeded")
-        out.line(f"drill of {report['id']}: {'PASSED' if report['ok'] else 'FAILED'} (restore {report['restore_seconds']:.1f}s)")
+            out.line(f"{'PASS' if p['ok'] else 'FAIL'} {_printable(p['name'])}: {readable.scalar(p['message'])}")
+            out.lines(readable.lines({k: v for k, v in p.items() if k not in ("name", "ok", "message")}, 1))
+        for n in report["not_probed"]:
+            out.line(f"NOT PROBED {_printable(n['name'])}: {n['reason']}")
+        verdict = "PASSED" if report["ok"] else f"FAILED: {report['message']}" if "message" in report else "FAILED"
+        out.line(f"drill of {report['id']}: {verdict} (restore {report['restore_seconds']:.1f}s)")
         if report["scratch"]:
             out.line(f"scratch copy kept at {report['scratch']}")
     return EXIT_OK if report["ok"] else EXIT_FAILED

@@ -65,16 +65,34 @@ class ExtraArtifact:
     open: Callable[[], ContextManager[IO[bytes]]]
 
 
+@dataclass(frozen=True)
+class DrillScene:
+    """Where a drill restored a backup: its id, its job's name, the scratch copy (``dest``) and
+    each volume as (its name in the job's ``volumes``, where it was restored)."""
+
+    backup_id: str
+    job: str
+    dest: Path
+    volumes: list[tuple[str, Path]]
+
+
 @dataclass
 class RestoreContext:
     """What a quiescer's restore and drill hooks get: the runner (``agent.tools``, dry run), the
     configuration, ``held`` — take scratch directories, mounts, ACL entries and server processes
-    only through it, so they are journaled and given back — and ``say`` for progress lines."""
+    only through it, so they are journaled and given back — and ``say`` for progress lines.
+
+    In a drill also: ``drill`` (where the copy is) and ``settings``: this quiescer's entry in the
+    *current* config of the backup's job (the validated plugin config at the same position of its
+    ``quiesce`` list, when that is still of the same type; else None) — so a probe added to the
+    config after a backup applies to that backup's drill."""
 
     runner: Runner
     config: "Config"
     held: "Held"
     say: Callable[[str], None] = lambda line: None
+    drill: DrillScene | None = None
+    settings: Any = None
 
 
 @dataclass(frozen=True)
@@ -166,6 +184,12 @@ class Quiescer:
     def programs(cls, cfg: Any) -> dict[str, str]:
         """Config check: return the programs ``cfg`` names, by key (e.g. a command hook's argv[0]);
         ``config check`` refuses one that is not found (through ``agent.tools`` and PATH)."""
+        return {}
+
+    @classmethod
+    def job_problems(cls, cfg: Any, volumes: list[str]) -> dict[str, str]:
+        """Config check: return {key: problem} for what ``cfg`` gets wrong about its job, whose
+        ``volumes`` are given (e.g. a probe placeholder naming no volume of the job)."""
         return {}
 
     def files(self) -> list[Path]:

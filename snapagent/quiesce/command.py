@@ -11,6 +11,9 @@
   and ``SNAPAGENT_VOLUMES`` (one volume per line: names may contain spaces).
 - With ``record_output`` the stdout of ``pre`` (bounded) and the lines of ``hold`` go into the
   manifest record; ``key=value`` lines are also parsed into ``values``.
+- ``probe`` (argv) is the hook's drill check: ``snapagent drill`` runs it against the restored
+  copy (``snapagent.quiesce.command_probe``), bounded by ``probe_timeout``. A hook may have only a
+  ``probe`` (e.g. beside an fsfreeze quiescer): it does nothing at backup time.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pydantic import field_validator, model_validator
 
 from snapagent.config import Duration, Strict
 from snapagent.errors import CommandFailed, FreezeOverrun, PreflightFailed, QuiesceFailed
-from snapagent.plugin.quiescer import Quiescer
+from snapagent.plugin.quiescer import Locate, ProbeResult, Quiescer, RestoreContext
 from snapagent.util.lines import LineReader
 from snapagent.util.runner import Stream, format_argv
 
@@ -38,10 +41,12 @@ class CommandConfig(Strict):
     hold: list[str] | None = None
     ready: str = "READY"
     timeout: Duration = 30.0
+    probe: list[str] | None = None
+    probe_timeout: Duration = 600.0
     record_output: bool = True
     consistency: Literal["application", "crash"] = "application"
 
-    @field_validator("pre", "post", "hold")
+    @field_validator("pre", "post", "hold", "probe")
     @classmethod
     def _argv(cls, v: list[str] | None) -> list[str] | None:
         if v is None:
@@ -60,7 +65,7 @@ class CommandConfig(Strict):
             raise ValueError("must be a non-empty single line")
         return v.strip()
 
-    @field_validator("timeout")
+    @field_validator("timeout", "probe_timeout")
     @classmethod
     def _timeout(cls, v: float) -> float:
         if v <= 0:
@@ -69,8 +74,10 @@ class CommandConfig(Strict):
 
     @model_validator(mode="after")
     def _something_to_run(self) -> "CommandConfig":
-        if self.pre is None and self.hold is None:
-            raise ValueError("needs `pre` or `hold` (`post` runs only after a successful `pre` or `hold`)")
+        if self.pre is None and self.hold is None and self.probe is None:
+            raise ValueError("needs `pre`, `hold` or `probe` (`post` runs only after a successful `pre` or `hold`)")
+        if self.pre is None and self.hold is None and self.post is not None:
+            raise ValueError("`post` needs `pre` or `hold`: it runs only after a successful one")
         return self
 
 
@@ -83,6 +90,11 @@ def parse_values(text: str) -> dict[str, str]:
         if sep and key and " " not in key:
             out[key] = value.strip()
     return out
+
+
+def name_of(cfg: CommandConfig) -> str:
+    """Return the hook's name: ``name``, else argv[0] of ``pre``, ``hold`` or ``probe``."""
+    return cfg.name or (cfg.pre or cfg.hold or cfg.probe or ["?"])[0]
 
 
 def _bounded(text: str) -> str:
@@ -100,16 +112,25 @@ class CommandQuiescer(Quiescer):
 
     @classmethod
     def programs(cls, cfg: CommandConfig) -> dict[str, str]:
-        return {key: argv[0] for key in ("pre", "post", "hold") if (argv := getattr(cfg, key)) is not None}
+        return {key: argv[0] for key in ("pre", "post", "hold", "probe") if (argv := getattr(cfg, key)) is not None}
+
+    @classmethod
+    def job_problems(cls, cfg: CommandConfig, volumes: list[str]) -> dict[str, str]:
+        from snapagent.quiesce.command_probe import placeholder_problems
+
+        found = placeholder_problems(cfg.probe or [], volumes)
+        return {"probe": "; ".join(found)} if found else {}
 
     def __init__(self, cfg: CommandConfig, ctx):
         super().__init__(cfg, ctx)
-        self.name = cfg.name or (cfg.pre or cfg.hold or ["?"])[0]
+        self.name = name_of(cfg)
         # What `pre` took stays taken when the agent dies (its `post` never runs): only a
         # hold-only quiescer releases on death.
         self.releases_on_death = cfg.pre is None
         self.consistency = cfg.consistency
-        self.rec: dict[str, Any] = {"type": self.type, "name": self.name, "consistency": cfg.consistency}
+        self.rec: dict[str, Any] = {"type": self.type, "name": self.name}
+        if cfg.pre is not None or cfg.hold is not None:  # a probe-only hook makes nothing consistent
+            self.rec["consistency"] = cfg.consistency
         self._post_due = False  # pre (or, without pre, hold) succeeded: post must run
         self._hold: Stream | None = None
         self._reader: LineReader | None = None
@@ -265,3 +286,14 @@ class CommandQuiescer(Quiescer):
             except OSError:
                 pass
 
+    # -- drill ----------------------------------------------------------------------------------
+    @classmethod
+    def drill(cls, record: dict[str, Any], locate: Locate, ctx: RestoreContext) -> list[ProbeResult]:
+        """Run the hook's ``probe`` (from the current config: ``ctx.settings``) against the
+        restored copy; no probe configured: no result (the drill then says what to add)."""
+        from snapagent.quiesce.command_probe import run_probe
+
+        cfg = ctx.settings
+        if not isinstance(cfg, CommandConfig) or cfg.probe is None or ctx.drill is None:
+            return []
+        return [run_probe(f"command {record.get('name') or name_of(cfg)}", cfg.probe, cfg.probe_timeout, ctx)]

@@ -125,7 +125,7 @@ def test_hot_backup_restore_has_every_acknowledged_row(app, workdir):
           f"acked before lock {len(before)}; acked in total {len(w.acks())}")
 
     d = snapagent("drill", bid, config=cfg, check=True)
-    assert "PASS sqlite" in d.stdout and f"'t': {len(ids)}" in d.stdout
+    assert "PASS sqlite" in d.stdout and f"\n    t: {len(ids)}\n" in d.stdout
 
 
 def test_files_are_private(app, workdir):

@@ -27,6 +27,8 @@ def from_example(name: str, workdir: Path, repl: dict[str, str]) -> Path:
     for old, new in repl.items():
         assert old in text, f"{old} not in etc/hooks/{name}"
         text = text.replace(f'"{old}"', new if new.startswith('"') else toml_str(new))
+        if not new.startswith('"'):  # a probe's placeholder names the volume too
+            text = text.replace(f'"{{restored:{old}}}"', toml_str(f"{{restored:{new}}}"))
     cfg = workdir / name
     cfg.write_text(text)
     return cfg
@@ -74,6 +76,9 @@ def test_murodb_hold_example(subvol, workdir, tmp_path):
     assert 0 < len(data) <= acked
     print(f"\nmurodb hold: ready in {hold['ready_ms']} ms, held {hold['held_ms']} ms, "
           f"freeze window {m['freeze_window_ms']:.0f} ms, {len(data)} records in the snapshot")
+    d = snapagent("drill", m["id"], config=cfg)  # the example's probe: the tool's own check
+    assert d.returncode == 0 and "records, numbered without a gap" in d.stdout, d.stdout + d.stderr
+    assert f"drill of {m['id']}: PASSED" in d.stdout
 
 
 def test_rstmdb_pre_output_in_manifest(subvol, workdir):
@@ -90,6 +95,8 @@ def test_rstmdb_pre_output_in_manifest(subvol, workdir):
     assert pre["rc"] == 0 and pre["values"] == {"segments": "3", "wal_offset": "12345"}
     assert "compaction done" in pre["stdout"]
     assert "post" not in m["quiescers"][0]
+    d = snapagent("drill", m["id"], config=cfg)
+    assert d.returncode == 0 and "PASS command rstmdb: rstmdb " in d.stdout and "segment(s)" in d.stdout, d.stdout
 
 
 def test_environment_and_nasty_names(subvol, workdir, tmp_path):
