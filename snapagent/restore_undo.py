@@ -38,7 +38,7 @@ def ran_out_of_space(found: DestCheck, e: BaseException) -> OperationFailed:
     elif found.free is not None:
         figures = f": {mib(found.free)} was free when it started (the space check was skipped)"
     what = f"{os.path.basename(e.argv[0])}: " if isinstance(e, CommandFailed) and e.argv else ""
-    return OperationFailed(f"restore into {found.dest} ran out of space ({what}{NO_SPACE.lower()}){figures}")
+    return OperationFailed(f"restore into {found.dest} ran out of space ({what}no space left on device){figures}")
 
 
 def describe(rec: dict[str, Any]) -> str:
