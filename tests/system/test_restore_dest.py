@@ -35,6 +35,23 @@ def tmpfs(at: Path, size: str, ro: bool = False) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(at)], check=False)
 
 
+@contextlib.contextmanager
+def small_btrfs(base: Path, size_mb: int) -> Iterator[Path]:
+    """A btrfs of ``size_mb`` MiB (mixed data and metadata, so it can be that small) on a loop
+    device, mounted at ``base/mnt`` for the block."""
+    img, mnt = base / "small-btrfs.img", base / "mnt"
+    mnt.mkdir()
+    with open(img, "wb") as f:
+        f.truncate(size_mb << 20)
+    subprocess.run(["mkfs.btrfs", "-q", "--mixed", str(img)], check=True, capture_output=True)
+    subprocess.run(["mount", "-o", "loop", str(img), str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+        img.unlink(missing_ok=True)
+
+
 def corrupt(workdir: Path, bid: str) -> None:
     """Flip one byte of the backup's volume artifact: any read of it fails verification."""
     art = next((workdir / "backups" / "app" / bid).glob("00-*"))
@@ -158,3 +175,20 @@ def test_a_restore_that_cannot_remove_what_it_wrote_says_what_is_left_where(subv
     c = snapagent("cleanup", config=cfg, check=True)
     assert f"removed {dest}" in c.stdout, c.stdout
     assert not dest.exists() and journals(workdir) == []
+
+
+def test_a_btrfs_receive_that_fills_the_disk_removes_what_it_received(subvol, workdir):
+    vol, db = app_volume(subvol, big=64 << 20)
+    cfg = write_config(workdir, job(vol, db).replace('target = "local"\n', 'target = "local"\nexport = "send"\n'))
+    bid = last_line(snapagent("backup", "app", config=cfg, check=True))
+    with small_btrfs(workdir, 48) as fs:
+        dest = fs / "dest"
+        err = refused(cfg, "restore", bid, "--to", str(dest))
+        assert f"--to {dest}: the restore needs about 64." in err, err
+        r = snapagent("restore", bid, "--to", str(dest), "--no-space-check", config=cfg)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        assert f"restore into {dest} ran out of space (btrfs: no space left on device)" in r.stderr, r.stderr
+        assert f"restore failed part-way: removed what it wrote to {dest}\n" in r.stderr, r.stderr
+        assert list(fs.iterdir()) == [] and journals(workdir) == []
+        listed = subprocess.run(["btrfs", "subvolume", "list", str(fs)], capture_output=True, text=True, check=True)
+        assert listed.stdout == "", listed.stdout
