@@ -94,8 +94,8 @@ def precheck(config: Config, driver: Driver, stored: Stored, dest: Path | str, f
         raise RestoreRefused(f"{shown}: {place} is on a read-only filesystem "
                              f"(mounted at {mountinfo.mount_of(place).mount_point}); restore somewhere writable")
     if not os.access(place, os.W_OK | os.X_OK):
-        raise RestoreRefused(f"{shown}: {place} is not writable by this user (uid {os.geteuid()}); "
-                             "restore somewhere writable, or as a user who may write there")
+        raise RestoreRefused(f"{shown}: {place} is not writable for uid {os.getuid()} (its permissions, ACLs "
+                             "or an immutable attribute); restore somewhere writable")
     need = needed_bytes(config, stored) if space and whole else None
     free = st.f_bavail * st.f_frsize
     _check_space(shown, need, free, f"the filesystem of {place}")

@@ -74,7 +74,7 @@ def refused(cfg: Path, *args: str) -> str:
     return r.stderr
 
 
-def test_every_dest_refusal_comes_before_any_artifact_is_read(subvol, workdir):
+def test_every_dest_refusal_comes_before_any_artifact_is_read(subvol, workdir, btrfs_root):
     cfg, bid = backed_up(subvol, workdir, big=2 << 20)
     corrupt(workdir, bid)
     # the control: a good DEST gets as far as reading, which fails verification
@@ -92,6 +92,15 @@ def test_every_dest_refusal_comes_before_any_artifact_is_read(subvol, workdir):
     missing = workdir / "no such" / "dest"
     err = refused(cfg, "restore", bid, "--to", str(missing))
     assert f"its parent {missing.parent} does not exist" in err and "mkdir -p" in err and not missing.parent.exists()
+    immutable = btrfs_root / f"immutable-{workdir.name}"  # on btrfs: chattr works there
+    immutable.mkdir()
+    subprocess.run(["chattr", "+i", str(immutable)], check=True)
+    try:
+        err = refused(cfg, "restore", bid, "--to", str(immutable / "dest"))
+        assert f"{immutable} is not writable for uid 0 (its permissions, ACLs or an immutable" in err, err
+    finally:
+        subprocess.run(["chattr", "-i", str(immutable)], check=True)
+        immutable.rmdir()
     with tmpfs(workdir / "ro", "1m", ro=True) as ro:
         err = refused(cfg, "restore", bid, "--to", str(ro / "dest"))
         assert f"--to {ro / 'dest'}: {ro} is on a read-only filesystem (mounted at {ro})" in err, err
