@@ -87,8 +87,11 @@ def precheck(config: Config, driver: Driver, stored: Stored, dest: Path | str, f
     shown = f"{arg} {path}"
     place = _directory_place(path, force, shown)
     if isinstance(driver, RestoreDirectoryCheck):
-        for v in m.volumes:
-            driver.check_restore_directory(path / v.label, v.format)
+        try:
+            for v in m.volumes:
+                driver.check_restore_directory(path / v.label, v.format)
+        except RestoreRefused as e:
+            raise RestoreRefused(f"{shown}: {e}") from None
     st = os.statvfs(place)
     if st.f_flag & os.ST_RDONLY:
         raise RestoreRefused(f"{shown}: {place} is on a read-only filesystem "
