@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("id")
     _identity(sp, "; with it, encrypted artifacts are also decrypted and their plaintext checked")
     from_target(sp)
-    sp = cmd("restore", "verify, then restore a backup into an empty directory", commands.do_restore)
+    sp = cmd("restore", "check DEST, verify, then restore a backup into a new or empty directory", commands.do_restore)
     sp.add_argument("id")
     _identity(sp, "")
     sp.add_argument("--to", required=True, dest="dest", metavar="DEST", help="destination directory (created in an existing parent, or empty); checked before anything is "
