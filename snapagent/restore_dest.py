@@ -19,6 +19,7 @@ large backup). It refuses (RestoreRefused, naming DEST and the fix):
 The space figure is an estimate: a tar stream is a little larger than the files' data (512-byte
 headers), but many tiny files take whole blocks on disk, and a compressing filesystem stores less;
 ``--no-space-check`` skips it. A path restore (``--path``) checks no space (it extracts a part).
+Every manifest records ``raw_size`` (the first format did too), so no backup lacks the figure.
 """
 
 from __future__ import annotations
