@@ -25,6 +25,7 @@ Every manifest records ``raw_size`` (the first format did too), so no backup lac
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,7 +126,7 @@ def _directory_place(dest: Path, force: bool, shown: str) -> Path:
     parent = dest.parent
     if not parent.is_dir():
         raise RestoreRefused(f"{shown}: its parent {parent} does not exist or is not a directory; "
-                             f"create it first (mkdir -p {parent}) or name another place")
+                             f"create it first (mkdir -p -- {shlex.quote(str(parent))}) or name another place")
     return parent
 
 

@@ -91,7 +91,7 @@ def test_every_dest_refusal_comes_before_any_artifact_is_read(subvol, workdir, b
     assert f"--to {workdir / 'victim'}: is not empty; use --force" in err, err
     missing = workdir / "no such" / "dest"
     err = refused(cfg, "restore", bid, "--to", str(missing))
-    assert f"its parent {missing.parent} does not exist" in err and "mkdir -p" in err and not missing.parent.exists()
+    assert f"its parent {missing.parent} does not exist" in err and f"mkdir -p -- '{missing.parent}'" in err and not missing.parent.exists()
     immutable = btrfs_root / f"immutable-{workdir.name}"  # on btrfs: chattr works there
     immutable.mkdir()
     subprocess.run(["chattr", "+i", str(immutable)], check=True)
