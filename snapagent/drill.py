@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from snapagent import registry, signals
+from snapagent import catalog, registry, restore_dest, signals
 from snapagent.config import Config
 from snapagent.journal import DRILL_GROUP
 from snapagent.manifest import Manifest, QuiescerRecord
@@ -29,32 +29,35 @@ from snapagent.util.runner import Runner
 
 
 def drill(config: Config, runner: Runner, backup_id: str, keep: bool = False,
-          say: Callable[[str], None] = lambda s: None, source: str | None = None) -> dict[str, Any]:
+          say: Callable[[str], None] = lambda s: None, source: str | None = None,
+          space_check: bool = True) -> dict[str, Any]:
     """Restore ``backup_id`` into scratch space and run the probes of its quiescers.
 
     Returns {id, ok, probes: [...], not_probed: [...], message?, restore_seconds, scratch,
     volumes}; ``scratch`` is where the copy was kept (``keep``), else None; ``not_probed``: each
     quiescer that checked nothing ({name, quiesce, reason}). ``ok`` is True only when at least
     one probe ran and every probe passed; a drill that probed nothing is not passed and says why
-    in ``message``. Raises what ``restore`` raises; a failing probe is a result (``ok`` False),
-    not an error. ``source``: read from this target only (default: the first with a good copy).
+    in ``message``. Raises what ``restore`` raises (the scratch space is checked like a restore's
+    DEST before any artifact is read); a failing probe is a result (``ok`` False), not an error.
+    ``source``: read from this target only (default: the first with a good copy).
     """
-    checked = check_copies(config, runner, backup_id, source, say=say)
-    stored = checked.stored
+    stored = catalog.find(config, backup_id, source)
     m = stored.manifest
     unique = f"{m.id}.{os.getpid()}"
+    driver = driver_for(config, m, runner)
+    dataset = driver.drill_dataset(m, unique) if isinstance(driver, DatasetRestore) else None
+    if dataset:
+        dest = dataset
+    else:
+        scratch_root = config.agent.scratch_dir or (config.agent.state_dir / "drill")
+        scratch_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        dest = str(scratch_root / unique)
+    restore_dest.precheck(config, driver, stored, dest, space=space_check,
+                          arg="the drill's scratch copy" if dataset else "the drill's scratch copy (agent.scratch_dir)")
+    checked = check_copies(config, runner, stored.id, source, say=say)
     with signals.raising():
         scope = Scope.start(config, runner, DRILL_GROUP, unique)
-        dest: str = ""
         try:
-            driver = driver_for(config, m, runner)
-            dataset = driver.drill_dataset(m, unique) if isinstance(driver, DatasetRestore) else None
-            if dataset:
-                dest = dataset
-            else:
-                scratch_root = config.agent.scratch_dir or (config.agent.state_dir / "drill")
-                scratch_root.mkdir(parents=True, exist_ok=True, mode=0o700)
-                dest = str(scratch_root / unique)
             t = time.monotonic()
             restored = restore_into(config, runner, checked, dest, False, False, scope, say)
             restore_s = time.monotonic() - t

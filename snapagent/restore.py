@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from snapagent import catalog, cleanup, registry, restore_paths, signals, verify
+from snapagent import catalog, cleanup, registry, restore_dest, restore_paths, restore_undo, signals, verify
 from snapagent.chains import check_links
 from snapagent.config import Config
 from snapagent.errors import ConfigError, NotFound, OperationFailed, RestoreRefused, VerifyFailed
@@ -170,18 +170,23 @@ class Scope:
 
 def restore(config: Config, runner: Runner, backup_id: str, dest: Path | str, force: bool = False,
             allow_special: bool = False, say: Say = lambda s: None, paths: Sequence[str] = (),
-            source: str | None = None) -> dict[str, Any]:
-    """Verify, then restore backup ``backup_id`` into ``dest``; return a summary for the user.
+            source: str | None = None, space_check: bool = True) -> dict[str, Any]:
+    """Check DEST, verify, then restore backup ``backup_id`` into ``dest``; return a summary for
+    the user.
 
-    ``dest`` is a directory, or the name of a new dataset for a DatasetRestore driver's backup.
-    ``paths``: restore only these (``snapagent.restore_paths``; tar exports only).
+    ``dest`` is a directory, or the name of a new dataset for a DatasetRestore driver's backup;
+    it is checked before any artifact is read (``restore_dest.precheck``; ``space_check``: its
+    free space too). ``paths``: restore only these (``snapagent.restore_paths``; tar exports only).
     ``source``: read from this target only (default: the first with a good copy, ``check_copies``).
     Raises UsageError (a bad path), NotFound, BackupDamaged, VerifyFailed / RestoreRefused
-    (nothing written), OperationFailed / Interrupted (what was written is removed again).
+    (nothing written), OperationFailed / Interrupted (what was written is removed again, and one
+    line says so, or says what is left where for ``snapagent cleanup``).
     """
     stored = catalog.find(config, backup_id, source)
     logfields.bind(job=stored.manifest.job, backup_id=stored.id)
     selection = restore_paths.select(stored.manifest, paths) if paths else None
+    found = restore_dest.precheck(config, driver_for(config, stored.manifest, runner), stored, dest, force,
+                                  whole=selection is None, space=space_check)
     checked = check_copies(config, runner, stored.id, source, allow_special, say)
     stored = checked.stored
     if selection is not None:
@@ -194,8 +199,15 @@ def restore(config: Config, runner: Runner, backup_id: str, dest: Path | str, fo
             result = restore_into(config, runner, checked, dest, force, allow_special, scope, say, selection)
             _durable(result)
             done = True
+        except (OperationFailed, OSError) as e:
+            if not restore_undo.out_of_space(e):
+                raise
+            raise restore_undo.ran_out_of_space(found, e) from None
         finally:
-            scope.end(keep=lambda rec: done)
+            taken = [] if done else read_open(scope.journal.path)
+            failed = scope.end(keep=lambda rec: done)
+            if not done:
+                restore_undo.report(found.dest, taken, read_open(scope.journal.path) if failed else [])
     return result.summary
 
 
@@ -300,8 +312,8 @@ def _prepare_directory(dest: Path, force: bool, held: Held, driver: str) -> str 
     was moved, if anywhere. Raise RestoreRefused (nothing written)."""
     if dest.is_symlink():
         raise RestoreRefused(f"{dest} is a symlink; restore refuses to follow it")
-    if not dest.exists():
-        held.directory(dest, parents=True, driver=driver)
+    if not dest.exists():  # never its parents: a failed restore removes what it made (restore_dest)
+        held.directory(dest, driver=driver)
         return None
     if not dest.is_dir():
         raise RestoreRefused(f"{dest} exists and is not a directory")

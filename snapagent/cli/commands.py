@@ -190,7 +190,8 @@ def do_restore(args, out) -> int:
 
     cfg = _config(args)
     summary = restore(cfg, _runner(cfg, out), args.id, Path(args.dest), force=args.force,
-                      allow_special=args.allow_special, say=out.say, paths=args.paths, source=args.source)
+                      allow_special=args.allow_special, say=out.say, paths=args.paths, source=args.source,
+                      space_check=args.space_check)
     if out.json:
         out.emit(summary)
     else:
@@ -212,7 +213,8 @@ def do_drill(args, out) -> int:
     from snapagent.drill import drill
 
     cfg = _config(args)
-    report = drill(cfg, _runner(cfg, out), args.id, keep=args.keep, say=out.say, source=args.source)
+    report = drill(cfg, _runner(cfg, out), args.id, keep=args.keep, say=out.say, source=args.source,
+                   space_check=args.space_check)
     if out.json:
         out.emit(report)
     else:

@@ -108,19 +108,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("id")
     _identity(sp, "; with it, encrypted artifacts are also decrypted and their plaintext checked")
     from_target(sp)
-    sp = cmd("restore", "verify, then restore a backup into an empty directory", commands.do_restore)
+    sp = cmd("restore", "check DEST, verify, then restore a backup into a new or empty directory", commands.do_restore)
     sp.add_argument("id")
     _identity(sp, "")
-    sp.add_argument("--to", required=True, dest="dest", metavar="DEST", help="destination directory (created; must be empty); for a ZFS send backup, the name of a new dataset (e.g. tank/restored)")
+    sp.add_argument("--to", required=True, dest="dest", metavar="DEST", help="destination directory (created in an existing parent, or empty); checked before anything is "
+                    "read; for a ZFS send backup, the name of a new dataset (e.g. tank/restored)")
     sp.add_argument("--force", action="store_true", help="move DEST's current content aside to DEST.pre-restore-<time>")
     sp.add_argument("--allow-special", action="store_true", help="restore device/FIFO members and keep setuid/setgid bits")
     sp.add_argument("--path", action="append", default=[], dest="paths", metavar="REL",
                     help="restore only this file or directory (relative to the volume root; LABEL/REL with "
                          "several volumes); repeatable; tar exports only")
+    _no_space_check(sp, "DEST")
     from_target(sp)
     sp = cmd("drill", "restore into scratch space and run the databases' own integrity checks", commands.do_drill)
     sp.add_argument("id")
     sp.add_argument("--keep", action="store_true", help="keep the scratch copy and print where it is")
+    _no_space_check(sp, "the scratch space")
     _identity(sp, "")
     from_target(sp)
     sp = cmd("copy", "copy a stored backup (and the chain links it needs) to another target, verified",
@@ -163,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--randomized-delay", default="0", metavar="DURATION",
                     help="timers: RandomizedDelaySec, spreads the start of many hosts (e.g. 5m; default 0)")
     return p
+
+
+def _no_space_check(sp, where: str) -> None:
+    sp.add_argument("--no-space-check", dest="space_check", action="store_false",
+                    help=f"do not refuse when {where} has less free space than the backup's uncompressed size "
+                         "(e.g. a compressing filesystem)")
 
 
 def _error(message: str, tag: str = "error") -> None:
