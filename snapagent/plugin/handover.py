@@ -99,7 +99,7 @@ def run_dir(ctx: RestoreContext, name: str, uid: int, gid: int, longest: str) ->
     ``<dir>/<longest>`` would be too long for a unix socket (or there is no DEST)."""
     d = ctx.dest / f".snapagent-{name}" if ctx.dest is not None else None
     if d is None or len(os.fsencode(d / longest)) > SOCKET_PATH_MAX:
-        d = ctx.held.tempdir(f"snapagent-{name}-")
+        d = ctx.held.tempdir(f"snapagent-run-{name}-")
     else:
         ctx.held.directory(d)
     os.chown(d, uid, gid)

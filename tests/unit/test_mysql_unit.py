@@ -348,8 +348,8 @@ def test_prepare_restore_and_server_argv(tmp_path):
     assert argv == ["mariadbd", "--no-defaults", f"--datadir={dest}", "--socket=/tmp/s.sock", "--pid-file=/tmp/p.pid",
                     "--skip-networking", "--user=mysql", "--log-error=/tmp/e.log", "--event-scheduler=OFF",
                     "--skip-slave-start", "--innodb-page-size=16384", "--server-id=5",
-                    f"--innodb-log-group-home-dir={dest}/", f"--log-bin={dest}/mysql-bin",
-                    f"--log-bin-index={dest}/mysql-bin.index"]
+                    f"--innodb-log-group-home-dir={dest}/", "--log-bin=mysql-bin",
+                    "--log-bin-index=mysql-bin.index"]  # relative: the copy indexes new binlogs as ./name
 
 
 def test_run_as_falls_back_to_root(tmp_path):

@@ -172,12 +172,23 @@ def synthetic(tmp_path: Path, mode: str):
     return dest, pgdata, wal, ts, rec, where.__getitem__
 
 
+@pytest.fixture
+def short_tmp():
+    """A temp dir with a short path (a socket path below DEST must fit in 107 bytes)."""
+    import shutil
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="sa-h-", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
 def ctx_for(dest: Path, runner: FakeRunner | None = None) -> RestoreContext:
     return RestoreContext(runner or FakeRunner(), None, Held(None, runner or FakeRunner()), dest=dest)
 
 
-def test_prepare_backup_api(tmp_path):
-    dest, pgdata, wal, ts, rec, locate = synthetic(tmp_path, "backup-api")
+def test_prepare_backup_api(short_tmp):
+    dest, pgdata, wal, ts, rec, locate = synthetic(short_tmp, "backup-api")
     h = pg_restore.prepare(rec, locate, ctx_for(dest))
     assert os.readlink(pgdata / "pg_wal") == str(wal)
     assert os.readlink(pgdata / "pg_tblspc" / "16384") == str(ts)
@@ -191,17 +202,6 @@ def test_prepare_backup_api(tmp_path):
     assert h.kind == "postgresql" and h.data_dir == str(pgdata) and h.files == [str(wal), str(ts)]
     assert h.details["relinked"]["pg_wal"] == {"from": "/live/wal", "to": str(wal)}
     assert pg_restore.restore_root(rec, locate) == dest
-
-
-@pytest.fixture
-def short_tmp():
-    """A temp dir with a short path (a socket path below DEST must fit in 107 bytes)."""
-    import shutil
-    import tempfile
-
-    d = Path(tempfile.mkdtemp(prefix="sa-h-", dir="/tmp"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def test_handover_free_port_private_socket_and_owner(short_tmp):
@@ -255,8 +255,8 @@ def test_handover_nasty_path_runs_the_postmaster_in_the_foreground(short_tmp, tm
     shutil.rmtree(h.socket)
 
 
-def test_prepare_checkpoint_leaves_wal_and_refuses_unknown_links(tmp_path):
-    dest, pgdata, wal, ts, rec, locate = synthetic(tmp_path, "checkpoint")
+def test_prepare_checkpoint_leaves_wal_and_refuses_unknown_links(short_tmp):
+    dest, pgdata, wal, ts, rec, locate = synthetic(short_tmp, "checkpoint")
     os.symlink("/live/other", pgdata / "pg_tblspc" / "99999")
     with pytest.raises(OperationFailed, match="did not record"):
         pg_restore.prepare(rec, locate, ctx_for(dest))

@@ -95,7 +95,7 @@ def prepare_restore(record: dict[str, Any], locate: Callable[[str], Path], ctx: 
 
 
 PORT_FROM = 3340  # 3306 is the default, 3307 a common second instance
-PUT_IN_PLACE = "docs/databases.md#put-a-restored-mysql-mariadb-datadir-in-place"
+PUT_IN_PLACE = "docs/databases.md#put-a-restored-mysql-or-mariadb-datadir-in-place"
 
 
 def _repoint_index(index: Path, live_datadir: Path, live_dir: str | None, record, locate, datadir: Path) -> int:
@@ -153,10 +153,13 @@ def server_argv(record: dict[str, Any], locate: Callable[[str], Path], sock: str
     if _on(record) and server.get("log_bin_basename"):
         base = restored_path(record, locate, server["log_bin_basename"])
         if base is not None:
-            argv.append(f"--log-bin={base}")
+            # inside the datadir: relative names, so the binlogs the copy writes are indexed as
+            # ./name and the copy can be moved into the live server's place
+            datadir = locate(record["datadir"])
+            argv.append(f"--log-bin={base.name if base.parent == datadir else base}")
             index = restored_path(record, locate, server.get("log_bin_index"))
             if index is not None:
-                argv.append(f"--log-bin-index={index}")
+                argv.append(f"--log-bin-index={index.name if index.parent == datadir else index}")
     else:
         argv.append("--skip-log-bin")
     return argv
