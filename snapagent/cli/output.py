@@ -192,8 +192,8 @@ def handover_lines(entry: Mapping[str, Any]) -> list[str]:
         if entry.get("notes"):  # an older plugin's notes
             return [f"  {entry['type']} database: {entry.get('restored')}",
                     *(f"    {k}: {v}" for k, v in entry["notes"].items())]
-        return [f"  {entry['type']}: no database hand-over (snapagent restored the files; it knows no database "
-                "here to start or check — what the hook recorded is in `show ID --json`)"]
+        return [f"  {entry['type']}: no database hand-over — snapagent restored the files but knows no database in "
+                "them to start or check (what the quiescer recorded: `snapagent show ID --json`)"]
     lines = [f"  {entry['type']} database: {entry['restored']}"]
     if h.get("files"):
         lines.append(f"    files:    {'  '.join(h['files'])}")

@@ -66,7 +66,8 @@ def test_murodb_hold_example(subvol, workdir, tmp_path):
     assert hold["rc"] == 0 and int(hold["values"]["checkpointed"]) > 0
     assert "released_after_ms" in hold["values"] and hold["ready_ms"] < 5000
     dest = tmp_path / "restored"
-    snapagent("restore", m["id"], "--to", str(dest), config=cfg, check=True)
+    r = snapagent("restore", m["id"], "--to", str(dest), config=cfg, check=True)
+    assert "  command: no database hand-over" in r.stdout, r.stdout  # issue 12: said, not silent
     vol = dest / m["volumes"][0]["label"]
     assert (vol / "wal").read_bytes() == b""  # the lock was held from the checkpoint to the snapshot
     data = (vol / "data").read_text().splitlines()
