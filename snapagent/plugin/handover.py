@@ -93,12 +93,13 @@ def free_port(start: int, avoid: tuple[int, ...] = (), host: str = "127.0.0.1", 
     raise OSError(f"no free TCP port on {host} in {start}-{start + tries - 1}")
 
 
-def run_dir(ctx: RestoreContext, name: str, uid: int, gid: int, longest: str) -> Path:
+def run_dir(ctx: RestoreContext, name: str, uid: int, gid: int, longest: str, unsafe: str = "") -> Path:
     """Create the private run directory of a restored database (0700, owned by uid:gid, taken
     through ``ctx.held``): ``DEST/.snapagent-<name>``, or a temp dir when the socket path
-    ``<dir>/<longest>`` would be too long for a unix socket (or there is no DEST)."""
+    ``<dir>/<longest>`` would be too long for a unix socket, DEST's path holds one of the
+    characters ``unsafe`` (e.g. PostgreSQL's list separator), or there is no DEST."""
     d = ctx.dest / f".snapagent-{name}" if ctx.dest is not None else None
-    if d is None or len(os.fsencode(d / longest)) > SOCKET_PATH_MAX:
+    if d is None or len(os.fsencode(d / longest)) > SOCKET_PATH_MAX or any(c in str(d) for c in unsafe):
         d = ctx.held.tempdir(f"snapagent-run-{name}-")
     else:
         ctx.held.directory(d)

@@ -353,3 +353,15 @@ def test_checkpoint_mode_refused_across_non_atomic_volumes():
     assert "/srv/wal/wal on /srv/wal" in str(e.value) and "/srv/data/pg on /srv/data" in str(e.value)
     with pytest.raises(PreflightFailed, match="standby"):
         quiescer("auto", ["/srv/data", "/srv/wal"], False, in_recovery=True).choose_mode()
+
+
+def test_handover_socket_dir_never_holds_a_comma(short_tmp):
+    """unix_socket_directories is a comma-separated list: a DEST with a comma gets its run directory
+    in the temp dir."""
+    dest, pgdata, wal, ts, rec, locate = synthetic(short_tmp / "a,b", "checkpoint")
+    h = pg_restore.prepare(rec, locate, ctx_for(dest))
+    try:
+        assert "," not in h.socket and Path(h.socket).parent == Path(tempfile.gettempdir())
+        assert f"unix_socket_directories={h.socket}" in h.start[-2]
+    finally:
+        shutil.rmtree(h.socket)

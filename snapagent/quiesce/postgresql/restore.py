@@ -152,7 +152,8 @@ def prepare(record: dict[str, Any], locate: Callable[[str], Path], ctx: RestoreC
     # the server refuses a data directory it does not own or that others may enter
     for d in [pgdata, *([wal_dir] if record.get("pg_wal") else []), *spaces]:
         claim(d, uid, gid)
-    os.chmod(pgdata, 0o700 if stat.S_IMODE(os.stat(pgdata).st_mode) & 0o027 else stat.S_IMODE(os.stat(pgdata).st_mode))
+    if stat.S_IMODE(os.stat(pgdata).st_mode) & 0o027:  # 0700 or 0750, nothing more
+        os.chmod(pgdata, 0o700)
     owner = os.stat(pgdata)
     settings = {"archive_mode": "off"}
     details: dict[str, Any] = {"mode": record.get("mode"), "relinked": links}
@@ -175,7 +176,8 @@ def prepare(record: dict[str, Any], locate: Callable[[str], Path], ctx: RestoreC
     _owned_write(auto, text, owner, append=True)
     extra = [Path(a["restored"]) for a in record.get("artifacts", []) if "restored" in a]
     notes = reach(ctx, [pgdata, wal_dir, *spaces, *extra], uid, gid)
-    run = run_dir(ctx, "postgresql", uid, gid, ".s.PGSQL.65535.lock")
+    # unix_socket_directories is a comma-separated list
+    run = run_dir(ctx, "postgresql", uid, gid, ".s.PGSQL.65535.lock", unsafe=',"')
     h = handover(record, pgdata, user, run, free_port(PORT_FROM, avoid=(5432, 5433)), notes)
     h.details = details
     h.files = [str(p) for p in [*([wal_dir] if record.get("pg_wal") else []), *spaces]]
