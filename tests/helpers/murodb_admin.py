@@ -9,6 +9,8 @@ checkpoint), ``DBDIR/LOCK`` (writers take an exclusive flock on it for every wri
     murodb_admin.py lock DBDIR [READY]     take the writer lock, checkpoint the wal into data,
                                            print READY, hold the lock until stdin reaches EOF,
                                            then release, print figures and exit 0
+    murodb_admin.py check DBDIR            print the record count and "ok" when every record of data
+                                           and wal is whole ("<n> <time>"), else "damaged" and exit 1
 """
 
 from __future__ import annotations
@@ -56,11 +58,29 @@ def lock(db: str, ready: str = "READY") -> int:
     return 0
 
 
+def check(db: str) -> int:
+    n = 0
+    for name in ("data", "wal"):
+        path = os.path.join(db, name)
+        if not os.path.exists(path):
+            continue
+        for line in open(path, encoding="utf-8"):
+            parts = line.split()
+            if len(parts) != 2 or not parts[0].isdigit():
+                print("damaged")
+                return 1
+            n += 1
+    print(f"records={n}\nok")
+    return 0
+
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "writer":
         writer(*args)
     elif cmd == "lock":
         sys.exit(lock(*args))
+    elif cmd == "check":
+        sys.exit(check(*args))
     else:
         sys.exit(f"unknown command {cmd!r}")

@@ -5,6 +5,8 @@ into the manifest), the environment, post-only-after-pre, and hold failures."""
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import subprocess
 import sys
 import time
@@ -67,8 +69,11 @@ def test_murodb_hold_example(subvol, workdir, tmp_path):
     assert "released_after_ms" in hold["values"] and hold["ready_ms"] < 5000
     dest = tmp_path / "restored"
     r = snapagent("restore", m["id"], "--to", str(dest), config=cfg, check=True)
-    assert "  command: no database hand-over" in r.stdout, r.stdout  # issue 12: said, not silent
     vol = dest / m["volumes"][0]["label"]
+    # the example's handover: its check line, pasted as printed, runs the tool on the restored copy
+    assert f"  command database: {vol}" in r.stdout, r.stdout
+    check = shlex.split(re.search(r"(?m)^    check: +(.*)$", r.stdout).group(1))
+    assert check[-1] == str(vol) and subprocess.run(check, capture_output=True, text=True).stdout.split()[-1] == "ok"
     assert (vol / "wal").read_bytes() == b""  # the lock was held from the checkpoint to the snapshot
     data = (vol / "data").read_text().splitlines()
     acked = int(ack.read_text().splitlines()[-1].split()[0])
@@ -91,6 +96,8 @@ def test_rstmdb_pre_output_in_manifest(subvol, workdir):
     assert pre["rc"] == 0 and pre["values"] == {"segments": "3", "wal_offset": "12345"}
     assert "compaction done" in pre["stdout"]
     assert "post" not in m["quiescers"][0]
+    r = snapagent("restore", m["id"], "--to", str(workdir / "restored"), config=cfg, check=True)
+    assert "  command: no database hand-over" in r.stdout, r.stdout  # issue 12: said, not silent
 
 
 def test_environment_and_nasty_names(subvol, workdir, tmp_path):

@@ -133,3 +133,42 @@ def test_sqlite_put_in_place_is_the_runbooks():
     section = text.split("### Put a restored SQLite database in place", 1)[1].split("\n## ", 1)[0]
     block = re.search(r"```sh\n(.*?)```", section, re.S).group(1).strip().splitlines()
     assert block and all(ln in (ROOT / "docs" / "runbook.md").read_text().splitlines() for ln in block), block
+
+
+def test_command_hook_hands_over_what_the_user_configured(tmp_path):
+    """A command hook knows no database; with a `handover` table it hands over the user's own
+    commands, {data_dir} filled in with the restored place, the data given to `owner`."""
+    from pydantic import ValidationError
+
+    from snapagent.plugin.quiescer import QuiesceContext
+    from snapagent.quiesce.command import CommandConfig, CommandQuiescer
+
+    cfg = CommandConfig(pre=["true"], handover={"data_dir": "/srv/muro db", "owner": "nobody",
+                                                "start": ["muro", "serve", "--dir={data_dir}"],
+                                                "check": ["muro", "check", "{data_dir}"], "put_in_place": "wiki/muro"})
+    q = CommandQuiescer(cfg, QuiesceContext("j", FakeRunner(), []))
+    assert q.files() == [Path("/srv/muro db")] and CommandQuiescer.data_dirs(cfg) == [Path("/srv/muro db")]
+    assert q.rec["handover"]["data_dir"] == "/srv/muro db"  # in the manifest: restore needs no config
+    restored = tmp_path / "muro db"
+    (restored / "sub").mkdir(parents=True)
+    r = FakeRunner()
+    h = CommandQuiescer.prepare_restore(json.loads(json.dumps(q.rec)), lambda live: restored,
+                                        RestoreContext(r, None, Held(None, r), dest=tmp_path))
+    assert h.start == ["muro", "serve", f"--dir={restored}"] and h.check == ["muro", "check", str(restored)]
+    assert h.stop == [] and h.put_in_place == "wiki/muro" and h.owner == "nobody"
+    assert os.stat(restored / "sub").st_uid == pwd.getpwnam("nobody").pw_uid
+    for bad in ({"data_dir": "relative"}, {"data_dir": "/x", "start": [""]}):
+        with pytest.raises(ValidationError):
+            CommandConfig(pre=["true"], handover=bad)
+    assert CommandQuiescer.prepare_restore({"type": "command"}, lambda live: restored, None) is None
+
+
+def test_the_documented_command_handover_parses():
+    import tomllib
+
+    from snapagent.quiesce.command import CommandHandover
+
+    section = (ROOT / "docs" / "databases.md").read_text().split("## Command hooks", 1)[1].split("\n## ", 1)[0]
+    block = next(b for b in re.findall(r"```toml\n(.*?)```", section, re.S) if ".handover]" in b)
+    h = CommandHandover(**tomllib.loads(block)["jobs"]["murodb"]["quiesce"]["handover"])
+    assert h.owner == "murodb" and "{data_dir}" in h.check
