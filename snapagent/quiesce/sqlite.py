@@ -196,7 +196,9 @@ class SqliteQuiescer(Quiescer):
         (recorded at backup; by name when that user exists here); return the hand-over: the files,
         their owner and the check command. SQLite has no server: nothing to start or stop."""
         path = locate(record["path"])
-        files = [p for p in (path, *(path.with_name(path.name + sfx) for sfx in ("-wal", "-journal"))) if p.is_file()]
+        # regular files only: a restored tree is as untrusted as the manifest (never a symlink's target)
+        files = [p for p in (path, *(path.with_name(path.name + sfx) for sfx in ("-wal", "-journal")))
+                 if p.is_file() and not p.is_symlink()]
         user = None
         if files:
             try:
