@@ -41,7 +41,7 @@ from snapagent.plugin.driver import (
     Driver,
     RestoreDirectoryCheck,
 )
-from snapagent.plugin.quiescer import Locate, RestoreContext
+from snapagent.plugin.quiescer import Handover, Locate, RestoreContext
 from snapagent.plugin.target import Stored
 from snapagent.util import fs, logfields, progress, tar
 from snapagent.util.runner import Runner
@@ -251,18 +251,32 @@ def restore_into(config: Config, runner: Runner, checked: Checked, dest: Path | 
                          **({"restored_as": shown} if prepared else {})})
         say(f"restored {vol.volume} -> {shown}" + (f" (mounted at {roots[vol.label]})" if prepared else ""))
     locate = locator(m, roots)
-    ctx = RestoreContext(runner, config, scope.held, say)
+    ctx = RestoreContext(runner, config, scope.held, say, dest=Path(files_root))
     dbs, records = [], []
     for q in m.quiescers:
         rec = _restore_extras(checked, q, files_root, runner, allow_special, say)
         records.append(rec)
         plugin = registry.discover("quiescer").get(q.type)
-        notes = plugin.load().prepare_restore(rec, locate, ctx) if plugin else None
-        for live in q.locations:
-            dbs.append({"type": q.type, "live": live, "restored": str(locate(live)), **({"notes": notes} if notes else {})})
-            say(f"{q.type} database {live} restored as {locate(live)}")
+        dbs.append(database_entry(q, locate, plugin.load().prepare_restore(rec, locate, ctx) if plugin else None))
+        if q.locations:
+            say(f"{q.type} database {dbs[-1]['live']} restored as {dbs[-1]['restored']}")
     summary = {"id": m.id, "dest": dest_shown, "moved_aside": moved, "volumes": out_vols, "databases": dbs}
     return Restored(summary, locate, records)
+
+
+def database_entry(q: QuiescerRecord, locate: Locate, handed: Handover | dict[str, Any] | None) -> dict[str, Any]:
+    """Return the summary's entry for one quiescer: its first recorded place (the database: PGDATA,
+    the datadir, the SQLite file) ``live`` → ``restored``, every place it recorded (``locations``),
+    and ``handover`` (None: this quiescer hands no database over, e.g. a command hook). A plain
+    dict from an older plugin's ``prepare_restore`` is kept as ``notes``."""
+    places = {live: str(locate(live)) for live in q.locations}
+    live = next(iter(places), None)
+    entry: dict[str, Any] = {"type": q.type, "live": live, "restored": places.get(live) if live else None,
+                             "locations": places,
+                             "handover": handed.as_dict() if isinstance(handed, Handover) else None}
+    if isinstance(handed, dict):
+        entry["notes"] = handed
+    return entry
 
 
 def _restore_paths(runner: Runner, checked: Checked, dest: Path, moved: str | None, selection: dict[str, list[str]],

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from snapagent.cli import readable
+from snapagent.cli.output import handover_lines
 from snapagent.cli.output import human_size as _size
 from snapagent.errors import EXIT_FAILED, EXIT_OK, ConfigError, OperationFailed, PreflightFailed, SnapagentError, UsageError
 from snapagent.util import logfields
@@ -199,13 +200,8 @@ def do_restore(args, out) -> int:
         for v in summary["volumes"]:
             for p in v.get("paths", []):
                 out.line(f"  {Path(v['path']) / p}")
-        shown = set()
         for d in summary["databases"]:
-            out.line(f"  {d['type']} database: {d['restored']}")
-            for line in d.get("notes", {}).get("instructions", []):
-                if line not in shown:  # one database may list several restored locations
-                    shown.add(line)
-                    out.line(f"    {line}")
+            out.lines(handover_lines(d))
     return EXIT_OK
 
 

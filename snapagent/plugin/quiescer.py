@@ -93,6 +93,9 @@ class RestoreContext:
     say: Callable[[str], None] = lambda line: None
     drill: DrillScene | None = None
     settings: Any = None
+    #: The restore's destination directory (DEST, or a restored dataset's mount point); None in
+    #: a drill's probes. A hand-over puts its private run directory (socket, log) here.
+    dest: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,34 @@ class ArchiveCleanup:
         return {"quiescer": self.quiescer, "archive": self.archive, "remove": self.remove, "removed": self.removed,
                 "bytes": self.bytes, "kept_from": self.kept_from, "needed_by": self.needed_by, "kept": self.kept,
                 "reason": self.reason, "failed": self.failed}
+
+
+@dataclass
+class Handover:
+    """How a restored database is taken over: the same shape for every database, printed by
+    ``restore`` as a block per database and carried by ``restore --json`` under
+    ``databases[].handover`` (``as_dict``). Commands are argv lists (shown shell-quoted, never run
+    through a shell); empty when the database has none (SQLite has no server)."""
+
+    kind: str                      # the quiescer type: "postgresql", "mysql", "sqlite"
+    data_dir: str                  # the restored data directory (SQLite: the database file's directory)
+    owner: str | None = None       # the user the database runs as; the data is owned by it
+    port: int | None = None        # a TCP port free on 127.0.0.1 when the restore chose it
+    socket: str | None = None      # the private socket (PostgreSQL: its directory)
+    start: list[str] = field(default_factory=list)   # run as root: starts the copy
+    check: list[str] = field(default_factory=list)   # a one-line check of the started copy (SQLite: of the file)
+    stop: list[str] = field(default_factory=list)    # stops the started copy
+    put_in_place: str = ""         # where the steps to replace the live data with the copy are documented
+    files: list[str] = field(default_factory=list)   # the database's files (SQLite) or directories besides data_dir
+    notes: list[str] = field(default_factory=list)   # what else the user must know, one line each
+    details: dict[str, Any] = field(default_factory=dict)  # what the preparation did (relinked, removed …)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the hand-over as JSON data (every key, always)."""
+        return {"kind": self.kind, "data_dir": self.data_dir, "owner": self.owner, "port": self.port,
+                "socket": self.socket, "start": list(self.start), "check": list(self.check), "stop": list(self.stop),
+                "put_in_place": self.put_in_place, "files": list(self.files), "notes": list(self.notes),
+                "details": dict(self.details)}
 
 
 @dataclass
@@ -254,9 +285,12 @@ class Quiescer:
         raise NotImplementedError(f"quiescer {cls.type} journals nothing to undo")
 
     @classmethod
-    def prepare_restore(cls, record: dict[str, Any], locate: Locate, ctx: RestoreContext) -> dict[str, Any] | None:
+    def prepare_restore(cls, record: dict[str, Any], locate: Locate, ctx: RestoreContext) -> Handover | None:
         """After files are restored: make the restored database startable as it is (e.g. write
-        PostgreSQL's backup_label, recovery settings); return notes for the user, or None.
+        PostgreSQL's backup_label, recovery settings; ownership for the database's user; a private
+        socket directory in ``ctx.dest``); return the ``Handover``, or None when this quiescer
+        knows no database to hand over (restore says so). A plain dict (older plugins) is shown
+        as notes.
         ``record`` is this quiescer's manifest record; each entry of ``record["artifacts"]`` then
         also holds ``restored``: where it was extracted."""
         return None

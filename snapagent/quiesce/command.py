@@ -18,20 +18,46 @@
 
 from __future__ import annotations
 
+import os
+import pwd
 import subprocess
 import time
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import field_validator, model_validator
 
-from snapagent.config import Duration, Strict
-from snapagent.errors import CommandFailed, FreezeOverrun, PreflightFailed, QuiesceFailed
-from snapagent.plugin.quiescer import Locate, ProbeResult, Quiescer, RestoreContext
+from snapagent.config import Duration, Strict, absolute
+from snapagent.errors import CommandFailed, FreezeOverrun, OperationFailed, PreflightFailed, QuiesceFailed
+from snapagent.plugin.handover import claim, reach
+from snapagent.plugin.quiescer import Handover, Locate, ProbeResult, Quiescer, RestoreContext
 from snapagent.util.lines import LineReader
 from snapagent.util.runner import Stream, format_argv
 
 MAX_OUTPUT = 64 * 1024  # bytes of a command's stdout kept in the manifest
 MAX_LINES = 200  # lines of the hold process kept in the manifest
+
+
+class CommandHandover(Strict):
+    """What restore hands over for the database a command hook protects (it knows none itself):
+    ``data_dir`` is a live path on the job's volumes; ``{data_dir}`` in the commands becomes its
+    restored place, ``{dest}`` the restore's DEST. Recorded in the manifest at backup."""
+
+    data_dir: Path
+    owner: str | None = None  # the user the restored data_dir (and all below) is given to
+    start: list[str] = []
+    check: list[str] = []
+    stop: list[str] = []
+    put_in_place: str = ""  # where the user's own steps are written down
+
+    _abs = field_validator("data_dir")(lambda v: Path(os.path.normpath(absolute(v))))
+
+    @field_validator("start", "check", "stop")
+    @classmethod
+    def _argv(cls, v: list[str]) -> list[str]:
+        if v and not v[0] or any("\x00" in a for a in v):
+            raise ValueError("must be an argv list, e.g. [\"/usr/local/bin/tool\", \"{data_dir}\"]")
+        return v
 
 
 class CommandConfig(Strict):
@@ -45,6 +71,7 @@ class CommandConfig(Strict):
     probe_timeout: Duration = 600.0
     record_output: bool = True
     consistency: Literal["application", "crash"] = "application"
+    handover: CommandHandover | None = None  # restore hands no database over without it
 
     @field_validator("pre", "post", "hold", "probe")
     @classmethod
@@ -131,6 +158,9 @@ class CommandQuiescer(Quiescer):
         self.rec: dict[str, Any] = {"type": self.type, "name": self.name}
         if cfg.pre is not None or cfg.hold is not None:  # a probe-only hook makes nothing consistent
             self.rec["consistency"] = cfg.consistency
+        if cfg.handover is not None:
+            self.rec["handover"] = cfg.handover.model_dump(mode="json")
+            self.rec["files"] = [str(cfg.handover.data_dir)]  # the engine records where it lies
         self._post_due = False  # pre (or, without pre, hold) succeeded: post must run
         self._hold: Stream | None = None
         self._reader: LineReader | None = None
@@ -139,6 +169,45 @@ class CommandQuiescer(Quiescer):
 
     def describe(self) -> str:
         return f"command {self.name}"
+
+    def files(self) -> list[Path]:
+        return [self.cfg.handover.data_dir] if self.cfg.handover is not None else []
+
+    @classmethod
+    def data_dirs(cls, cfg: CommandConfig) -> list[Path]:
+        return [cfg.handover.data_dir] if cfg.handover is not None else []
+
+    @classmethod
+    def prepare_restore(cls, record: dict[str, Any], locate: Locate, ctx: RestoreContext) -> Handover | None:
+        """With a configured ``handover``: give the restored data_dir to its ``owner`` (who may then
+        pass DEST) and return the configured commands with ``{data_dir}``/``{dest}`` filled in;
+        without one, None (restore says it hands no database over)."""
+        cfg = record.get("handover")
+        if not cfg:
+            return None
+        restored = locate(cfg["data_dir"])
+        notes: list[str] = []
+        if cfg.get("owner"):
+            try:
+                pw = pwd.getpwnam(cfg["owner"])
+            except KeyError:
+                raise OperationFailed(f"command {record.get('name')}: handover.owner {cfg['owner']!r} does not "
+                                      "exist on this host; create the user and restore again") from None
+            claim(restored, pw.pw_uid, pw.pw_gid)
+            notes = reach(ctx, [restored], pw.pw_uid, pw.pw_gid)
+        fill = {"{data_dir}": str(restored), "{dest}": str(ctx.dest or "")}
+
+        def filled(argv: list[str]) -> list[str]:
+            out = []
+            for a in argv:
+                for k, v in fill.items():
+                    a = a.replace(k, v)
+                out.append(a)
+            return out
+
+        return Handover(kind="command", data_dir=str(restored), owner=cfg.get("owner"), start=filled(cfg["start"]),
+                        check=filled(cfg["check"]), stop=filled(cfg["stop"]),
+                        put_in_place=cfg.get("put_in_place") or "docs/databases.md#command-hooks", notes=notes)
 
     def _env(self, phase: str) -> dict[str, str]:
         return {

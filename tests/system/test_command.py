@@ -5,6 +5,8 @@ into the manifest), the environment, post-only-after-pre, and hold failures."""
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import subprocess
 import sys
 import time
@@ -68,8 +70,12 @@ def test_murodb_hold_example(subvol, workdir, tmp_path):
     assert hold["rc"] == 0 and int(hold["values"]["checkpointed"]) > 0
     assert "released_after_ms" in hold["values"] and hold["ready_ms"] < 5000
     dest = tmp_path / "restored"
-    snapagent("restore", m["id"], "--to", str(dest), config=cfg, check=True)
+    r = snapagent("restore", m["id"], "--to", str(dest), config=cfg, check=True)
     vol = dest / m["volumes"][0]["label"]
+    # the example's handover: its check line, pasted as printed, runs the tool on the restored copy
+    assert f"  command database: {vol}" in r.stdout, r.stdout
+    check = shlex.split(re.search(r"(?m)^    check: +(.*)$", r.stdout).group(1))
+    assert check[-1] == str(vol) and subprocess.run(check, capture_output=True, text=True).stdout.endswith("numbered without a gap\n")
     assert (vol / "wal").read_bytes() == b""  # the lock was held from the checkpoint to the snapshot
     data = (vol / "data").read_text().splitlines()
     acked = int(ack.read_text().splitlines()[-1].split()[0])
@@ -97,6 +103,8 @@ def test_rstmdb_pre_output_in_manifest(subvol, workdir):
     assert "post" not in m["quiescers"][0]
     d = snapagent("drill", m["id"], config=cfg)
     assert d.returncode == 0 and "PASS command rstmdb: rstmdb " in d.stdout and "segment(s)" in d.stdout, d.stdout
+    r = snapagent("restore", m["id"], "--to", str(workdir / "restored"), config=cfg, check=True)
+    assert "  command: no database hand-over" in r.stdout, r.stdout  # issue 12: said, not silent
 
 
 def test_environment_and_nasty_names(subvol, workdir, tmp_path):

@@ -38,10 +38,12 @@ from pydantic import field_validator, model_validator
 
 from snapagent.config import Duration, Strict
 from snapagent.errors import PreflightFailed, QuiesceFailed
+from snapagent.plugin.handover import record_owner
 from snapagent.plugin.quiescer import (
     Archive,
     ArchiveCleanup,
     ExtraArtifact,
+    Handover,
     KeptRecord,
     Locate,
     ProbeResult,
@@ -254,7 +256,8 @@ class PostgresQuiescer(Quiescer):
                                            "server_version", "server_version_num", "wal_segment_size",
                                            "bootstrap_superuser", "config_file", "hba_file")})
         self.rec.update(mode=self.mode, consistency="crash" if self.mode == "checkpoint" else "application",
-                        files=[str(f) for f in self.files()], connection=self._conn_desc())
+                        files=[str(f) for f in self.files()], connection=self._conn_desc(),
+                        owner=record_owner(Path(t["data_directory"])))  # whom a restore gives the files to
         if self.cfg.bindir:
             self.rec["bindir"] = str(self.cfg.bindir)
 
@@ -419,10 +422,10 @@ class PostgresQuiescer(Quiescer):
 
     # -- restore side ---------------------------------------------------------------------------
     @classmethod
-    def prepare_restore(cls, record: dict[str, Any], locate: Locate, ctx: RestoreContext) -> dict[str, Any] | None:
+    def prepare_restore(cls, record: dict[str, Any], locate: Locate, ctx: RestoreContext) -> Handover | None:
         from snapagent.quiesce.postgresql import restore
 
-        return restore.prepare(record, locate, ctx.runner)
+        return restore.prepare(record, locate, ctx)
 
     @classmethod
     def drill(cls, record: dict[str, Any], locate: Locate, ctx: RestoreContext) -> list[ProbeResult]:
