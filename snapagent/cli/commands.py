@@ -78,7 +78,6 @@ def _list_rows(copies: list[Stored | Damaged]) -> list[Stored | Damaged]:
 
 def do_list(args, out) -> int:
     from snapagent import catalog
-    from snapagent.manifest import iso
     from snapagent.plugin.target import Damaged, Stored
 
     cfg = _config(args)
@@ -97,8 +96,8 @@ def do_list(args, out) -> int:
     else:
         def text(b: Stored | Damaged) -> str:
             if isinstance(b, Stored):
-                m = b.manifest
-                return (f"{m.id:<36} {m.job:<12} {iso(m.created):<24} {_size(m.size):>10} "
+                m = b.summary  # a cached backup's whole manifest is not validated for a line of text
+                return (f"{m.id:<36} {m.job:<12} {m.created_iso:<24} {_size(m.size):>10} "
                         f"{format_duration(m.freeze_window_ms / 1000):>8} {','.join(where[b.id])}")
             return (f"{_printable(b.id):<36} {_printable(b.job):<12} DAMAGED: {b.reason} "
                     f"({_printable(b.location)}) {b.target.name}")
