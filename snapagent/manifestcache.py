@@ -154,6 +154,9 @@ class ManifestCache:
                 log.debug("manifest cache: cannot create %s: %s", self.dir, e)
                 return None
             return True
+        except OSError as e:  # e.g. a state dir this user cannot enter
+            log.debug("manifest cache: %s: %s", self.dir, e)
+            return None
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
             log.debug("manifest cache: %s is not a directory of this user: not used", self.dir)
             return None

@@ -162,3 +162,13 @@ def test_get_and_a_damaged_manifest_are_never_cached(env):
     assert isinstance(target.get(ms[0].id), Stored)
     entries = json.loads(cache.read_text())["entries"]
     assert [e[0] for e in entries.values()] == [ms[0].id]
+
+
+def test_a_state_dir_this_user_cannot_enter_is_no_cache(env, monkeypatch):
+    target, ms, calls, cache = env
+
+    def denied(path, *a, **kw):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(manifestcache.os, "lstat", denied)
+    assert len(relist(target)) == 3 and not cache.exists()
