@@ -15,6 +15,7 @@ from snapagent.cli.output import human_size as _size
 from snapagent.errors import EXIT_FAILED, EXIT_OK, ConfigError, OperationFailed, PreflightFailed, SnapagentError, UsageError
 from snapagent.util import logfields
 from snapagent.util.durations import format_duration, parse_duration
+from snapagent.util.gcpause import without_cyclic_gc
 
 if TYPE_CHECKING:
     from snapagent.plugin.target import Damaged, Stored
@@ -76,6 +77,7 @@ def _list_rows(copies: list[Stored | Damaged]) -> list[Stored | Damaged]:
     return ([good[0]] if good else []) + [b for b in copies if isinstance(b, Damaged)]
 
 
+@without_cyclic_gc
 def do_list(args, out) -> int:
     from snapagent import catalog
     from snapagent.plugin.target import Damaged, Stored
@@ -114,6 +116,7 @@ def _printable(s: str) -> str:
     return s if s.isprintable() else repr(s)
 
 
+@without_cyclic_gc
 def do_show(args, out) -> int:
     from snapagent import catalog
     from snapagent.manifest import iso
@@ -360,6 +363,7 @@ def do_plugins(args, out) -> int:
     return EXIT_OK
 
 
+@without_cyclic_gc
 def do_check(args, out) -> int:
     """Nagios plugin: exit 0/1/2/3; never 2 for a bad config or argument (that is UNKNOWN, 3)."""
     from snapagent.monitor import check as checkmod
@@ -401,6 +405,7 @@ def _check(args) -> tuple[int, str, list]:
     return (*checkmod.report(checks), checks)
 
 
+@without_cyclic_gc
 def do_status(args, out) -> int:
     from snapagent.monitor import facts as factsmod
     from snapagent.monitor.status import job_status
