@@ -17,6 +17,7 @@ from snapagent.cli.output import human_size as _size
 from snapagent.errors import EXIT_FAILED, EXIT_OK, ConfigError, OperationFailed, PreflightFailed, SnapagentError, UsageError
 from snapagent.util import logfields
 from snapagent.util.durations import format_duration, parse_duration
+from snapagent.util.gcpause import without_cyclic_gc
 
 if TYPE_CHECKING:
     from snapagent.plugin.target import Damaged, Stored
@@ -78,9 +79,9 @@ def _list_rows(copies: list[Stored | Damaged]) -> list[Stored | Damaged]:
     return ([good[0]] if good else []) + [b for b in copies if isinstance(b, Damaged)]
 
 
+@without_cyclic_gc
 def do_list(args, out) -> int:
     from snapagent import catalog
-    from snapagent.manifest import iso
     from snapagent.plugin.target import Damaged, Stored
 
     cfg = _config(args)
@@ -99,8 +100,8 @@ def do_list(args, out) -> int:
     else:
         def text(b: Stored | Damaged) -> str:
             if isinstance(b, Stored):
-                m = b.manifest
-                return (f"{m.id:<36} {m.job:<12} {iso(m.created):<24} {_size(m.size):>10} "
+                m = b.summary  # a cached backup's whole manifest is not validated for a line of text
+                return (f"{m.id:<36} {m.job:<12} {m.created_iso:<24} {_size(m.size):>10} "
                         f"{format_duration(m.freeze_window_ms / 1000):>8} {','.join(where[b.id])}")
             return (f"{_printable(b.id):<36} {_printable(b.job):<12} DAMAGED: {b.reason} "
                     f"({_printable(b.location)}) {b.target.name}")
@@ -117,6 +118,7 @@ def _printable(s: str) -> str:
     return s if s.isprintable() else repr(s)
 
 
+@without_cyclic_gc
 def do_show(args, out) -> int:
     from snapagent import catalog
     from snapagent.manifest import iso
@@ -388,6 +390,7 @@ def do_plugins(args, out) -> int:
     return EXIT_OK
 
 
+@without_cyclic_gc
 def do_check(args, out) -> int:
     """Nagios plugin: exit 0/1/2/3; never 2 for a bad config or argument (that is UNKNOWN, 3)."""
     from snapagent.monitor import check as checkmod
@@ -429,6 +432,7 @@ def _check(args) -> tuple[int, str, list]:
     return (*checkmod.report(checks), checks)
 
 
+@without_cyclic_gc
 def do_status(args, out) -> int:
     from snapagent.monitor import facts as factsmod
     from snapagent.monitor.status import job_status
