@@ -13,15 +13,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-from snapagent import catalog, verify
+from snapagent import catalog
 from snapagent.config import Config, Job
 from snapagent.errors import OperationFailed, VerifyFailed
 from snapagent.manifest import Volume
 from snapagent.plugin.target import Damaged, Stored
 from snapagent.util.durations import format_duration
 from snapagent.util.runner import Runner
-from snapagent.verify import ArtifactCheck
+
+if TYPE_CHECKING:
+    from snapagent.verify import ArtifactCheck
 
 Chains = dict[str, list[tuple[Stored, Volume]]]
 
@@ -88,6 +91,8 @@ def check_links(config: Config, stored: Stored, scan: bool = False, allow_specia
     earlier links (``verify.check`` of ``stored`` itself is the caller's), each named
     ``LINK/ARTIFACT`` with a message naming the backup that needs it. Raise NotFound /
     BackupDamaged / VerifyFailed when a link is missing, damaged or loops."""
+    from snapagent import verify  # a backup (choose_base) never verifies (start-up time)
+
     chains: Chains = {}
     results: list[ArtifactCheck] = []
     done: set[tuple[str, str]] = set()

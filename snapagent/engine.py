@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import socket
 import sys
 import time
 from contextlib import contextmanager
@@ -28,7 +27,7 @@ from typing import Any, Callable, Iterator
 
 from pydantic import ValidationError
 
-from snapagent import __version__, chains, cleanup, copies, places, signals
+from snapagent import __version__, chains, cleanup, places, signals
 from snapagent.config import Config, Job
 from snapagent.errors import (
     ConfigError,
@@ -46,7 +45,6 @@ from snapagent.manifest import ExtraRecord, Freeze, FreezeStep, Manifest, Quiesc
 from snapagent.plugin.driver import Driver, IncrementalBase, Snapshot, SnapshotPlaces
 from snapagent.plugin.quiescer import QuiesceContext, Quiescer
 from snapagent.plugin.target import Damaged, Stored, Writer
-from snapagent.retention.prune import prune
 from snapagent.util import logfields, progress
 from snapagent.util.fs import is_within
 from snapagent.util.names import check_abspath
@@ -286,6 +284,8 @@ class BackupRun:
         if not isinstance(stored, Stored):
             return {n: f"copy to target {n!r} skipped: target {self.target.name!r} does not list {manifest.id} "
                        "as a good backup" for n in names}
+        from snapagent import copies  # only jobs with copy_to need it (start-up time)
+
         try:
             return copies.copy_after_backup(self.config, stored, names, self.runner, self.say)
         except Interrupted as e:
@@ -295,6 +295,8 @@ class BackupRun:
     def _prune(self, only: set[str]) -> list[str]:
         """Apply the job's retention in the targets ``only`` after the commit, the job lock still
         held; return warnings (a failing or interrupted prune never fails the backup)."""
+        from snapagent.retention.prune import prune  # only jobs with a retention need it (start-up time)
+
         try:
             done = prune(self.config, self.job, self.runner, locked=True, say=self.say, only=only)
         except Interrupted as e:
@@ -389,7 +391,7 @@ class BackupRun:
             quiescers.append({**rec, "locations": locs, "artifacts": ex})
         try:
             return Manifest(
-                id=backup_id, job=self.job.name, host=socket.gethostname(), created=created, completed=utcnow(),
+                id=backup_id, job=self.job.name, host=os.uname().nodename, created=created, completed=utcnow(),
                 driver=self.driver.name, export_format=fmt, snapshot_name=snap_name,
                 volumes=[Volume.model_validate(v) for v in volumes],
                 quiescers=[QuiescerRecord.model_validate(q) for q in quiescers],

@@ -26,8 +26,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-import psutil
-
 from snapagent import registry
 from snapagent.errors import CommandFailed, OperationFailed
 from snapagent.journal import Journal
@@ -210,6 +208,8 @@ def _undo_dir(path: Path, record: dict[str, Any], runner: Runner) -> str:
 
 
 def _undo_process(marker: str, sig: int, timeout: float, runner: Runner) -> str:
+    import psutil  # here: a backup imports this module, and only an undo needs psutil (start-up time)
+
     found = []
     for p in psutil.process_iter(["pid", "cmdline"]):
         try:

@@ -39,6 +39,7 @@ from snapagent.plugin.driver import (
     DatasetRestore,
     DirectoryDest,
     Driver,
+    PreparedDataset,
     RestoreDirectoryCheck,
 )
 from snapagent.plugin.quiescer import Handover, Locate, RestoreContext
@@ -196,7 +197,8 @@ def restore(config: Config, runner: Runner, backup_id: str, dest: Path | str, fo
         scope = Scope.start(config, runner, RESTORE_GROUP, f"{checked.stored.id}.{os.getpid()}")
         done = False
         try:
-            result = restore_into(config, runner, checked, dest, force, allow_special, scope, say, selection)
+            result = restore_into(config, runner, checked, dest, force, allow_special, scope, say, selection,
+                                  flush=True)
             _durable(result)
             done = True
         except (OperationFailed, OSError) as e:
@@ -212,9 +214,12 @@ def restore(config: Config, runner: Runner, backup_id: str, dest: Path | str, fo
 
 
 def restore_into(config: Config, runner: Runner, checked: Checked, dest: Path | str, force: bool,
-                 allow_special: bool, scope: Scope, say: Say, selection: dict[str, list[str]] | None = None) -> Restored:
+                 allow_special: bool, scope: Scope, say: Say, selection: dict[str, list[str]] | None = None,
+                 flush: bool = False) -> Restored:
     """Restore a checked backup into ``dest`` within ``scope`` (which journals what is taken);
-    with ``selection`` ({label: paths}, tar only), only those paths of those volumes."""
+    with ``selection`` ({label: paths}, tar only), only those paths of those volumes. ``flush``:
+    a directory's filesystem is written back while the restore writes (``fs.flushing``; a
+    drill's scratch copy needs no flush); raise OperationFailed when that fails."""
     m = checked.stored.manifest
     driver = driver_for(config, m, runner)
     driver.journal = scope.journal
@@ -232,8 +237,22 @@ def restore_into(config: Config, runner: Runner, checked: Checked, dest: Path | 
         dest_shown, files_root = str(dest), dest
     if moved:
         say(f"moved the previous content of {dest_shown} to {moved}")
-    if selection is not None:
-        return _restore_paths(runner, checked, Path(dest), moved, selection, allow_special, say)
+    try:
+        with fs.flushing(files_root if flush and prepared is None else None):
+            if selection is not None:
+                return _restore_paths(runner, checked, Path(dest), moved, selection, allow_special, say)
+            return _restore_all(config, runner, checked, driver, prepared, dest, dest_shown, files_root, moved,
+                                allow_special, scope, say)
+    except fs.FlushFailed as e:
+        raise _flush_failed(e) from None
+
+
+def _restore_all(config: Config, runner: Runner, checked: Checked, driver: Driver, prepared: PreparedDataset | None,
+                 dest: Path | str, dest_shown: str, files_root: Path, moved: str | None, allow_special: bool,
+                 scope: Scope, say: Say) -> Restored:
+    """Restore every volume (its chain, full first) into its place below the prepared ``dest``,
+    the quiescers' extras below ``files_root``, and let each quiescer prepare its database."""
+    m = checked.stored.manifest
     out_vols, roots = [], {}
     for vol in m.volumes:
         vdest = DatasetDest(f"{prepared.name}/{vol.label}") if prepared else DirectoryDest(Path(dest) / vol.label)
@@ -318,7 +337,11 @@ def _durable(result: Restored) -> None:
     try:
         fs.syncfs(paths)
     except OSError as e:
-        raise OperationFailed(f"cannot flush the restored files to disk ({e.strerror or e}): {e.filename}") from None
+        raise _flush_failed(e) from None
+
+
+def _flush_failed(e: OSError) -> OperationFailed:
+    return OperationFailed(f"cannot flush the restored files to disk ({e.strerror or e}): {e.filename}")
 
 
 def _prepare_directory(dest: Path, force: bool, held: Held, driver: str) -> str | None:

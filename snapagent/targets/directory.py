@@ -121,8 +121,7 @@ class DirectoryWriter(Writer):
     def commit(self, manifest: Manifest) -> None:
         """Write the manifest last and move the backup into place atomically. Raises TargetFailed."""
         try:
-            write_atomic(self.tmp / "manifest.json", manifestmod.dumps(manifest))
-            fsync_dir(self.tmp)
+            write_atomic(self.tmp / "manifest.json", manifestmod.dumps(manifest))  # fsyncs self.tmp too
             os.rename(self.tmp, self.final)
             fsync_dir(self.final.parent)
         except OSError as e:

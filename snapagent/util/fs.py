@@ -5,7 +5,13 @@ from __future__ import annotations
 import fcntl
 import os
 import stat
+import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
+
+#: how often ``flushing`` hands what was written to the disk (seconds)
+FLUSH_EVERY = 0.25
 
 
 def fsync_dir(path: Path) -> None:
@@ -61,9 +67,6 @@ def widen_pipe(stream: object, size: int = 1 << 20) -> None:
 def syncfs(paths: list[Path]) -> None:
     """Flush every filesystem holding one of ``paths`` to disk (``syncfs(2)``, once per
     filesystem): what a restore wrote survives a crash once it says it is done. Raise OSError."""
-    import ctypes  # only restores need it
-
-    libc = ctypes.CDLL(None, use_errno=True)
     seen: set[int] = set()
     for p in paths:
         fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY)
@@ -71,8 +74,56 @@ def syncfs(paths: list[Path]) -> None:
             dev = os.fstat(fd).st_dev
             if dev not in seen:
                 seen.add(dev)
-                if libc.syncfs(fd) != 0:
-                    e = ctypes.get_errno()
-                    raise OSError(e, os.strerror(e), str(p))
+                _syncfs(fd, p)
         finally:
             os.close(fd)
+
+
+def _syncfs(fd: int, path: Path) -> None:
+    """syncfs(2) of the filesystem of open ``fd``; raise OSError naming ``path``."""
+    import ctypes  # only restores need it
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syncfs(fd) != 0:  # ctypes releases the GIL for the call
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e), str(path))
+
+
+class FlushFailed(OSError):
+    """A flush of ``flushing`` failed (errno, strerror and filename of the failure)."""
+
+
+@contextmanager
+def flushing(path: Path | None) -> Iterator[None]:
+    """While the body writes below directory ``path``, flush its filesystem (``syncfs``) every
+    ``FLUSH_EVERY`` seconds in a thread: the disk writes while the body is still producing, instead of
+    all at the end — the kernel starts writing back only when a tenth of the memory is dirty, and
+    then throttles the writer. ``None``: do nothing. Raise FlushFailed after the body when a flush
+    failed (a writeback error reported once is not reported again to a later ``syncfs``)."""
+    if path is None:
+        yield
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    every = FLUSH_EVERY
+    stop = threading.Event()
+    failed: list[OSError] = []
+
+    def run() -> None:
+        while not stop.wait(every):
+            try:
+                _syncfs(fd, path)
+            except OSError as e:
+                failed.append(e)
+                return
+
+    thread = threading.Thread(target=run, name="snapagent-flush", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()  # a flush in progress ends first: its error is not lost
+        os.close(fd)
+    if failed:
+        e = failed[0]
+        raise FlushFailed(e.errno, e.strerror, e.filename)

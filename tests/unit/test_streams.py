@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import time
 
 import pytest
 
@@ -74,3 +75,56 @@ def test_widen_pipe_grows_a_pipe_and_leaves_anything_else():
     finally:
         os.close(r)
     fs.widen_pipe(io.BytesIO())  # no pipe: nothing happens, nothing raised
+
+
+def test_read_ahead_hands_out_exactly_what_it_hashed_in_any_read_sizes():
+    data = os.urandom(5 * streams.CHUNK + 123)
+    src = streams.ReadAhead(io.BytesIO(data))
+    assert src._thread is None  # opened only: nothing read yet
+    out, asked, sizes = [], [], [1000, streams.CHUNK, 3 * streams.CHUNK + 5, 7]
+    while chunk := src.read(n := sizes[len(out) % 4]):
+        out.append(chunk)
+        asked.append(n)
+    assert b"".join(out) == data and src.read(10) == b""
+    assert [len(c) for c in out[:-1]] == asked[:-1]  # short only at the end, like a buffered file
+    assert src.size == len(data) and src.h.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert streams.ReadAhead(io.BytesIO(data)).read() == data  # read(): all of it
+    src.stop()
+
+
+class _Failing(io.RawIOBase):
+    """Two chunks, then EIO."""
+
+    def __init__(self):
+        self.n = 0
+
+    def readinto(self, b):
+        self.n += 1
+        if self.n > 2:
+            raise OSError(5, "Input/output error")
+        b[:] = b"x" * len(b)
+        return len(b)
+
+    def readable(self):
+        return True
+
+
+def test_read_ahead_raises_a_read_error_where_the_consumer_reaches_it():
+    src = streams.ReadAhead(_Failing())
+    assert len(src.read(2 * streams.CHUNK)) == 2 * streams.CHUNK
+    with pytest.raises(OSError, match="Input/output error"):
+        src.read(1)
+    src.stop()
+    art = Artifact(name="a", size=1, sha256="0" * 64, compression="none", raw_size=1)
+    with streams.StreamReader(_Failing(), art) as r, pytest.raises(VerifyFailed, match="read error"):
+        r.finish()
+
+
+def test_stopping_a_read_ahead_early_does_not_wait_for_the_rest():
+    src = streams.ReadAhead(io.BytesIO(bytes(64 * streams.CHUNK)))
+    assert src.read(10) == bytes(10)
+    t = time.monotonic()
+    src.stop()
+    assert not src._thread.is_alive() and time.monotonic() - t < 0.5
+    with pytest.raises(ValueError):  # a reader left waiting is not stuck
+        src.read(streams.CHUNK)

@@ -151,7 +151,8 @@ class ResticReader(StreamReader):
         self._check_all()
 
     def close(self) -> None:
-        self.st.kill()
+        self.st.kill()  # first: the read-ahead thread then reads to EOF and ends
+        self._src.stop()
 
 
 class ResticTarget(Target):
