@@ -36,6 +36,7 @@ from snapagent.config import Duration, Strict
 from snapagent.errors import PreflightFailed, QuiesceFailed
 from snapagent.plugin.quiescer import ExtraArtifact, Locate, ProbeResult, Quiescer, RestoreContext
 from snapagent.quiesce.postgresql import wal
+from snapagent.util import sqllog
 from snapagent.util.fs import is_within
 from snapagent.util.secretfiles import check_secret_file
 
@@ -126,7 +127,7 @@ class PostgresQuiescer(Quiescer):
 
         if self.conn is None:
             try:
-                self.conn = psycopg.connect(self.cfg.dsn, autocommit=True,
+                self.conn = psycopg.connect(self.cfg.dsn, autocommit=True, cursor_factory=sqllog.psycopg_cursor(self.type),
                                             connect_timeout=max(2, int(self.cfg.connect_timeout)),
                                             application_name=f"snapagent:{self.ctx.job}"[:63])
             except psycopg.Error as e:
@@ -224,6 +225,10 @@ class PostgresQuiescer(Quiescer):
         if t["server_version_num"] < MIN_VERSION:
             raise PreflightFailed(f"postgresql: server {t['server_version']} is too old (12 or newer is supported)")
         self.mode = self.choose_mode()
+        if self.cfg.mode == "auto":
+            log.info("%s: mode auto chose %s (%s)", self.describe(), self.mode,
+                     "PGDATA, pg_wal and every tablespace are in one atomic snapshot" if self.mode == "checkpoint"
+                     else "PGDATA, pg_wal and the tablespaces are not in one atomic snapshot")
         conn = self.conn
         try:
             if self.mode == "checkpoint" and self.cfg.checkpoint and not t["superuser"]:
