@@ -62,7 +62,7 @@ class PostgresConfig(Strict):
         try:
             parts = psycopg.conninfo.conninfo_to_dict(v)
         except psycopg.ProgrammingError as e:
-            raise ValueError(f"not a valid libpq connection string: {e}") from None
+            raise ValueError(f"not a valid libpq connection string: {_unquoted(str(e), v)}") from None
         if "password" in parts:
             raise ValueError("must not contain a password (it would end up in configs and logs); "
                              "use a pgpass file: passfile=/path or $PGPASSFILE, mode 0600")
@@ -86,6 +86,15 @@ class PostgresConfig(Strict):
         if self.mode == "backup-api" and self.wal_archive is None:
             raise ValueError("wal_archive: required when mode = \"backup-api\" (the directory archive_command writes to)")
         return self
+
+
+def _unquoted(message: str, dsn: str) -> str:
+    """Return libpq's ``message`` about ``dsn`` with the pieces it quotes hidden when the DSN holds
+    a password: a password with a space is cut into tokens that libpq then quotes in the message
+    (``missing "=" after "…"``), and config errors are printed and logged."""
+    if not re.search(r"password|://[^/?#]*@", dsn, re.I):
+        return message
+    return re.sub(r'"([^"]*)"', lambda m: m.group() if m.group(1) == "=" else '"…"', message)
 
 
 def _utc() -> str:
