@@ -20,6 +20,7 @@ from snapagent.journal import DRILL_GROUP
 from snapagent.plugin.driver import DatasetRestore
 from snapagent.plugin.quiescer import RestoreContext
 from snapagent.restore import Scope, check_copies, driver_for, restore_into
+from snapagent.util import logfields
 from snapagent.util.runner import Runner
 
 
@@ -35,6 +36,7 @@ def drill(config: Config, runner: Runner, backup_id: str, keep: bool = False,
     checked = check_copies(config, runner, backup_id, source, say=say)
     stored = checked.stored
     m = stored.manifest
+    logfields.bind(job=m.job, backup_id=m.id)
     unique = f"{m.id}.{os.getpid()}"
     with signals.raising():
         scope = Scope.start(config, runner, DRILL_GROUP, unique)

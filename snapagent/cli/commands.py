@@ -163,6 +163,7 @@ def do_verify(args, out) -> int:
 
     cfg = _config(args)
     b = catalog.find(cfg, args.id, args.source)
+    logfields.bind(job=b.manifest.job, backup_id=b.id)
     chains, links = check_links(cfg, b)  # a missing or damaged link: one line naming both ids, exit 1
     results = links + verify.check(b) + verify.repository_check(b)
     ok = all(r.ok for r in results)
@@ -254,6 +255,7 @@ def do_prune(args, out) -> int:
     runner = _runner(cfg, out, args.dry_run)
     results, failed = [], []
     for job in jobs:
+        logfields.bind(job=job.name)
         try:
             done = prune(cfg, job, runner, say=out.say)
         except OperationFailed as e:  # one job locked or failing: the others are still pruned
@@ -265,6 +267,7 @@ def do_prune(args, out) -> int:
         if not out.json:
             for r in done:
                 _print_prune(out, r, describe(job.cfg.retention), args.dry_run)
+    logfields.clear()  # what follows is about every job
     if out.json:
         out.emit([r.as_dict() for r in results])
     failed += [f for r in results for f in r.failed]
