@@ -237,7 +237,7 @@ class BackupRun:
         except BaseException:
             lock.release()
             raise
-        with signals.raising(), lock:
+        with lock, signals.raising():  # raising() may raise at once (a Ctrl-C lost before): the lock is released
             for msg in cleanup.sweep(self.state_dir, self.runner, self.job.name):
                 self.say(f"cleaned up after an earlier run: {msg}")
             created = utcnow()

@@ -41,6 +41,7 @@ class _Guard:
         self.caught: int | None = None
         self.old: dict[int, object] = {}
         self.doing: list[str] = []
+        self.early: int | None = None  # a SIGINT before the run's raising() (remember_interrupts)
 
     def handler(self, signum: int, frame) -> None:
         name = signal.Signals(signum).name
@@ -65,17 +66,35 @@ _guard = _Guard()
 def raising() -> Iterator[None]:
     """Within the block, SIGTERM/SIGINT/SIGHUP raise Interrupted (nested uses share one state)."""
     g = _guard
+    early = None
     if g.depth == 0:
         g.caught = None
         g.old = {s: signal.signal(s, g.handler) for s in SIGNALS}
+        early, g.early = g.early, None
     g.depth += 1
     try:
+        if early is not None:  # a Ctrl-C that a finalizer swallowed before the run began
+            g.handler(early, None)
         yield
     finally:
         g.depth -= 1
         if g.depth == 0:
             for s, h in g.old.items():
                 signal.signal(s, h)
+
+
+def remember_interrupts() -> None:
+    """Until a run's ``raising()``: SIGINT raises KeyboardInterrupt as Python's own handler does,
+    and is remembered — raised inside a finalizer it is lost (Python prints "Exception ignored in:
+    …" and goes on, and the run would continue as if nothing was pressed), so the next
+    ``raising()`` raises it again as Interrupted before its block runs."""
+    _guard.early = None
+
+    def handler(signum: int, frame) -> None:
+        _guard.early = signum
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ import sys
 import types
 from typing import Sequence
 
-from snapagent import __version__
+from snapagent import __version__, signals
 from snapagent.cli import commands, output
 from snapagent.cli.output import Output
 from snapagent.errors import EXIT_FAILED, EXIT_USAGE, Interrupted, SnapagentError
@@ -187,6 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     logfields.clear()
+    signals.remember_interrupts()
     output.setup(log_format=_log_format(argv))
     try:
         args = build_parser().parse_args(argv)

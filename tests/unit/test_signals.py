@@ -57,3 +57,24 @@ def test_nothing_is_said_while_no_signal_came(caplog):
     with signals.raising(), signals.waiting("releasing sqlite /db"):
         time.sleep(signals.SLOW + 0.1)
     assert caplog.records == []
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the lost KeyboardInterrupt
+def test_a_ctrl_c_lost_in_a_finalizer_before_the_run_still_stops_it(caplog):
+    """Before a run's raising(), SIGINT is Python's KeyboardInterrupt; raised inside a finalizer
+    it is only printed ("Exception ignored in …") and the program goes on — the run must not."""
+    old = signal.getsignal(signal.SIGINT)
+    try:
+        signals.remember_interrupts()
+
+        class Slow:
+            def __del__(self):
+                os.kill(os.getpid(), signal.SIGINT)  # delivered while the finalizer runs
+
+        Slow()  # the KeyboardInterrupt dies with the finalizer
+        ran = []
+        with pytest.raises(Interrupted, match="SIGINT"), signals.raising():
+            ran.append(True)
+        assert ran == [] and signals._guard.early is None
+    finally:
+        signal.signal(signal.SIGINT, old)
