@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--log-format", choices=LOG_FORMATS, default=d("text"),
                        help="stderr log lines as text (default) or one JSON object per line")
         g = c.add_mutually_exclusive_group()
-        g.add_argument("-v", "--verbose", action="count", default=d(0), help="more logging (-vv: every command run)")
+        g.add_argument("-v", "--verbose", action="count", default=d(0), help="each step with its duration (-vv: also every command and database statement)")
         g.add_argument("-q", "--quiet", action="store_true", default=d(False), help="only errors")
         return c
 
