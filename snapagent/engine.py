@@ -262,7 +262,7 @@ class BackupRun:
                         if result is not None:
                             result.warnings += [f"{f}; `snapagent cleanup` will retry" for f in failed]
                         else:
-                            log.error("left for `snapagent cleanup`: %s", "; ".join(failed))
+                            log.warning("left for `snapagent cleanup`: %s", "; ".join(failed))  # the outcome is the run's own error line
                     else:
                         journal.finish()
                     if result is not None and signals.caught():

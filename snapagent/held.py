@@ -133,7 +133,7 @@ class Held:
                 self._close(rec)
             except Exception as e:  # noqa: BLE001 - give back the rest; cleanup retries this one
                 failed.append(f"{rec['kind']} {rec['key']}: {e}")
-                log.error("could not release %s %s (run `snapagent cleanup`): %s", rec["kind"], rec["key"], e)
+                log.warning("could not release %s %s (run `snapagent cleanup`): %s", rec["kind"], rec["key"], e)
         return failed
 
     def _give_back(self, rec: dict[str, Any]) -> None:
