@@ -276,6 +276,8 @@ class BackupRun:
                 result.warnings += list(failed.values())
             if retention and not signals.caught():  # the copy targets, and any other holding the job's backups
                 result.warnings += self._prune(set(self.config.targets) - own)
+            if retention and not signals.caught():
+                result.warnings += self._clean_archives()
             return result
 
     def _copy(self, manifest: Manifest) -> dict[str, str]:
@@ -306,6 +308,19 @@ class BackupRun:
             if r.removed:
                 self.say(f"prune: removed {len(r.removed)} backup(s) of job {self.job.name!r} from target {r.target!r}")
         return [f"prune: could not remove {f}" for r in done for f in r.failed]
+
+    def _clean_archives(self) -> list[str]:
+        """After prune in every target: clean the archives the job's quiescers draw on (PostgreSQL's
+        WAL archive); return warnings (a failure never fails the backup)."""
+        from snapagent.retention import archives
+
+        try:
+            done = archives.clean(self.config, self.job, [], dry_run=False, locked=True, say=self.say)
+        except Interrupted as e:
+            return [f"archive cleanup stopped ({e}); the backup is kept"]
+        except Exception as e:  # noqa: BLE001 - the backup is committed
+            return [f"archive cleanup failed: {e}; the backup is kept; run `snapagent prune {self.job.name}`"]
+        return [f"{archives.describe(r)}: could not remove {f}" for r in done for f in r.failed]
 
     def _close_quiescers(self) -> None:
         for q in reversed(self.quiescers):

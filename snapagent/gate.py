@@ -1,7 +1,8 @@
 """`config check`: the gate before a timer is enabled.
 
 Loading the config (``config.load``) already refuses what the file says wrong by itself. Here is
-what needs the host: the programs it names exist (``agent.tools``, a command hook's argv[0]) and,
+what needs the host: the programs it names exist (``agent.tools``, a command hook's argv[0]),
+what a quiescer's entry gets wrong about its job (``Quiescer.job_problems``) and,
 with ``--connect``, each job's preflight as a backup would run it — driver (tools, volumes),
 quiescers (connection, grants, modes, where their files lie), target, state dir — every problem,
 not only the first. Nothing is taken, locked or written.
@@ -32,7 +33,7 @@ class Problem:
 def program_problems(cfg: Config, runner: Runner) -> list[Problem]:
     """Return the programs the config names that cannot run: an ``agent.tools`` entry that is not
     an absolute path to an executable file, a quiescer's program (``Quiescer.programs``) that is
-    found neither through ``agent.tools`` nor PATH."""
+    found neither through ``agent.tools`` nor PATH; and each quiescer's ``job_problems``."""
     out = []
     for name, path in cfg.agent.tools.items():
         p = Path(path)
@@ -46,6 +47,8 @@ def program_problems(cfg: Config, runner: Runner) -> list[Problem]:
                 if runner.which(program) is None:
                     out.append(Problem(f"jobs.{jname}.quiesce[{i}].{key}: program not found: {program} "
                                        "(not executable, or not on PATH)", True))
+            for key, text in cls.job_problems(qcfg, list(job.cfg.volumes)).items():
+                out.append(Problem(f"jobs.{jname}.quiesce[{i}].{key}: {text}", True))
     return out
 
 

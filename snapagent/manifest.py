@@ -64,8 +64,13 @@ Time = Annotated[AwareDatetime, PlainSerializer(iso, return_type=str)]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
 
+#: The models' validators are built when the first manifest is validated, not at import: a listing
+#: whose manifests all hit the manifest cache (snapagent.manifestcache) validates none.
+_DEFER = True
+
+
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=_DEFER)
 
 
 class Artifact(_Model):
@@ -156,7 +161,7 @@ class QuiescerRecord(BaseModel):
     """What one quiescer recorded; ``type`` names the plugin. Besides the fields below it holds the
     quiescer's own facts (read with ``facts()``), which only that quiescer interprets."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, defer_build=_DEFER)
     type: Component
     locations: dict[LivePath, Location] = Field(default_factory=dict)
     artifacts: list[ExtraRecord] = Field(default_factory=list)

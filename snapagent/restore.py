@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from snapagent import catalog, cleanup, registry, restore_paths, signals, verify
+from snapagent import catalog, cleanup, registry, restore_dest, restore_paths, restore_undo, signals, verify
 from snapagent.chains import check_links
 from snapagent.config import Config
 from snapagent.errors import ConfigError, NotFound, OperationFailed, RestoreRefused, VerifyFailed
@@ -41,7 +41,7 @@ from snapagent.plugin.driver import (
     Driver,
     RestoreDirectoryCheck,
 )
-from snapagent.plugin.quiescer import Locate, RestoreContext
+from snapagent.plugin.quiescer import Handover, Locate, RestoreContext
 from snapagent.plugin.target import Stored
 from snapagent.util import fs, logfields, progress, tar
 from snapagent.util.runner import Runner
@@ -170,18 +170,23 @@ class Scope:
 
 def restore(config: Config, runner: Runner, backup_id: str, dest: Path | str, force: bool = False,
             allow_special: bool = False, say: Say = lambda s: None, paths: Sequence[str] = (),
-            source: str | None = None) -> dict[str, Any]:
-    """Verify, then restore backup ``backup_id`` into ``dest``; return a summary for the user.
+            source: str | None = None, space_check: bool = True) -> dict[str, Any]:
+    """Check DEST, verify, then restore backup ``backup_id`` into ``dest``; return a summary for
+    the user.
 
-    ``dest`` is a directory, or the name of a new dataset for a DatasetRestore driver's backup.
-    ``paths``: restore only these (``snapagent.restore_paths``; tar exports only).
+    ``dest`` is a directory, or the name of a new dataset for a DatasetRestore driver's backup;
+    it is checked before any artifact is read (``restore_dest.precheck``; ``space_check``: its
+    free space too). ``paths``: restore only these (``snapagent.restore_paths``; tar exports only).
     ``source``: read from this target only (default: the first with a good copy, ``check_copies``).
     Raises UsageError (a bad path), NotFound, BackupDamaged, VerifyFailed / RestoreRefused
-    (nothing written), OperationFailed / Interrupted (what was written is removed again).
+    (nothing written), OperationFailed / Interrupted (what was written is removed again, and one
+    line says so, or says what is left where for ``snapagent cleanup``).
     """
     stored = catalog.find(config, backup_id, source)
     logfields.bind(job=stored.manifest.job, backup_id=stored.id)
     selection = restore_paths.select(stored.manifest, paths) if paths else None
+    found = restore_dest.precheck(config, driver_for(config, stored.manifest, runner), stored, dest, force,
+                                  whole=selection is None, space=space_check)
     checked = check_copies(config, runner, stored.id, source, allow_special, say)
     stored = checked.stored
     if selection is not None:
@@ -194,8 +199,15 @@ def restore(config: Config, runner: Runner, backup_id: str, dest: Path | str, fo
             result = restore_into(config, runner, checked, dest, force, allow_special, scope, say, selection)
             _durable(result)
             done = True
+        except (OperationFailed, OSError) as e:
+            if not restore_undo.out_of_space(e):
+                raise
+            raise restore_undo.ran_out_of_space(found, e) from None
         finally:
-            scope.end(keep=lambda rec: done)
+            taken = [] if done else read_open(scope.journal.path)
+            failed = scope.end(keep=lambda rec: done)
+            if not done:
+                restore_undo.report(found.dest, taken, read_open(scope.journal.path) if failed else [])
     return result.summary
 
 
@@ -239,18 +251,32 @@ def restore_into(config: Config, runner: Runner, checked: Checked, dest: Path | 
                          **({"restored_as": shown} if prepared else {})})
         say(f"restored {vol.volume} -> {shown}" + (f" (mounted at {roots[vol.label]})" if prepared else ""))
     locate = locator(m, roots)
-    ctx = RestoreContext(runner, config, scope.held, say)
+    ctx = RestoreContext(runner, config, scope.held, say, dest=Path(files_root))
     dbs, records = [], []
     for q in m.quiescers:
         rec = _restore_extras(checked, q, files_root, runner, allow_special, say)
         records.append(rec)
         plugin = registry.discover("quiescer").get(q.type)
-        notes = plugin.load().prepare_restore(rec, locate, ctx) if plugin else None
-        for live in q.locations:
-            dbs.append({"type": q.type, "live": live, "restored": str(locate(live)), **({"notes": notes} if notes else {})})
-            say(f"{q.type} database {live} restored as {locate(live)}")
+        dbs.append(database_entry(q, locate, plugin.load().prepare_restore(rec, locate, ctx) if plugin else None))
+        if q.locations:
+            say(f"{q.type} database {dbs[-1]['live']} restored as {dbs[-1]['restored']}")
     summary = {"id": m.id, "dest": dest_shown, "moved_aside": moved, "volumes": out_vols, "databases": dbs}
     return Restored(summary, locate, records)
+
+
+def database_entry(q: QuiescerRecord, locate: Locate, handed: Handover | dict[str, Any] | None) -> dict[str, Any]:
+    """Return the summary's entry for one quiescer: its first recorded place (the database: PGDATA,
+    the datadir, the SQLite file) ``live`` → ``restored``, every place it recorded (``locations``),
+    and ``handover`` (None: this quiescer hands no database over, e.g. a command hook). A plain
+    dict from an older plugin's ``prepare_restore`` is kept as ``notes``."""
+    places = {live: str(locate(live)) for live in q.locations}
+    live = next(iter(places), None)
+    entry: dict[str, Any] = {"type": q.type, "live": live, "restored": places.get(live) if live else None,
+                             "locations": places,
+                             "handover": handed.as_dict() if isinstance(handed, Handover) else None}
+    if isinstance(handed, dict):
+        entry["notes"] = handed
+    return entry
 
 
 def _restore_paths(runner: Runner, checked: Checked, dest: Path, moved: str | None, selection: dict[str, list[str]],
@@ -300,8 +326,8 @@ def _prepare_directory(dest: Path, force: bool, held: Held, driver: str) -> str 
     was moved, if anywhere. Raise RestoreRefused (nothing written)."""
     if dest.is_symlink():
         raise RestoreRefused(f"{dest} is a symlink; restore refuses to follow it")
-    if not dest.exists():
-        held.directory(dest, parents=True, driver=driver)
+    if not dest.exists():  # never its parents: a failed restore removes what it made (restore_dest)
+        held.directory(dest, driver=driver)
         return None
     if not dest.is_dir():
         raise RestoreRefused(f"{dest} exists and is not a directory")

@@ -19,7 +19,7 @@ from typing import IO, Any
 
 from snapagent.errors import CommandFailed, OperationFailed, RestoreRefused
 from snapagent.manifest import Manifest, Volume
-from snapagent.plugin.driver import DatasetDest, DirectoryDest, PreparedDataset, VolumeDest
+from snapagent.plugin.driver import DatasetDest, DatasetSpace, DirectoryDest, PreparedDataset, VolumeDest
 from snapagent.util import tar
 from snapagent.util.tar import ScanReport
 
@@ -31,7 +31,7 @@ OWNER = {"kind": "driver", "name": "zfs"}
 
 
 class ZfsRestoreMixin:
-    """prepare_dataset / drill_dataset / restore of ZfsDriver."""
+    """check_dataset / prepare_dataset / drill_dataset / restore of ZfsDriver."""
 
     zfs: Zfs
 
@@ -39,22 +39,12 @@ class ZfsRestoreMixin:
         """For a send backup: check that DEST names a new dataset of an existing pool, rename an
         existing one aside when ``force`` (``DEST.pre-restore-<time>``), create it (both journaled);
         return it. For tar: None (DEST is a directory). Raises RestoreRefused (nothing written)."""
-        if manifest.export_format != "send":
+        if self.check_dataset(dest, manifest, force) is None:
             return None
         dest = dest.rstrip("/")
-        if why := dataset_problem(dest):
-            raise RestoreRefused(
-                f"backup {manifest.id} holds `zfs send` streams, so --to names a NEW ZFS dataset "
-                f"(e.g. tank/restored); {dest!r} is not one: {why}")
-        pool = pool_of(dest)
-        if self.zfs.exists(pool) is None:
-            raise RestoreRefused(f"--to {dest!r}: pool {pool!r} does not exist (zpool list)")
         journal = self.journal  # type: ignore[attr-defined]
         moved = None
         if self.zfs.exists(dest) is not None:
-            if not force:
-                raise RestoreRefused(f"dataset {dest!r} already exists; choose a new name, or use --force to "
-                                     f"rename it aside to {dest}.pre-restore-<time>")
             moved = f"{dest}.pre-restore-{time.strftime('%Y%m%dT%H%M%S')}"
             if journal:
                 journal.open("renamed", moved, OWNER, back_to=dest)
@@ -66,6 +56,30 @@ class ZfsRestoreMixin:
             return PreparedDataset(dest, Path("/nonexistent-dry-run"), moved)
         mountpoint = _or_fail(self.zfs.list, [dest], ["mountpoint"])[0]["mountpoint"]
         return PreparedDataset(dest, Path(mountpoint), moved)
+
+    def check_dataset(self, dest: str, manifest: Manifest, force: bool) -> DatasetSpace | None:
+        """For a send backup, read only: check that DEST names a new dataset of an existing pool
+        (an existing one only with ``force``); return the space available in its nearest existing
+        ancestor (what ``zfs create -p`` would create it in). For tar: None (DEST is a directory).
+        Raises RestoreRefused (nothing read, nothing written)."""
+        if manifest.export_format != "send":
+            return None
+        dest = dest.rstrip("/")
+        if why := dataset_problem(dest):
+            raise RestoreRefused(
+                f"backup {manifest.id} holds `zfs send` streams, so --to names a NEW ZFS dataset "
+                f"(e.g. tank/restored); {dest!r} is not one: {why}")
+        pool = pool_of(dest)
+        if self.zfs.exists(pool) is None:
+            raise RestoreRefused(f"--to {dest!r}: pool {pool!r} does not exist (zpool list)")
+        if self.zfs.exists(dest) is not None and not force:
+            raise RestoreRefused(f"dataset {dest!r} already exists; choose a new name, or use --force to "
+                                 f"rename it aside to {dest}.pre-restore-<time>")
+        parent = dest
+        while "/" in parent and self.zfs.exists(parent) is None:
+            parent = parent.rsplit("/", 1)[0]
+        avail = _or_fail(self.zfs.list, [parent], ["available"])[0]["available"]
+        return DatasetSpace(int(avail) if avail.isdigit() else None, f"zfs dataset {parent}")
 
     def drill_dataset(self, manifest: Manifest, unique: str) -> str | None:
         """For a send backup: return a new scratch dataset ``<drill_parent>/<unique>`` (creating

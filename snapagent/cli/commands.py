@@ -11,10 +11,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from snapagent.cli import readable
+from snapagent.cli.output import handover_lines
 from snapagent.cli.output import human_size as _size
 from snapagent.errors import EXIT_FAILED, EXIT_OK, ConfigError, OperationFailed, PreflightFailed, SnapagentError, UsageError
 from snapagent.util import logfields
 from snapagent.util.durations import format_duration, parse_duration
+from snapagent.util.gcpause import without_cyclic_gc
 
 if TYPE_CHECKING:
     from snapagent.plugin.target import Damaged, Stored
@@ -76,9 +79,9 @@ def _list_rows(copies: list[Stored | Damaged]) -> list[Stored | Damaged]:
     return ([good[0]] if good else []) + [b for b in copies if isinstance(b, Damaged)]
 
 
+@without_cyclic_gc
 def do_list(args, out) -> int:
     from snapagent import catalog
-    from snapagent.manifest import iso
     from snapagent.plugin.target import Damaged, Stored
 
     cfg = _config(args)
@@ -97,8 +100,8 @@ def do_list(args, out) -> int:
     else:
         def text(b: Stored | Damaged) -> str:
             if isinstance(b, Stored):
-                m = b.manifest
-                return (f"{m.id:<36} {m.job:<12} {iso(m.created):<24} {_size(m.size):>10} "
+                m = b.summary  # a cached backup's whole manifest is not validated for a line of text
+                return (f"{m.id:<36} {m.job:<12} {m.created_iso:<24} {_size(m.size):>10} "
                         f"{format_duration(m.freeze_window_ms / 1000):>8} {','.join(where[b.id])}")
             return (f"{_printable(b.id):<36} {_printable(b.job):<12} DAMAGED: {b.reason} "
                     f"({_printable(b.location)}) {b.target.name}")
@@ -115,6 +118,7 @@ def _printable(s: str) -> str:
     return s if s.isprintable() else repr(s)
 
 
+@without_cyclic_gc
 def do_show(args, out) -> int:
     from snapagent import catalog
     from snapagent.manifest import iso
@@ -151,8 +155,9 @@ def do_show(args, out) -> int:
         enc = f", {a.encryption}-encrypted" if a.encryption != "none" else ""
         out.line(f"artifact:      {a.name} {_size(a.size)} ({a.compression}{enc}, raw {_size(a.raw_size)}) sha256 {a.sha256}")
     for q in m.quiescers:
-        extra = {k: v for k, v in q.facts().items() if k not in ("type", "locations", "artifacts")}
-        out.line(f"quiescer:      {q.type} {extra}")
+        facts = q.facts()
+        out.line(f"quiescer:      {q.type}")
+        out.lines(readable.lines({k: v for k, v in facts.items() if k != "type" and v not in ([], {})}, 1))
     out.line("versions:      " + ", ".join(f"{k} {v}" for k, v in m.versions.items()))
     return EXIT_OK
 
@@ -189,7 +194,8 @@ def do_restore(args, out) -> int:
 
     cfg = _config(args)
     summary = restore(cfg, _runner(cfg, out), args.id, Path(args.dest), force=args.force,
-                      allow_special=args.allow_special, say=out.say, paths=args.paths, source=args.source)
+                      allow_special=args.allow_special, say=out.say, paths=args.paths, source=args.source,
+                      space_check=args.space_check)
     if out.json:
         out.emit(summary)
     else:
@@ -197,13 +203,8 @@ def do_restore(args, out) -> int:
         for v in summary["volumes"]:
             for p in v.get("paths", []):
                 out.line(f"  {Path(v['path']) / p}")
-        shown = set()
         for d in summary["databases"]:
-            out.line(f"  {d['type']} database: {d['restored']}")
-            for line in d.get("notes", {}).get("instructions", []):
-                if line not in shown:  # one database may list several restored locations
-                    shown.add(line)
-                    out.line(f"    {line}")
+            out.lines(handover_lines(d))
     return EXIT_OK
 
 
@@ -211,16 +212,18 @@ def do_drill(args, out) -> int:
     from snapagent.drill import drill
 
     cfg = _config(args)
-    report = drill(cfg, _runner(cfg, out), args.id, keep=args.keep, say=out.say, source=args.source)
+    report = drill(cfg, _runner(cfg, out), args.id, keep=args.keep, say=out.say, source=args.source,
+                   space_check=args.space_check)
     if out.json:
         out.emit(report)
     else:
         for p in report["probes"]:
-            details = {k: v for k, v in p.items() if k not in ("name", "ok", "message")}
-            out.line(f"{'PASS' if p['ok'] else 'FAIL'} {p['name']}: {p['message']} {details}")
-        if not report["probes"]:
-            out.line("no database probes recorded for this backup; restore succeeded")
-        out.line(f"drill of {report['id']}: {'PASSED' if report['ok'] else 'FAILED'} (restore {report['restore_seconds']:.1f}s)")
+            out.line(f"{'PASS' if p['ok'] else 'FAIL'} {_printable(p['name'])}: {readable.scalar(p['message'])}")
+            out.lines(readable.lines({k: v for k, v in p.items() if k not in ("name", "ok", "message")}, 1))
+        for n in report["not_probed"]:
+            out.line(f"NOT PROBED {_printable(n['name'])}: {n['reason']}")
+        verdict = "PASSED" if report["ok"] else f"FAILED: {report['message']}" if "message" in report else "FAILED"
+        out.line(f"drill of {report['id']}: {verdict} (restore {report['restore_seconds']:.1f}s)")
         if report["scratch"]:
             out.line(f"scratch copy kept at {report['scratch']}")
     return EXIT_OK if report["ok"] else EXIT_FAILED
@@ -248,6 +251,7 @@ def do_copy(args, out) -> int:
 
 
 def do_prune(args, out) -> int:
+    from snapagent.retention import archives
     from snapagent.retention.prune import describe, prune
 
     cfg = _config(args)
@@ -258,15 +262,21 @@ def do_prune(args, out) -> int:
         logfields.bind(job=job.name)
         try:
             done = prune(cfg, job, runner, say=out.say)
+            cleaned = archives.clean(cfg, job, done, args.dry_run, say=out.say)
         except OperationFailed as e:  # one job locked or failing: the others are still pruned
             if args.job:
                 raise
             failed.append(f"job {job.name!r}: {e}")
             continue
+        if done:
+            done[0].archives = cleaned  # the job's own target's record carries them
         results += done
+        failed += [f"{archives.describe(a)}: could not remove {f}" for a in cleaned for f in a.failed]
         if not out.json:
             for r in done:
                 _print_prune(out, r, describe(job.cfg.retention), args.dry_run)
+            for a in cleaned:
+                _print_archive(out, job.name, a, args.dry_run)
     logfields.clear()  # what follows is about every job
     if out.json:
         out.emit([r.as_dict() for r in results])
@@ -301,6 +311,25 @@ def _print_prune(out, r, rules: str, dry_run: bool) -> None:
     for i in r.remove:
         state = "" if dry_run or i in r.removed else "  (FAILED, left for the next prune)"
         out.line(f"  {i:<36} {r.created[i]:<24}{state}")
+    out.line()
+
+
+def _print_archive(out, job: str, a, dry_run: bool) -> None:
+    """Print one archive's cleanup after the job's prune: what stays, what goes (listed in a dry run)."""
+    out.line(f"job {job}, archive {_printable(a.archive)} ({a.quiescer}):")
+    if a.reason:
+        out.line(f"nothing removed: {a.reason}")
+    else:
+        out.line(f"keep from {a.kept_from} on (needed by backup {a.needed_by}): {a.kept} file(s)")
+        if not a.remove:
+            out.line("nothing older to remove")
+        elif dry_run:
+            out.line(f"would remove {len(a.remove)} file(s), {_size(a.bytes)}:")
+            for n in a.remove:
+                out.line(f"  {n}")
+        else:
+            out.line(f"removed {len(a.removed)} file(s), {_size(a.bytes)}"
+                     + (f"; {len(a.failed)} could not be removed" if a.failed else ""))
     out.line()
 
 
@@ -364,6 +393,7 @@ def do_plugins(args, out) -> int:
     return EXIT_OK
 
 
+@without_cyclic_gc
 def do_check(args, out) -> int:
     """Nagios plugin: exit 0/1/2/3; never 2 for a bad config or argument (that is UNKNOWN, 3)."""
     from snapagent.monitor import check as checkmod
@@ -405,6 +435,7 @@ def _check(args) -> tuple[int, str, list]:
     return (*checkmod.report(checks), checks)
 
 
+@without_cyclic_gc
 def do_status(args, out) -> int:
     from snapagent.monitor import facts as factsmod
     from snapagent.monitor.status import job_status

@@ -1,13 +1,15 @@
 """Command line: ``snapagent [-c CONFIG] [--json] [--log-format text|json] [-v|-q] COMMAND``.
 
 ``main()`` is the only place that turns errors into exit codes: 0 ok, 1 operation failed,
-2 usage or config error. Human output goes to stdout; progress and logs to stderr, as
+2 usage or config error. With ``--json`` an error is also printed on stdout as
+``{"error": …, "details": […], "exit_code": N}`` (usage, config and operation errors alike). Human output goes to stdout; progress and logs to stderr, as
 ``snapagent.cli.output`` says (terminal, journal, cron; text or JSON).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -41,12 +43,20 @@ def _skip_pydantic_plugin_scan() -> None:
 _skip_pydantic_plugin_scan()
 
 
+class _UsageExit(SystemExit):
+    """A command line argparse refused: exit 2, with the message (for ``--json``)."""
+
+    def __init__(self, message: str):
+        super().__init__(EXIT_USAGE)
+        self.message = message
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # exit 2 with one clear line, as for every usage error
         if not output.json_logs():
             self.print_usage(sys.stderr)
         _error(message)
-        raise SystemExit(EXIT_USAGE)
+        raise _UsageExit(message)
 
 
 def _identity(sp: argparse.ArgumentParser, more: str) -> None:
@@ -98,19 +108,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("id")
     _identity(sp, "; with it, encrypted artifacts are also decrypted and their plaintext checked")
     from_target(sp)
-    sp = cmd("restore", "verify, then restore a backup into an empty directory", commands.do_restore)
+    sp = cmd("restore", "check DEST, verify, then restore a backup into a new or empty directory", commands.do_restore)
     sp.add_argument("id")
     _identity(sp, "")
-    sp.add_argument("--to", required=True, dest="dest", metavar="DEST", help="destination directory (created; must be empty); for a ZFS send backup, the name of a new dataset (e.g. tank/restored)")
+    sp.add_argument("--to", required=True, dest="dest", metavar="DEST", help="destination directory (created in an existing parent, or empty); checked before anything is "
+                    "read; for a ZFS send backup, the name of a new dataset (e.g. tank/restored)")
     sp.add_argument("--force", action="store_true", help="move DEST's current content aside to DEST.pre-restore-<time>")
     sp.add_argument("--allow-special", action="store_true", help="restore device/FIFO members and keep setuid/setgid bits")
     sp.add_argument("--path", action="append", default=[], dest="paths", metavar="REL",
                     help="restore only this file or directory (relative to the volume root; LABEL/REL with "
                          "several volumes); repeatable; tar exports only")
+    _no_space_check(sp, "DEST")
     from_target(sp)
     sp = cmd("drill", "restore into scratch space and run the databases' own integrity checks", commands.do_drill)
     sp.add_argument("id")
     sp.add_argument("--keep", action="store_true", help="keep the scratch copy and print where it is")
+    _no_space_check(sp, "the scratch space")
     _identity(sp, "")
     from_target(sp)
     sp = cmd("copy", "copy a stored backup (and the chain links it needs) to another target, verified",
@@ -155,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _no_space_check(sp, where: str) -> None:
+    sp.add_argument("--no-space-check", dest="space_check", action="store_false",
+                    help=f"do not refuse when {where} has less free space than the backup's uncompressed size "
+                         "(e.g. a compressing filesystem)")
+
+
 def _error(message: str, tag: str = "error") -> None:
     logging.getLogger("snapagent").error(message, extra={"tag": tag})
 
@@ -170,6 +189,27 @@ def _log_format(argv: Sequence[str]) -> str:
         if a == "--log-format" and i + 1 < len(argv):
             return argv[i + 1]
     return "text"
+
+
+def _json_flag(argv: Sequence[str]) -> bool:
+    """Return whether ``argv`` asks for ``--json`` (read before parsing, for usage errors)."""
+    for a in argv:
+        if a == "--":
+            return False
+        if a == "--json":
+            return True
+    return False
+
+
+def _json_error(message: str, code: int) -> None:
+    """With ``--json``, a failure is data too: print it on stdout as one JSON object,
+    ``{"error": first line, "details": [further lines], "exit_code": code}`` (``details`` only
+    when the message has more lines, e.g. every problem ``config check`` found)."""
+    first, *rest = message.splitlines() or [""]
+    obj: dict = {"error": first, "exit_code": code}
+    if rest:
+        obj["details"] = [ln.strip() for ln in rest if ln.strip()]
+    print(json.dumps(obj, indent=2), flush=True)
 
 
 def _command_word(argv: Sequence[str]) -> str | None:
@@ -191,33 +231,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     output.setup(log_format=_log_format(argv))
     try:
         args = build_parser().parse_args(argv)
-    except SystemExit as e:
-        if e.code == EXIT_USAGE and _command_word(argv) == "check":
+    except _UsageExit as e:
+        if _command_word(argv) == "check":
             # a monitoring system reads 2 as CRITICAL: a bad check command line is UNKNOWN
-            print("SNAPAGENT UNKNOWN - invalid arguments (see the usage message on stderr)", flush=True)
+            if _json_flag(argv):
+                print(json.dumps({"state": "UNKNOWN", "exit_code": EXIT_UNKNOWN, "output": "SNAPAGENT UNKNOWN - "
+                                  "invalid arguments", "error": e.message, "jobs": []}, indent=2), flush=True)
+            else:
+                print("SNAPAGENT UNKNOWN - invalid arguments (see the usage message on stderr)", flush=True)
             raise SystemExit(EXIT_UNKNOWN) from None
+        if _json_flag(argv):
+            _json_error(e.message, EXIT_USAGE)
         raise
     output.setup(args.verbose, args.quiet, args.log_format)
     out = Output(args.json, args.quiet)
     try:
         return args.func(args, out) or 0
     except (SnapagentError, Interrupted) as e:
-        _error(str(e))
-        return e.exit_code
+        return _failed(args, str(e), e.exit_code)
     except KeyboardInterrupt:
-        _error("interrupted")
-        return EXIT_FAILED
+        return _failed(args, "interrupted", EXIT_FAILED)
     except OSError as e:  # a system error no step turned into its own message: still one line
         where = f": {e.filename}" if e.filename else ""
-        _error(f"{e.strerror or e}{where}")
         logging.getLogger("snapagent").debug("traceback", exc_info=True)
-        return EXIT_FAILED
+        return _failed(args, f"{e.strerror or e}{where}", EXIT_FAILED)
     except Exception as e:  # noqa: BLE001 - a bug: one line for the operator, the traceback with -vv
-        _error(f"{type(e).__name__}: {e} (run with -vv for the traceback)", tag="internal error")
         logging.getLogger("snapagent").debug("traceback", exc_info=True)
-        return EXIT_FAILED
+        return _failed(args, f"{type(e).__name__}: {e} (run with -vv for the traceback)", EXIT_FAILED,
+                       tag="internal error")
     finally:
         progress.install(None)
+
+
+def _failed(args: argparse.Namespace, message: str, code: int, tag: str = "error") -> int:
+    """Report a failed command: the error line on stderr and, with ``--json``, the error object
+    on stdout; return ``code``."""
+    _error(message, tag)
+    if args.json:
+        _json_error(message if tag == "error" else f"{tag}: {message}", code)
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -203,6 +203,37 @@ class LogTask:
         return f"{text}, {rate}"
 
 
+def handover_lines(entry: Mapping[str, Any]) -> list[str]:
+    """Return the text block of one restored database (an entry of ``restore``'s ``databases``):
+    where it is, then its hand-over — owner, port and socket, the start/check/stop commands
+    shell-quoted (argv lists, pasteable), where putting it in place is documented, notes."""
+    import shlex
+
+    h = entry.get("handover")
+    if h is None:
+        if entry.get("notes"):  # an older plugin's notes
+            return [f"  {entry['type']} database: {entry.get('restored')}",
+                    *(f"    {k}: {v}" for k, v in entry["notes"].items())]
+        return [f"  {entry['type']}: no database hand-over — snapagent restored the files but knows no database in "
+                "them to start or check (what the quiescer recorded: `snapagent show ID --json`)"]
+    lines = [f"  {entry['type']} database: {entry['restored']}"]
+    if h.get("files"):
+        lines.append(f"    files:    {'  '.join(h['files'])}")
+    if h.get("owner"):
+        lines.append(f"    owner:    {h['owner']}")
+    if h.get("port") is not None or h.get("socket"):
+        where = [f"port {h['port']} on 127.0.0.1 (free now)" if h.get("port") is not None else "",
+                 f"socket {h['socket']}" if h.get("socket") else ""]
+        lines.append(f"    listens:  {', '.join(w for w in where if w)}")
+    for key in ("start", "check", "stop"):
+        if h.get(key):
+            lines.append(f"    {key}:{' ' * (9 - len(key))}{shlex.join(h[key])}")
+    if h.get("put_in_place"):
+        lines.append(f"    in place: {h['put_in_place']}")
+    lines += [f"    note:     {n}" for n in h.get("notes", [])]
+    return lines
+
+
 def human_size(n: float) -> str:
     """Return ``n`` bytes as ``512 B``, ``1.5 KiB`` … ``2.0 TiB``."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):

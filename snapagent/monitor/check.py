@@ -86,7 +86,7 @@ def check_job(facts: JobFacts, now: datetime, max_age: float, warn_age: float | 
     if newest is None:
         perf = [f"'{name}_age'=U", f"'{name}_backups'=0;;;0"]
         return JobCheck(name, CRITICAL, _clean("no backup" + (f" ({fail_note})" if failed else "")), perf)
-    m = newest.manifest
+    m = newest.summary
     age = max(0.0, (now - m.created).total_seconds())
     perf = [f"'{name}_age'={age:.0f}s;{'' if warn_age is None else f'{warn_age:.0f}'};{max_age:.0f};0",
             f"'{name}_size'={m.size}B;;;0", f"'{name}_freeze_window'={m.freeze_window_ms / 1000:.3f}s;;;0",

@@ -22,7 +22,7 @@ class TargetFacts:
 
     @property
     def size(self) -> int:
-        return sum(b.manifest.size for b in self.backups)
+        return sum(b.size for b in self.backups)
 
 
 @dataclass

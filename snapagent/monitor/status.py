@@ -29,8 +29,8 @@ def job_status(facts: JobFacts, now: datetime) -> dict[str, Any]:
         targets[t.name] = {"backups": len(t.backups), "damaged": t.damaged, "size_bytes": t.size,
                            "oldest": t.backups[0].id if t.backups else None,
                            "newest": t.backups[-1].id if t.backups else None,
-                           "oldest_created": iso(t.backups[0].manifest.created) if t.backups else None,
-                           "newest_created": iso(t.backups[-1].manifest.created) if t.backups else None}
+                           "oldest_created": t.backups[0].summary.created_iso if t.backups else None,
+                           "newest_created": t.backups[-1].summary.created_iso if t.backups else None}
     schedule = facts.job.cfg.schedule
     next_run = None
     if schedule:

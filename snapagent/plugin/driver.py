@@ -9,6 +9,7 @@ protocol below that a driver class implements and the engine detects with ``isin
 - ``ChainRestore``: finish a volume once every link of its chain was restored (btrfs: make the
   newest received state writable, remove the intermediate received subvolumes);
 - ``DatasetRestore``: restore a backup into a new dataset instead of a directory (``zfs receive``);
+- ``DatasetPrecheck``: check a dataset DEST (and the space there) before any artifact is read;
 - ``RestoreDirectoryCheck``: refuse a restore directory before anything is written (a ``btrfs
   send`` stream needs a btrfs directory);
 - ``CustomDiscard``: remove a restored copy in a way ``rm -r`` cannot (btrfs subvolumes);
@@ -204,6 +205,25 @@ class DatasetRestore(Protocol):
     def drill_dataset(self, manifest: "Manifest", unique: str) -> str | None:
         """Return the name of a scratch dataset for a drill of ``manifest`` (None: a scratch
         directory will do). The drill creates it with ``prepare_dataset`` and journals it."""
+
+
+@dataclass(frozen=True)
+class DatasetSpace:
+    """What ``DatasetPrecheck.check_dataset`` found: the bytes available where the new dataset
+    would be received (None: unknown) and where that is, in words (e.g. "zfs dataset tank")."""
+
+    free: int | None
+    where: str
+
+
+@runtime_checkable
+class DatasetPrecheck(Protocol):
+    """Checks a dataset DEST before restore reads any artifact (restore's ``precheck``)."""
+
+    def check_dataset(self, dest: str, manifest: "Manifest", force: bool) -> DatasetSpace | None:
+        """Read only. Return None when ``manifest``'s backup restores into a directory; else raise
+        RestoreRefused when ``dest`` cannot become the new dataset ``prepare_dataset`` would
+        make (its name, its pool, an existing one without ``force``), or return the space there."""
 
 
 @runtime_checkable

@@ -9,28 +9,77 @@ backup ``Damaged`` — never the whole listing.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, ClassVar
+from typing import IO, Any, Callable, ClassVar
 
 from pydantic import BaseModel
 
 from snapagent.errors import TargetFailed
 from snapagent.manifest import Artifact, Manifest
+from snapagent.manifestcache import Summary
 from snapagent.util.runner import Runner
 
 
-@dataclass(frozen=True)
 class Stored:
     """A complete backup as found in a target: its manifest, the target, and where it lies there
-    (runtime facts beside the manifest, never in it)."""
+    (runtime facts beside the manifest, never in it).
 
-    manifest: Manifest
-    target: "Target"
-    location: str
+    A listing may hand out a lazy one (``Stored.lazy``): its ``summary`` (id, job, times, size,
+    freeze window) comes from the manifest cache (``snapagent.manifestcache``), and ``manifest``
+    is validated from the same bytes only when some code asks for it. ``id``, ``created`` and
+    ``size`` never need the whole manifest."""
+
+    __slots__ = ("id", "target", "location", "_manifest", "_summary", "_load")
+
+    def __init__(self, manifest: Manifest, target: "Target", location: str):
+        self.id = manifest.id
+        self._manifest: Manifest | None = manifest
+        self.target = target
+        self.location = location
+        self._summary: Summary | None = None
+        self._load: Callable[[], Manifest] | None = None
+
+    @classmethod
+    def lazy(cls, summary: Summary, target: "Target", location: str, load: Callable[[], Manifest]) -> "Stored":
+        """Return a backup known by its cached ``summary``; ``load()`` returns (validates) its
+        Manifest when ``manifest`` is first read, and raises what ``manifest.loads`` raises."""
+        s = cls.__new__(cls)
+        s.id, s._manifest, s.target, s.location, s._summary, s._load = summary.id, None, target, location, summary, load
+        return s
 
     @property
-    def id(self) -> str:
-        return self.manifest.id
+    def manifest(self) -> Manifest:
+        if self._manifest is None:
+            self._manifest = self._load()
+            self._load = None
+        return self._manifest
+
+    @property
+    def summary(self) -> Summary:
+        if self._summary is None:
+            self._summary = Summary.of(self.manifest)
+        return self._summary
+
+    @property
+    def created(self) -> datetime:
+        return self.summary.created
+
+    @property
+    def size(self) -> int:
+        """Stored bytes of all artifacts."""
+        return self.summary.size
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Stored):
+            return NotImplemented
+        return (self.target, self.location, self.id) == (other.target, other.location, other.id)
+
+    def __hash__(self) -> int:
+        return hash((id(self.target), self.location, self.id))
+
+    def __repr__(self) -> str:
+        return f"Stored({self.id!r}, target={self.target.name!r}, location={self.location!r})"
 
 
 @dataclass(frozen=True)
@@ -47,7 +96,7 @@ class Damaged:
 def listing_order(b: Stored | Damaged) -> tuple[str, str]:
     """Sort key of listings: creation time (for a damaged backup, the time in its id), then id."""
     if isinstance(b, Stored):
-        return b.manifest.created.strftime("%Y%m%dT%H%M%S.%f"), b.id
+        return b.summary.order, b.id
     return b.id[-16:-1], b.id
 
 

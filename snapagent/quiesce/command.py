@@ -11,25 +11,54 @@
   and ``SNAPAGENT_VOLUMES`` (one volume per line: names may contain spaces).
 - With ``record_output`` the stdout of ``pre`` (bounded) and the lines of ``hold`` go into the
   manifest record; ``key=value`` lines are also parsed into ``values``.
+- ``probe`` (argv) is the hook's drill check: ``snapagent drill`` runs it against the restored
+  copy (``snapagent.quiesce.command_probe``), bounded by ``probe_timeout``. A hook may have only a
+  ``probe`` (e.g. beside an fsfreeze quiescer): it does nothing at backup time.
 """
 
 from __future__ import annotations
 
+import os
+import pwd
 import subprocess
 import time
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import field_validator, model_validator
 
 from snapagent import signals
-from snapagent.config import Duration, Strict
-from snapagent.errors import CommandFailed, FreezeOverrun, PreflightFailed, QuiesceFailed
-from snapagent.plugin.quiescer import Quiescer
+from snapagent.config import Duration, Strict, absolute
+from snapagent.errors import CommandFailed, FreezeOverrun, OperationFailed, PreflightFailed, QuiesceFailed
+from snapagent.plugin.handover import claim, reach
+from snapagent.plugin.quiescer import Handover, Locate, ProbeResult, Quiescer, RestoreContext
 from snapagent.util.lines import LineReader
 from snapagent.util.runner import Stream, format_argv
 
 MAX_OUTPUT = 64 * 1024  # bytes of a command's stdout kept in the manifest
 MAX_LINES = 200  # lines of the hold process kept in the manifest
+
+
+class CommandHandover(Strict):
+    """What restore hands over for the database a command hook protects (it knows none itself):
+    ``data_dir`` is a live path on the job's volumes; ``{data_dir}`` in the commands becomes its
+    restored place, ``{dest}`` the restore's DEST. Recorded in the manifest at backup."""
+
+    data_dir: Path
+    owner: str | None = None  # the user the restored data_dir (and all below) is given to
+    start: list[str] = []
+    check: list[str] = []
+    stop: list[str] = []
+    put_in_place: str = ""  # where the user's own steps are written down
+
+    _abs = field_validator("data_dir")(lambda v: Path(os.path.normpath(absolute(v))))
+
+    @field_validator("start", "check", "stop")
+    @classmethod
+    def _argv(cls, v: list[str]) -> list[str]:
+        if v and not v[0] or any("\x00" in a for a in v):
+            raise ValueError("must be an argv list, e.g. [\"/usr/local/bin/tool\", \"{data_dir}\"]")
+        return v
 
 
 class CommandConfig(Strict):
@@ -39,10 +68,13 @@ class CommandConfig(Strict):
     hold: list[str] | None = None
     ready: str = "READY"
     timeout: Duration = 30.0
+    probe: list[str] | None = None
+    probe_timeout: Duration = 600.0
     record_output: bool = True
     consistency: Literal["application", "crash"] = "application"
+    handover: CommandHandover | None = None  # restore hands no database over without it
 
-    @field_validator("pre", "post", "hold")
+    @field_validator("pre", "post", "hold", "probe")
     @classmethod
     def _argv(cls, v: list[str] | None) -> list[str] | None:
         if v is None:
@@ -61,7 +93,7 @@ class CommandConfig(Strict):
             raise ValueError("must be a non-empty single line")
         return v.strip()
 
-    @field_validator("timeout")
+    @field_validator("timeout", "probe_timeout")
     @classmethod
     def _timeout(cls, v: float) -> float:
         if v <= 0:
@@ -70,8 +102,10 @@ class CommandConfig(Strict):
 
     @model_validator(mode="after")
     def _something_to_run(self) -> "CommandConfig":
-        if self.pre is None and self.hold is None:
-            raise ValueError("needs `pre` or `hold` (`post` runs only after a successful `pre` or `hold`)")
+        if self.pre is None and self.hold is None and self.probe is None:
+            raise ValueError("needs `pre`, `hold` or `probe` (`post` runs only after a successful `pre` or `hold`)")
+        if self.pre is None and self.hold is None and self.post is not None:
+            raise ValueError("`post` needs `pre` or `hold`: it runs only after a successful one")
         return self
 
 
@@ -84,6 +118,11 @@ def parse_values(text: str) -> dict[str, str]:
         if sep and key and " " not in key:
             out[key] = value.strip()
     return out
+
+
+def name_of(cfg: CommandConfig) -> str:
+    """Return the hook's name: ``name``, else argv[0] of ``pre``, ``hold`` or ``probe``."""
+    return cfg.name or (cfg.pre or cfg.hold or cfg.probe or ["?"])[0]
 
 
 def _bounded(text: str) -> str:
@@ -101,16 +140,28 @@ class CommandQuiescer(Quiescer):
 
     @classmethod
     def programs(cls, cfg: CommandConfig) -> dict[str, str]:
-        return {key: argv[0] for key in ("pre", "post", "hold") if (argv := getattr(cfg, key)) is not None}
+        return {key: argv[0] for key in ("pre", "post", "hold", "probe") if (argv := getattr(cfg, key)) is not None}
+
+    @classmethod
+    def job_problems(cls, cfg: CommandConfig, volumes: list[str]) -> dict[str, str]:
+        from snapagent.quiesce.command_probe import placeholder_problems
+
+        found = placeholder_problems(cfg.probe or [], volumes)
+        return {"probe": "; ".join(found)} if found else {}
 
     def __init__(self, cfg: CommandConfig, ctx):
         super().__init__(cfg, ctx)
-        self.name = cfg.name or (cfg.pre or cfg.hold or ["?"])[0]
+        self.name = name_of(cfg)
         # What `pre` took stays taken when the agent dies (its `post` never runs): only a
         # hold-only quiescer releases on death.
         self.releases_on_death = cfg.pre is None
         self.consistency = cfg.consistency
-        self.rec: dict[str, Any] = {"type": self.type, "name": self.name, "consistency": cfg.consistency}
+        self.rec: dict[str, Any] = {"type": self.type, "name": self.name}
+        if cfg.pre is not None or cfg.hold is not None:  # a probe-only hook makes nothing consistent
+            self.rec["consistency"] = cfg.consistency
+        if cfg.handover is not None:
+            self.rec["handover"] = cfg.handover.model_dump(mode="json")
+            self.rec["files"] = [str(cfg.handover.data_dir)]  # the engine records where it lies
         self._post_due = False  # pre (or, without pre, hold) succeeded: post must run
         self._hold: Stream | None = None
         self._reader: LineReader | None = None
@@ -119,6 +170,45 @@ class CommandQuiescer(Quiescer):
 
     def describe(self) -> str:
         return f"command {self.name}"
+
+    def files(self) -> list[Path]:
+        return [self.cfg.handover.data_dir] if self.cfg.handover is not None else []
+
+    @classmethod
+    def data_dirs(cls, cfg: CommandConfig) -> list[Path]:
+        return [cfg.handover.data_dir] if cfg.handover is not None else []
+
+    @classmethod
+    def prepare_restore(cls, record: dict[str, Any], locate: Locate, ctx: RestoreContext) -> Handover | None:
+        """With a configured ``handover``: give the restored data_dir to its ``owner`` (who may then
+        pass DEST) and return the configured commands with ``{data_dir}``/``{dest}`` filled in;
+        without one, None (restore says it hands no database over)."""
+        cfg = record.get("handover")
+        if not cfg:
+            return None
+        restored = locate(cfg["data_dir"])
+        notes: list[str] = []
+        if cfg.get("owner"):
+            try:
+                pw = pwd.getpwnam(cfg["owner"])
+            except KeyError:
+                raise OperationFailed(f"command {record.get('name')}: handover.owner {cfg['owner']!r} does not "
+                                      "exist on this host; create the user and restore again") from None
+            claim(restored, pw.pw_uid, pw.pw_gid)
+            notes = reach(ctx, [restored], pw.pw_uid, pw.pw_gid)
+        fill = {"{data_dir}": str(restored), "{dest}": str(ctx.dest or "")}
+
+        def filled(argv: list[str]) -> list[str]:
+            out = []
+            for a in argv:
+                for k, v in fill.items():
+                    a = a.replace(k, v)
+                out.append(a)
+            return out
+
+        return Handover(kind="command", data_dir=str(restored), owner=cfg.get("owner"), start=filled(cfg["start"]),
+                        check=filled(cfg["check"]), stop=filled(cfg["stop"]),
+                        put_in_place=cfg.get("put_in_place") or "docs/databases.md#command-hooks", notes=notes)
 
     def _env(self, phase: str) -> dict[str, str]:
         return {
@@ -269,3 +359,14 @@ class CommandQuiescer(Quiescer):
             except OSError:
                 pass
 
+    # -- drill ----------------------------------------------------------------------------------
+    @classmethod
+    def drill(cls, record: dict[str, Any], locate: Locate, ctx: RestoreContext) -> list[ProbeResult]:
+        """Run the hook's ``probe`` (from the current config: ``ctx.settings``) against the
+        restored copy; no probe configured: no result (the drill then says what to add)."""
+        from snapagent.quiesce.command_probe import run_probe
+
+        cfg = ctx.settings
+        if not isinstance(cfg, CommandConfig) or cfg.probe is None or ctx.drill is None:
+            return []
+        return [run_probe(f"command {record.get('name') or name_of(cfg)}", cfg.probe, cfg.probe_timeout, ctx)]

@@ -20,8 +20,11 @@ from pydantic import field_validator
 
 from snapagent.config import Duration, Strict
 from snapagent.errors import PreflightFailed, QuiesceFailed
-from snapagent.plugin.quiescer import Locate, ProbeResult, Quiescer, RestoreContext
+from snapagent.plugin.handover import record_owner, resolve_owner
+from snapagent.plugin.quiescer import Handover, Locate, ProbeResult, Quiescer, RestoreContext
 from snapagent.util import sqllog
+
+PUT_IN_PLACE = "docs/databases.md#put-a-restored-sqlite-database-in-place"
 
 
 class SqliteConfig(Strict):
@@ -108,7 +111,8 @@ class SqliteQuiescer(Quiescer):
         except sqlite3.Error as e:
             self._close()
             raise PreflightFailed(f"sqlite database {str(p)!r}: {e}") from None
-        self.rec.update(journal_mode=mode, sqlite_version=sqlite3.sqlite_version)
+        self.rec.update(journal_mode=mode, sqlite_version=sqlite3.sqlite_version,
+                        owner=record_owner(p))  # whom a restore gives the file back to
 
     def prepare(self) -> None:
         """Checkpoint the WAL (bounded by CHECKPOINT_BUDGET and busy_timeout) before any lock of
@@ -195,6 +199,29 @@ class SqliteQuiescer(Quiescer):
             except sqlite3.Error:
                 pass
             self.conn = None
+
+    @classmethod
+    def prepare_restore(cls, record: dict[str, Any], locate: Locate, ctx: RestoreContext) -> Handover | None:
+        """Give the restored database file and its ``-wal``/``-journal`` to the live file's owner
+        (recorded at backup; by name when that user exists here); return the hand-over: the files,
+        their owner and the check command. SQLite has no server: nothing to start or stop."""
+        path = locate(record["path"])
+        # regular files only: a restored tree is as untrusted as the manifest (never a symlink's target)
+        files = [p for p in (path, *(path.with_name(path.name + sfx) for sfx in ("-wal", "-journal")))
+                 if p.is_file() and not p.is_symlink()]
+        user = None
+        if files:
+            try:
+                user, uid, gid = resolve_owner(record.get("owner"), path, "root")
+            except KeyError:
+                user = None
+            else:
+                for p in files:
+                    os.lchown(p, uid, gid)
+        return Handover(kind="sqlite", data_dir=str(path.parent), owner=user, files=[str(p) for p in files],
+                        check=["sqlite3", str(path), "PRAGMA integrity_check"], put_in_place=PUT_IN_PLACE,
+                        notes=["no server to start: point the application at the file, or put it in place "
+                               "(never without its -wal file)"])
 
     @classmethod
     def drill(cls, record: dict[str, Any], locate: Locate, ctx: RestoreContext) -> list[ProbeResult]:

@@ -45,12 +45,17 @@ class TargetPrune:
     damaged: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    #: The job's archive cleanups (``retention/archives.py``), carried by its own target's record.
+    archives: list = field(default_factory=list)
 
     def as_dict(self) -> dict:
         """Return the ``--json`` record (design note: job, target, keep, remove, reasons; plus
-        damaged, removed, failed)."""
-        return {"job": self.job, "target": self.target, "keep": self.keep, "remove": self.remove,
-                "reasons": self.reasons, "damaged": self.damaged, "removed": self.removed, "failed": self.failed}
+        damaged, removed, failed; archives when there are some)."""
+        out = {"job": self.job, "target": self.target, "keep": self.keep, "remove": self.remove,
+               "reasons": self.reasons, "damaged": self.damaged, "removed": self.removed, "failed": self.failed}
+        if self.archives:  # only a job whose quiescer names an archive has any
+            out["archives"] = [a.as_dict() for a in self.archives]
+        return out
 
 
 def describe(rules: RetentionConfig | None) -> str:

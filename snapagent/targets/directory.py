@@ -14,6 +14,7 @@ only) on its way to disk (``NAME.zst.age``); the manifest records the sha256 of 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import stat
@@ -23,6 +24,7 @@ from typing import IO, TYPE_CHECKING, Annotated, Iterator, Literal
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from snapagent import manifest as manifestmod
+from snapagent import manifestcache
 from snapagent.config import Strict, absolute
 from snapagent.errors import NotFound, PreflightFailed, TargetFailed, VerifyFailed
 from snapagent.manifest import Artifact, Manifest, ManifestDamaged
@@ -215,17 +217,34 @@ class DirectoryTarget(Target):
             return damaged(f"manifest.json cannot be read ({e.strerror})")
         finally:
             os.close(fd)
+        return self._validated(job, d.name, path, raw, damaged)
+
+    def _validated(self, job: str, name: str, path: str, raw: bytes, damaged) -> Stored | Damaged:
+        """Return the backup whose manifest bytes are ``raw``: from the manifest cache when these
+        very bytes validated before (a lazy Stored), else validated now (and cached when good)."""
+        cache = manifestcache.for_state_dir(self.state_dir)
+        digest = hashlib.sha256(raw).hexdigest() if cache is not None else ""
+        s = cache.get(digest) if cache is not None else None
+        if s is not None and s.id == name and s.job == job:  # else: the checks below say why
+            return Stored.lazy(s, self, path, lambda: manifestmod.loads(raw, expected_id=name))
         try:
-            m = manifestmod.loads(raw, expected_id=d.name)
+            m = manifestmod.loads(raw, expected_id=name)
         except ManifestDamaged as e:
             return damaged(str(e))
         if m.job != job:
             return damaged(f"manifest says job {m.job!r} but it is stored under job {job!r}")
+        if cache is not None:
+            cache.put(digest, manifestcache.Summary.of(m))
         return Stored(m, self, path)
 
     def list(self, job: str | None = None) -> list[Stored | Damaged]:
-        found = (self._read(j, d) for j, d in self._dirs(job))
-        return sorted((b for b in found if b is not None), key=listing_order)
+        found = [b for j, d in self._dirs(job) if (b := self._read(j, d)) is not None]
+        self._save_cache()
+        return sorted(found, key=listing_order)
+
+    def _save_cache(self) -> None:
+        if (cache := manifestcache.for_state_dir(self.state_dir)) is not None:
+            cache.save()
 
     def _find(self, backup_id: str) -> tuple[str, Path] | None:
         if not BACKUP_ID_RE.match(backup_id):
@@ -241,7 +260,11 @@ class DirectoryTarget(Target):
 
     def get(self, backup_id: str) -> Stored | Damaged | None:
         found = self._find(backup_id)
-        return self._read(*found) if found else None
+        if found is None:
+            return None
+        b = self._read(*found)
+        self._save_cache()
+        return b
 
     def open_artifact(self, backup_id: str, art: Artifact) -> VerifyingReader:
         return self._open(backup_id, art)
@@ -301,11 +324,17 @@ class DirectoryTarget(Target):
 def _read_at_most(fd: int, size: int, limit: int) -> bytes:
     """Return the content of file ``fd`` (``size`` bytes by its fstat), at most ``limit`` bytes:
     read in the file's own size, not in a buffer of ``limit`` (a manifest is a few KiB; the limit
-    is 16 MiB, and allocating it for each of 10,000 manifests is what `list` would spend)."""
+    is 16 MiB, and allocating it for each of 10,000 manifests is what `list` would spend). A
+    regular file's read returns less than asked only at its end: one read call for a file that
+    did not grow since its fstat."""
     chunks, got = [], 0
-    while got < limit and (chunk := os.read(fd, min(limit - got, size - got + 1 if got < size else 1 << 16))):
+    while got < limit:
+        want = min(limit - got, size - got + 1 if got < size else 1 << 16)
+        chunk = os.read(fd, want)
         chunks.append(chunk)
         got += len(chunk)
+        if len(chunk) < want:
+            break
     return b"".join(chunks)
 
 

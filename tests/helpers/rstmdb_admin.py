@@ -4,6 +4,10 @@
 Compacts the toy log-structured store in DBDIR (``segments/*.log`` merged into one segment) under
 its flock, and prints the WAL offset a restore must replay from as ``wal_offset=<n>`` (plus
 ``segments=<n>``) — the lines snapagent records in the manifest.
+
+``rstmdb_admin.py verify DBDIR`` is the drill probe: the store has its compacted segment and no
+half-written one (``compacted.tmp``); prints what it found and exits 0, or says what is wrong and
+exits 1.
 """
 
 from __future__ import annotations
@@ -36,7 +40,18 @@ def compact(db: str) -> int:
     return 0
 
 
+def verify(db: str) -> int:
+    seg = os.path.join(db, "segments")
+    names = sorted(os.listdir(seg)) if os.path.isdir(seg) else []
+    if "compacted.tmp" in names or "000-compacted.log" not in names:
+        print(f"rstmdb {db}: no complete compacted segment (found: {', '.join(names) or 'nothing'})", file=sys.stderr)
+        return 1
+    wal = os.path.join(db, "wal")
+    print(f"rstmdb {db}: {len(names)} segment(s), wal {os.path.getsize(wal) if os.path.exists(wal) else 0} bytes: ok")
+    return 0
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] != "compact":
-        sys.exit("usage: rstmdb_admin.py compact DBDIR")
-    sys.exit(compact(sys.argv[2]))
+    if len(sys.argv) != 3 or sys.argv[1] not in ("compact", "verify"):
+        sys.exit("usage: rstmdb_admin.py compact|verify DBDIR")
+    sys.exit((compact if sys.argv[1] == "compact" else verify)(sys.argv[2]))

@@ -91,39 +91,44 @@ def _uninstall(line: str, book) -> None:
     assert '"$prefix/bin/snapagent-uninstall"' in text and "prefix=$r/opt/snapagent" in text
 
 
-def _pg_start(line: str, book) -> None:
-    """The line equals the start line `snapagent restore` prints for a PostgreSQL data directory DEST/data."""
-    from snapagent.quiesce.postgresql.restore import instructions
+def _pg_handover(line: str, book) -> None:
+    """The line is one of the start/check/stop commands `snapagent restore` hands over for a
+    PostgreSQL 15 data directory DEST/main/main on port 5440 (its socket directory in DEST)."""
+    from snapagent.quiesce.postgresql.restore import handover
 
     dest = Path(book.workdir) / "pg-restore"
-    (dest / "data").mkdir(parents=True, exist_ok=True)
-    (dest / "data" / "postgresql.conf").touch()
-    lines = instructions({"mode": "checkpoint", "server_version_num": 150004}, dest / "data", 0, dest)
-    start = next(ln for ln in lines if ln.startswith("start it"))
-    printed = start.split(": ", 1)[1].replace("runuser -u root ", "runuser -u postgres ").replace(str(dest), "DEST")
-    assert line == printed, f"the runbook's PostgreSQL start line differs from what restore prints:\n{line}\n{printed}"
+    pgdata, run = dest / "main" / "main", dest / ".snapagent-postgresql"
+    pgdata.mkdir(parents=True, exist_ok=True)
+    run.mkdir(exist_ok=True)
+    (pgdata / "postgresql.conf").touch()
+    h = handover({"mode": "checkpoint", "server_version_num": 150004}, pgdata, "postgres", run, 5440)
+    printed = [shlex.join(argv).replace(str(dest), "DEST") for argv in (h.start, h.check, h.stop)]
+    assert line in printed, f"the runbook's PostgreSQL line is none of what restore hands over:\n{line}\n" + "\n".join(printed)
 
 
-def _mariadb_start_line(book) -> str:
-    from snapagent.quiesce.mysql.restore import prepare_restore
+def _mariadb_handover(book) -> tuple[str, str]:
+    """Return the start line `snapagent restore` hands over for a MariaDB datadir /srv/mysql/datadir
+    restored as DEST/mysql/datadir (owner mysql, port 3340, mariadbd in /usr/sbin), and its socket."""
+    from snapagent.quiesce.mysql.restore import server_argv
 
     dest = Path(book.workdir) / "mysql-restore"
-    (dest / "mysql" / "datadir").mkdir(parents=True, exist_ok=True)
-    notes = prepare_restore({"datadir": "/srv/mysql/datadir", "flavor": "mariadb", "server": {}},
-                            lambda live: dest / "mysql" / Path(live).relative_to("/srv/mysql"))
-    return notes["start"].replace(str(dest), "DEST")
+    run = dest / ".snapagent-mysql"
+    argv = server_argv({"datadir": "/srv/mysql/datadir", "flavor": "mariadb", "server": {}},
+                       lambda live: dest / "mysql" / Path(live).relative_to("/srv/mysql"),
+                       str(run / "mysqld.sock"), str(run / "mysqld.pid"), str(run / "error.log"), "mysql", port=3340)
+    return shlex.join(["/usr/sbin/mariadbd", *argv[1:]]).replace(str(dest), "DEST"), "DEST/.snapagent-mysql/mysqld.sock"
 
 
 def _mariadb_start(line: str, book) -> None:
-    printed = _mariadb_start_line(book)
-    assert line == printed + " &", f"the runbook's MariaDB start line differs from restore's notes.start:\n{line}\n{printed}"
+    printed, _ = _mariadb_handover(book)
+    assert line == printed + " &", f"the runbook's MariaDB start line differs from the hand-over's start:\n{line}\n{printed}"
 
 
 def _mariadb_client(line: str, book) -> None:
-    sock = re.search(r"--socket=(\S+)", _mariadb_start_line(book)).group(1)
+    _, sock = _mariadb_handover(book)
     argv = shlex.split(line)
     assert argv[1] == f"--socket={sock}", f"{line}: not the socket of the restored server ({sock})"
-    assert argv[2:] in (["ping"], ["shutdown"], ["--all-databases"]), line
+    assert argv[2:] in (["shutdown"], ["--all-databases"]), line
 
 
 RULES: list[tuple[str, Rule]] = [
@@ -132,8 +137,8 @@ RULES: list[tuple[str, Rule]] = [
     (r"snapagent schedule (install|remove)", _schedule_on_host),
     (r"systemctl .*", _systemctl),
     (r"journalctl .*", _journalctl),
-    (r"runuser -u postgres -- /usr/lib/postgresql/\d+/bin/pg_ctl .*", _pg_start),
-    (r"mariadbd .*", _mariadb_start),
+    (r"runuser -u postgres -- /usr/lib/postgresql/\d+/bin/(pg_ctl|psql) .*", _pg_handover),
+    (r"(/usr/sbin/)?mariadbd .*", _mariadb_start),
     (r"mariadb-(admin|check) .*", _mariadb_client),
 ]
 

@@ -5,6 +5,8 @@ into the manifest), the environment, post-only-after-pre, and hold failures."""
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import subprocess
 import sys
 import time
@@ -27,6 +29,8 @@ def from_example(name: str, workdir: Path, repl: dict[str, str]) -> Path:
     for old, new in repl.items():
         assert old in text, f"{old} not in etc/hooks/{name}"
         text = text.replace(f'"{old}"', new if new.startswith('"') else toml_str(new))
+        if not new.startswith('"'):  # a probe's placeholder names the volume too
+            text = text.replace(f'"{{restored:{old}}}"', toml_str(f"{{restored:{new}}}"))
     cfg = workdir / name
     cfg.write_text(text)
     return cfg
@@ -66,14 +70,21 @@ def test_murodb_hold_example(subvol, workdir, tmp_path):
     assert hold["rc"] == 0 and int(hold["values"]["checkpointed"]) > 0
     assert "released_after_ms" in hold["values"] and hold["ready_ms"] < 5000
     dest = tmp_path / "restored"
-    snapagent("restore", m["id"], "--to", str(dest), config=cfg, check=True)
+    r = snapagent("restore", m["id"], "--to", str(dest), config=cfg, check=True)
     vol = dest / m["volumes"][0]["label"]
+    # the example's handover: its check line, pasted as printed, runs the tool on the restored copy
+    assert f"  command database: {vol}" in r.stdout, r.stdout
+    check = shlex.split(re.search(r"(?m)^    check: +(.*)$", r.stdout).group(1))
+    assert check[-1] == str(vol) and subprocess.run(check, capture_output=True, text=True).stdout.endswith("numbered without a gap\n")
     assert (vol / "wal").read_bytes() == b""  # the lock was held from the checkpoint to the snapshot
     data = (vol / "data").read_text().splitlines()
     acked = int(ack.read_text().splitlines()[-1].split()[0])
     assert 0 < len(data) <= acked
     print(f"\nmurodb hold: ready in {hold['ready_ms']} ms, held {hold['held_ms']} ms, "
           f"freeze window {m['freeze_window_ms']:.0f} ms, {len(data)} records in the snapshot")
+    d = snapagent("drill", m["id"], config=cfg)  # the example's probe: the tool's own check
+    assert d.returncode == 0 and "records, numbered without a gap" in d.stdout, d.stdout + d.stderr
+    assert f"drill of {m['id']}: PASSED" in d.stdout
 
 
 def test_rstmdb_pre_output_in_manifest(subvol, workdir):
@@ -90,6 +101,10 @@ def test_rstmdb_pre_output_in_manifest(subvol, workdir):
     assert pre["rc"] == 0 and pre["values"] == {"segments": "3", "wal_offset": "12345"}
     assert "compaction done" in pre["stdout"]
     assert "post" not in m["quiescers"][0]
+    d = snapagent("drill", m["id"], config=cfg)
+    assert d.returncode == 0 and "PASS command rstmdb: rstmdb " in d.stdout and "segment(s)" in d.stdout, d.stdout
+    r = snapagent("restore", m["id"], "--to", str(workdir / "restored"), config=cfg, check=True)
+    assert "  command: no database hand-over" in r.stdout, r.stdout  # issue 12: said, not silent
 
 
 def test_environment_and_nasty_names(subvol, workdir, tmp_path):

@@ -30,6 +30,8 @@ def config_from(sample: str, workdir: Path, repl: dict[str, str]) -> Path:
     repl = {"/var/lib/snapagent": str(workdir / "state"), "/var/backups/snapagent": str(workdir / "backups"), **repl}
     for old, new in repl.items():
         text = text.replace(f'"{old}"', new if new.startswith('"') else toml_str(new))
+        if not new.startswith('"'):  # a probe's placeholder names the volume too
+            text = text.replace(f'"{{restored:{old}}}"', toml_str(f"{{restored:{new}}}"))
     (workdir / sample).write_text(text)
     return workdir / sample
 

@@ -152,7 +152,10 @@ def test_hot_backup_restore_and_drill(server, workdir, method):
 
     dest = workdir / "restored"
     summary = json.loads(snapagent("--json", "restore", m["id"], "--to", str(dest), config=cfg, check=True).stdout)
-    assert summary["databases"][0]["notes"]["start"].startswith("mariadbd --no-defaults")
+    h = summary["databases"][0]["handover"]
+    assert h["kind"] == "mysql" and h["start"][0].endswith("mariadbd") and h["start"][1] == "--no-defaults"
+    if not Path(h["socket"]).is_relative_to(dest):  # DEST's path too long for a socket: the run dir is a temp dir
+        shutil.rmtree(Path(h["socket"]).parent)
     restored = dest / m["volumes"][0]["label"] / "datadir"
     assert not (restored / "mysqld.pid").exists()
     index = (restored / "mysql-bin.index").read_text()
@@ -475,6 +478,82 @@ def owned_server(subvol):
         db.cleanup()
         for p, mode in opened:
             p.chmod(mode)
+
+
+def in_place_script(live: Path, copy: Path, sock: str) -> str:
+    """Return docs/databases.md's put-in-place block for MySQL/MariaDB with LIVE, COPY and SOCK set;
+    the live server's service commands (systemctl) are left to the caller."""
+    text = (ROOT / "docs" / "databases.md").read_text()
+    block = text.split("<!-- mysql-in-place:begin -->", 1)[1].split("<!-- mysql-in-place:end -->", 1)[0]
+    lines = block.split("```sh\n", 1)[1].rsplit("```", 1)[0].splitlines()
+    assert [ln.split("=", 1)[0] for ln in lines[:3]] == ["LIVE", "COPY", "SOCK"], lines[:3]
+    body = [ln for ln in lines[3:] if not ln.startswith("systemctl ")]
+    assert len(body) == len(lines) - 5, "the block stops and starts the live server with systemctl, once each"
+    return "\n".join([f"LIVE={shlex.quote(str(live))}", f"COPY={shlex.quote(str(copy))}",
+                      f"SOCK={shlex.quote(sock)}", *body]) + "\n"
+
+
+def test_restore_hands_over_a_startable_server(owned_server, workdir):
+    """Issue 12: the restored datadir was root-owned 0700 (`mysql-bin.index … Permission denied`),
+    the start line only in --json, the socket fixed at /tmp. Now: files for mysql, a private socket
+    below DEST, a free port; the hand-over's argv from --json, run exactly as given, starts a server
+    that answers; its check and stop commands work; docs/databases.md's put-in-place steps make the
+    copy the live server."""
+    db = owned_server
+    cfg = write_config(workdir, job(db))
+    m = json.loads(snapagent("--json", "backup", "db", config=cfg, check=True).stdout)
+    assert m["quiescers"][0]["owner"]["user"] == "mysql"
+    dest = db.volume.parent / f"rst {uuid.uuid4().hex[:6]}"  # the mysql user can reach it (the fixture opened it)
+    r = snapagent("restore", m["id"], "--to", str(dest), config=cfg, check=True)
+    summary = json.loads(snapagent("--json", "restore", m["id"], "--to", str(dest), "--force", config=cfg,
+                                   check=True).stdout)
+    h = summary["databases"][0]["handover"]
+    assert "mysql database: " in r.stdout and f"start:    {shlex.join(h['start'][:2])}" in r.stdout, r.stdout
+    restored = Path(h["data_dir"])
+    assert h["owner"] == "mysql" and restored.owner() == "mysql" and (restored / "mysql-bin.index").owner() == "mysql"
+    assert Path(h["socket"]).is_relative_to(dest) and h["port"] not in (3306, 3307)
+    proc = subprocess.Popen(h["start"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import pymysql
+
+        def connect():
+            if proc.poll() is not None:
+                raise AssertionError(f"the hand-over's server exited {proc.returncode}: "
+                                     f"{(Path(h['socket']).parent / 'error.log').read_text(errors='replace')[-2000:]}")
+            try:
+                return pymysql.connect(unix_socket=h["socket"], user="root", autocommit=True, connect_timeout=5)
+            except pymysql.MySQLError:
+                return None
+
+        conn = None
+        end = time.monotonic() + 120
+        while conn is None and time.monotonic() < end:
+            conn = connect() or time.sleep(0.2)
+        assert conn is not None, "the hand-over's server did not answer within 120 s"
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM app.o")
+            assert cur.fetchone()[0] == 3
+            cur.execute("SELECT @@port, @@bind_address, CURRENT_USER()")
+            port, bind, _ = cur.fetchone()
+            assert (port, bind) == (h["port"], "127.0.0.1")
+            cur.execute("INSERT INTO app.o VALUES (4)")  # made on the copy: must be live after put-in-place
+        conn.close()
+        check = subprocess.run(h["check"], capture_output=True, text=True, timeout=120)
+        assert check.returncode == 0 and "app.o" in check.stdout and "OK" in check.stdout, check.stdout + check.stderr
+        # put it in place: the live server stopped first (its systemctl line), the documented steps stop the copy
+        db.stop()
+        script = in_place_script(db.datadir, restored, h["socket"])
+        r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=180)
+        assert r.returncode == 0, f"{script}\n{r.stdout}\n{r.stderr}"
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            subprocess.run(h["stop"], capture_output=True, timeout=120)
+            proc.wait(timeout=120)
+    db.start()
+    assert [r[0] for r in db.sql("SELECT id FROM app.o ORDER BY id")] == [1, 2, 3, 4]
+    assert db.datadir.owner() == "mysql" and (db.datadir / "mysql-bin.index").owner() == "mysql"
+    print(f"\nhand-over: {shlex.join(h['start'])}\nput in place: the copy's row 4 is live")
 
 
 def drill_config(db: MariaDB, workdir: Path, agent: str = "") -> Path:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -134,13 +135,43 @@ def backup(cfg: Path) -> dict:
     return json.loads(r.stdout)
 
 
-def start_as_instructed(restore_out: str, extra_env: dict | None = None) -> str:
-    """Run the `start it …` line the restore printed, through bash; return the pgdata it names."""
-    line = next(ln for ln in restore_out.splitlines() if "start it" in ln)
-    cmd = line.split(": ", 1)[1]
-    r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, f"{cmd}\n{r.stdout}\n{r.stderr}"
-    return cmd
+def start_handover(argv: list[str], logfile: Path) -> subprocess.Popen:
+    """Run a hand-over's start command exactly as given (argv, no shell); return the process
+    (pg_ctl returns once the server is up; the postmaster form stays in the foreground)."""
+    with open(logfile, "ab") as log:
+        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop_handover(h: dict, proc: subprocess.Popen) -> None:
+    """Run the hand-over's stop command; the started process must then end."""
+    r = subprocess.run(h["stop"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    proc.wait(timeout=120)
+
+
+def check_handover(h: dict) -> None:
+    """The hand-over's check command lists the databases of the started copy."""
+    r = subprocess.run(h["check"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "postgres" in r.stdout.split(), r.stdout + r.stderr
+
+
+def in_place_script(live: Path, copy: Path, wal: Path | None, tablespaces: dict[str, str], stop_live: list[str],
+                    start_live: list[str]) -> str:
+    """Return docs/databases.md's put-in-place block for PostgreSQL with its values set and the live
+    cluster's service commands (systemctl) replaced by the test cluster's."""
+    import shlex
+
+    text = (ROOT / "docs" / "databases.md").read_text()
+    block = text.split("<!-- pg-in-place:begin -->", 1)[1].split("<!-- pg-in-place:end -->", 1)[0]
+    lines = block.split("```sh\n", 1)[1].rsplit("```", 1)[0].splitlines()
+    assert [ln.split("=", 1)[0] for ln in lines[:4]] == ["LIVE", "COPY", "WAL", "TABLESPACES"], lines[:4]
+    values = [f"LIVE={shlex.quote(str(live))}", f"COPY={shlex.quote(str(copy))}",
+              f"WAL={shlex.quote(str(wal) if wal else '')}",
+              "TABLESPACES=" + shlex.quote("\n".join(f"{oid}={loc}" for oid, loc in tablespaces.items()))]
+    body = [shlex.join(stop_live) if ln.startswith("systemctl stop ") else
+            shlex.join(start_live) if ln.startswith("systemctl start ") else ln for ln in lines[4:]]
+    assert body != lines[4:], "the block stops and starts the live cluster with systemctl"
+    return "\n".join(values + body) + "\n"
 
 
 def manual_restore_script(backup_dir: Path, dest: Path) -> str:
@@ -154,7 +185,7 @@ def manual_restore_script(backup_dir: Path, dest: Path) -> str:
     return "\n".join([f"B={shlex.quote(str(backup_dir))}", f"DEST={shlex.quote(str(dest))}", *lines[2:]]) + "\n"
 
 
-def restored_conn(sockdir: Path, port: int = 5433, timeout: float = 60):
+def restored_conn(sockdir: Path, port: int = 5440, timeout: float = 60):
     """Connect to the restored copy once it is up and out of recovery."""
     import psycopg
 
@@ -234,16 +265,28 @@ def test_checkpoint_mode_hot_backup_restore_and_drill(pg_ok, subvol, workdir, cl
     pg.open_path_for_postgres(dest)  # a place the postgres user can reach; DEST itself snapagent handles
     r = snapagent("restore", m["id"], "--to", str(dest), config=cfg, check=True)
     pgdata = dest / m["volumes"][0]["label"] / "pgdata"
-    assert f"PostgreSQL data directory: {pgdata}" in r.stdout
+    assert f"postgresql database: {pgdata}" in r.stdout and "owner:    postgres" in r.stdout, r.stdout
+    assert "setfacl" not in r.stdout, r.stdout  # DEST's parents are open to postgres: no hint (issue 12)
     assert not (pgdata / "postmaster.pid").exists() and not (pgdata / "postmaster.opts").exists()
     assert "archive_mode = 'off'" in (pgdata / "postgresql.auto.conf").read_text()
-    start_as_instructed(r.stdout)
+    assert os.stat(pgdata).st_mode & 0o777 == 0o700 and pgdata.owner() == "postgres"
+    # the text block is what an operator pastes: its start/check/stop lines split back into the commands
+    import shlex
+
+    h = {k: shlex.split(re.search(rf"(?m)^    {k}: +(.*)$", r.stdout).group(1)) for k in ("start", "check", "stop")}
+    port = int(re.search(r"(?m)^    listens:  port (\d+) on 127.0.0.1", r.stdout).group(1))
+    assert port >= 5440 and h["start"][4].endswith("/postgres")  # DEST holds a `$`: the postmaster itself
+    proc = start_handover(h["start"], workdir / "start.log")
     try:
-        with restored_conn(c.sock) as conn:
+        sock = next(a.split("=", 1)[1] for a in h["start"] if a.startswith("unix_socket_directories="))
+        with restored_conn(Path(sock), port) as conn:
             n = check_acked_present(conn, w, ts(rec["consistent_at"]))
             assert conn.execute("SHOW data_directory").fetchone()[0] == str(pgdata)
+        check_handover(h)
     finally:
-        stop_restored(pgdata)
+        stop_handover(h, proc)
+    assert Path(sock).parent == Path(tempfile.gettempdir())  # DEST's path is too long for a socket below it
+    shutil.rmtree(sock)  # the hand-over's run directory stays with the restored copy: the test removes it
     print(f"checkpoint mode: all {n} transactions acknowledged before the snapshot are in the restore")
 
     d = snapagent("--json", "drill", m["id"], config=cfg)
@@ -256,7 +299,7 @@ def test_checkpoint_mode_hot_backup_restore_and_drill(pg_ok, subvol, workdir, cl
     print(f"drill: {[(p['name'], p['message']) for p in report['probes']]}")
 
 
-def test_backup_api_with_pg_wal_and_tablespace_on_second_volume(pg_ok, subvol, workdir, clusters):
+def test_backup_api_with_pg_wal_and_tablespace_on_second_volume(pg_ok, subvol, workdir, clusters, pg_base):
     data_vol, wal_vol = subvol("pgdata"), subvol("pg wal")
     archive = workdir / "wal archive"
     waldir = pg.pg_dir(wal_vol / "wal")
@@ -299,9 +342,12 @@ def test_backup_api_with_pg_wal_and_tablespace_on_second_volume(pg_ok, subvol, w
     assert gap < 10 + 1
     assert snapagent("verify", m["id"], config=cfg).returncode == 0
 
-    dest = workdir / "restore 'here' 100%"  # quoted into postgresql.auto.conf and restore_command
-    pg.open_path_for_postgres(dest)
-    r = snapagent("restore", m["id"], "--to", str(dest), config=cfg, check=True)
+    dest = pg_base / f"r 'q' 100% {os.getpid()}"  # quoted into postgresql.auto.conf and restore_command
+    summary = json.loads(snapagent("--json", "restore", m["id"], "--to", str(dest), config=cfg, check=True).stdout)
+    assert len(summary["databases"]) == 1, summary["databases"]  # pg_wal and the tablespace are no databases
+    h = summary["databases"][0]["handover"]
+    assert Path(h["socket"]) == dest / ".snapagent-postgresql" and h["port"] >= 5440
+    assert h["start"][:5] == ["runuser", "-u", "postgres", "--", str(pg.BINDIR / "pg_ctl")]
     labels = {v["volume"]: v["label"] for v in m["volumes"]}
     pgdata = dest / labels[str(data_vol)] / "pgdata"
     assert os.readlink(pgdata / "pg_wal") == str(dest / labels[str(wal_vol)] / "wal")
@@ -311,16 +357,18 @@ def test_backup_api_with_pg_wal_and_tablespace_on_second_volume(pg_ok, subvol, w
     assert str(dest) in (pgdata / "tablespace_map").read_text()
     assert (pgdata / "recovery.signal").exists()
     assert not [p for p in (dest / labels[str(wal_vol)] / "wal").iterdir() if p.name != "archive_status"]
-    start_as_instructed(r.stdout)
+    proc = start_handover(h["start"], workdir / "start.log")
     try:
-        with restored_conn(c.sock) as conn:
+        with restored_conn(Path(h["socket"]), h["port"]) as conn:
             n = check_acked_present(conn, w, ts(rec["consistent_at"]))
             assert conn.execute("SELECT count(*) FROM tst").fetchone()[0] == 1000
             assert conn.execute("SELECT pg_tablespace_location(%s::oid)", (oid,)).fetchone()[0] == str(dest / labels[str(wal_vol)] / "ts")
             conn.execute("CREATE TABLE after_restore (x int) TABLESPACE ts")  # writes go to the restored copy only
+            conn.execute("INSERT INTO tst VALUES (-1)")
             conn.execute("CHECKPOINT")
+        check_handover(h)
     finally:
-        stop_restored(pgdata)
+        stop_handover(h, proc)
     # the live cluster's WAL, tablespace and archive got nothing from the restored copy
     assert not any(p.name.startswith("00000002") for p in waldir.iterdir())  # the copy promoted to timeline 2
     assert not any(p.name.startswith("00000002") for p in archive.iterdir())
@@ -347,6 +395,28 @@ def test_backup_api_with_pg_wal_and_tablespace_on_second_volume(pg_ok, subvol, w
     assert d.returncode == 0 and report["ok"], d.stdout + d.stderr
     rows = next(p for p in report["probes"] if p["name"].endswith("rows"))["rows"]
     assert rows["postgres.public.tst"] == 1000 and rows["postgres.public.bank"] >= n
+
+    # docs/databases.md's put-in-place steps: the copy (started, written to, stopped) becomes the
+    # live cluster; its pg_wal and tablespace links point at the live places again, archiving is back
+    c.stop()
+    script = in_place_script(c.pgdata, pgdata, waldir, rec["tablespaces"],
+                             stop_live=["true"], start_live=[str(pg.BINDIR / "pg_ctl"), "--version"])
+    proc = start_handover(h["start"], workdir / "start.log")  # the steps stop the copy first
+    restored_conn(Path(h["socket"]), h["port"]).close()
+    r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, f"{script}\n{r.stdout}\n{r.stderr}"
+    proc.wait(timeout=60)
+    assert os.readlink(c.pgdata / "pg_wal") == str(waldir) and os.readlink(c.pgdata / "pg_tblspc" / oid) == str(tsdir)
+    assert "snapagent" not in (c.pgdata / "postgresql.auto.conf").read_text()
+    c.start()
+    assert c.sql("SELECT count(*) FROM pg_class WHERE relname = 'after_restore'")[0][0] == 1
+    assert c.sql("SELECT count(*) FROM tst")[0][0] == 1001
+    assert c.sql("SELECT pg_tablespace_location(%s::oid)", (oid,))[0][0] == str(tsdir)
+    assert c.sql("SHOW archive_mode")[0][0] == "on" and c.sql("SHOW data_directory")[0][0] == str(c.pgdata)
+    c.sql("CREATE TABLE archived_again (x int)")
+    c.sql("SELECT pg_switch_wal()")  # archiving works again, into the live archive
+    pg.wait_until(lambda: c.sql("SELECT archived_count FROM pg_stat_archiver")[0][0] > 0, timeout=60)
+    print("put in place: the copy runs as the live cluster, pg_wal and tablespace links at the live places")
 
 
 def snapagent_sessions(c: pg.Cluster) -> list:

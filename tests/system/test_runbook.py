@@ -88,7 +88,7 @@ def test_runbook_has_commands():
     assert any(c.startswith("snapagent prune JOB --dry-run") for c in cmds)
     assert any(ln.startswith("sqlite3 ") for ln in lines_of("sh")), "no SQLite bring-up check"
     console = lines_of("console")
-    assert any("pg_ctl" in ln for ln in console) and any(ln.startswith("mariadbd ") for ln in console)
+    assert any("pg_ctl" in ln for ln in console) and any(re.match(r"(/usr/sbin/)?mariadbd ", ln) for ln in console)
     assert any(" drill " in ln for ln in lines_of("cron")), "no monthly drill line"
     for doc, anchor in re.findall(r"\]\((\w+\.md)?#([\w-]+)\)", text):  # every link lands on a heading
         headings = re.findall(r"(?m)^#+ (.+)$", (DOC.parent / doc).read_text() if doc else text)
@@ -286,6 +286,9 @@ def test_every_runbook_command_runs(app_volume, workdir):
                         assert r.stdout.strip() == "ok", f"{line}: {r.stdout}"
                     if line.startswith("snapagent restore ") and "--path" not in line:
                         assert f"sqlite database: {book.values['DEST']}/app/app.db" in r.stdout, r.stdout
+                        # the hand-over: the owner and the check line, pasteable
+                        assert "    owner:    root" in r.stdout and \
+                            f"    check:    sqlite3 {book.values['DEST']}/app/app.db 'PRAGMA integrity_check'" in r.stdout, r.stdout
                     if line == "snapagent cleanup --dry-run":
                         assert all(s in r.stdout + r.stderr for s in book.crashed), (book.crashed, r)
                     if line == "snapagent cleanup":

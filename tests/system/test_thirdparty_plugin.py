@@ -40,5 +40,5 @@ def test_installed_thirdparty_driver_is_used(tmp_path, workdir):
     m = json.loads(snapagent("show", bid, "--json", config=cfg, env=env, check=True).stdout)
     assert m["driver"] == "copy"
     d = snapagent("drill", bid, config=cfg, env=env, check=True)
-    assert "PASS" in d.stdout and "'t': 42" in d.stdout
+    assert "PASS" in d.stdout and "\n    t: 42\n" in d.stdout
     assert not list(tmp_path.glob(".snapagent-*")), "the copy 'snapshot' was not released"

@@ -116,7 +116,12 @@ type = "command"
 
 
 @pytest.mark.parametrize("body, key, msg", [
-    ('post = ["x"]', "jobs.j.quiesce[0]", "needs `pre` or `hold`"),
+    ('post = ["x"]', "jobs.j.quiesce[0]", "needs `pre`, `hold` or `probe`"),
+    ('probe = ["x"]\npost = ["y"]', "jobs.j.quiesce[0]", "`post` needs `pre` or `hold`"),
+    ('probe = []', "jobs.j.quiesce[0].probe", "non-empty argv"),
+    ('probe = "check /srv/x"', "jobs.j.quiesce[0].probe", "valid list"),
+    ('probe = ["x"]\nprobe_timeout = "0s"', "jobs.j.quiesce[0].probe_timeout", "positive"),
+    ('probe = ["x"]\nprobe_timeout = 30', "jobs.j.quiesce[0].probe_timeout", "unit"),
     ('pre = []', "jobs.j.quiesce[0].pre", "non-empty argv"),
     ('pre = "echo hi"', "jobs.j.quiesce[0].pre", "valid list"),
     ('pre = ["x"]\ntimeout = "0s"', "jobs.j.quiesce[0].timeout", "positive"),
@@ -129,6 +134,17 @@ def test_bad_config_names_the_key(tmp_path, body, key, msg):
         _parse(tmp_path, body)
     assert key in str(e.value) and msg in str(e.value)
     assert e.value.exit_code == 2
+
+
+def test_probe_only_hook_records_no_consistency(tmp_path):
+    """A hook with only a probe (beside fsfreeze, say) does nothing at backup time and claims no
+    consistency; its name is the probe's program; config check looks for that program."""
+    cfg = _parse(tmp_path, 'probe = ["/usr/local/bin/app-check", "--deep"]\nprobe_timeout = "2m"')
+    (cls, qcfg), = cfg.jobs["j"].quiescers
+    assert qcfg.probe_timeout == 120.0 and cls.programs(qcfg) == {"probe": "/usr/local/bin/app-check"}
+    q = cls(qcfg, QuiesceContext(job="j", runner=FakeRunner(), volumes=["/srv/x"]))
+    q.quiesce(time.monotonic() + 5)
+    assert q.release() == {"type": "command", "name": "/usr/local/bin/app-check"}
 
 
 def test_good_config(tmp_path):

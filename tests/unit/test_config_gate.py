@@ -3,6 +3,7 @@ relations between its durations, and every problem reported at once (one line ea
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -168,14 +169,20 @@ def test_config_check_names_every_program_that_cannot_run(tmp_path):
     cfg = write(tmp_path, BASE.replace("[targets.t]", 'tools = { btrfs = "btrfs-wrapper", tar = "/nonexistent/tar" }\n'
                                                       "[targets.t]") +
                 f'[[jobs.j.quiesce]]\ntype = "command"\npre = ["/nonexistent/freeze", "{marker}"]\n'
-                'post = ["/usr/bin/touch"]\nhold = ["no-such-program-anywhere"]\n')
+                'post = ["/usr/bin/touch"]\nhold = ["no-such-program-anywhere"]\n'
+                'probe = ["/nonexistent/probe", "{restored:/srv/a}", "{restored:/srv/b}"]\n')
     r = snapagent("config", "check", config=cfg)
     assert r.returncode == 2 and r.stdout == "" and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.splitlines()[1:] == [
         "  agent.tools.btrfs: must be an absolute path, got 'btrfs-wrapper'",
         "  agent.tools.tar: /nonexistent/tar is not an executable file",
         "  jobs.j.quiesce[0].pre: program not found: /nonexistent/freeze (not executable, or not on PATH)",
-        "  jobs.j.quiesce[0].hold: program not found: no-such-program-anywhere (not executable, or not on PATH)"], r.stderr
+        "  jobs.j.quiesce[0].hold: program not found: no-such-program-anywhere (not executable, or not on PATH)",
+        "  jobs.j.quiesce[0].probe: program not found: /nonexistent/probe (not executable, or not on PATH)",
+        "  jobs.j.quiesce[0].probe: '{restored:/srv/b}' names no volume of the job (its volumes: '/srv/a')"], r.stderr
+    j = json.loads(snapagent("--json", "config", "check", config=cfg).stdout)  # the same, for a script
+    assert j["exit_code"] == 2 and j["error"].endswith("6 problem(s)") and j["details"] == [
+        line.strip() for line in r.stderr.splitlines()[1:]]
     assert snapagent("list", config=cfg).returncode == 0 and not marker.exists()
 
 

@@ -298,33 +298,58 @@ def test_lock_failure_and_verify(fake):
 
 # -- restore side -------------------------------------------------------------------------------
 def test_prepare_restore_and_server_argv(tmp_path):
+    import shutil
+    import tempfile
+
     live = "/srv/my sql/data"
-    dest = tmp_path / "rest ored" / "my_sql" / "data"
+    top = Path(tempfile.mkdtemp(prefix="sa-m-", dir="/tmp"))  # a short DEST: the socket goes below it
+    dest = top / "my_sql" / "data"
     dest.mkdir(parents=True)
     (dest / "x.pid").write_text("123\n")
     (dest / "mysql-bin.index").write_text(f"{live}/mysql-bin.000001\n./mysql-bin.000002\n/other/keep.000001\n")
     record = {"datadir": live, "files": [live], "flavor": "mariadb", "server": {
         "pid_file": f"{live}/x.pid", "log_bin": "ON", "log_bin_basename": f"{live}/mysql-bin",
         "log_bin_index": f"{live}/mysql-bin.index", "innodb_log_group_home_dir": "./",
-        "innodb_page_size": "16384", "server_id": "5", "innodb_data_home_dir": None}}
+        "innodb_page_size": "16384", "server_id": "5", "innodb_data_home_dir": None},
+        "owner": {"user": "nobody", "uid": 4242, "gid": 4242, "group": None}}
 
     def locate(p):  # like restore.locator: only recorded paths are known
         if p != live:
             raise NotFound(p)
         return dest
 
-    notes = mr.prepare_restore(record, locate)
-    assert not (dest / "x.pid").exists() and notes["removed"] == [str(dest / "x.pid")]
-    assert (dest / "mysql-bin.index").read_text() == (
-        "./mysql-bin.000001\n./mysql-bin.000002\n/other/keep.000001\n")
-    assert notes["binlog_index"] == 2
+    import pwd
+
+    from snapagent.held import Held
+    from snapagent.plugin.quiescer import RestoreContext
+    from tests.helpers.fakerunner import FakeRunner
+
+    os.chmod(top, 0o700)
+    r = FakeRunner()
+    try:
+        h = mr.prepare_restore(record, locate, RestoreContext(r, None, Held(None, r), dest=top))
+        assert not (dest / "x.pid").exists() and h.details["removed"] == [str(dest / "x.pid")]
+        assert (dest / "mysql-bin.index").read_text() == (
+            "./mysql-bin.000001\n./mysql-bin.000002\n/other/keep.000001\n")
+        assert h.details["binlog_index"] == 2
+        # the files belong to the live datadir's owner (by name), who may now pass DEST; the socket is private
+        nobody = pwd.getpwnam("nobody")
+        assert h.owner == "nobody" and os.stat(dest / "mysql-bin.index").st_uid == nobody.pw_uid
+        assert ["setfacl", "-m", f"u:{nobody.pw_uid}:x", "--", str(top)] in r.argvs()
+        run = top / ".snapagent-mysql"
+        assert h.socket == str(run / "mysqld.sock") and os.stat(run).st_uid == nobody.pw_uid
+        assert h.port >= 3340 and f"--port={h.port}" in h.start and "--bind-address=127.0.0.1" in h.start
+        assert h.start[0].endswith("mariadbd") and "--user=nobody" in h.start and f"--datadir={dest}" in h.start
+        assert h.stop == ["mariadb-admin", f"--socket={run}/mysqld.sock", "shutdown"]
+        assert h.check == ["mariadb-check", f"--socket={run}/mysqld.sock", "--all-databases"]
+    finally:
+        shutil.rmtree(top)
     argv = mr.server_argv(record, locate, "/tmp/s.sock", "/tmp/p.pid", "/tmp/e.log", "mysql")
     assert argv == ["mariadbd", "--no-defaults", f"--datadir={dest}", "--socket=/tmp/s.sock", "--pid-file=/tmp/p.pid",
                     "--skip-networking", "--user=mysql", "--log-error=/tmp/e.log", "--event-scheduler=OFF",
                     "--skip-slave-start", "--innodb-page-size=16384", "--server-id=5",
-                    f"--innodb-log-group-home-dir={dest}/", f"--log-bin={dest}/mysql-bin",
-                    f"--log-bin-index={dest}/mysql-bin.index"]
-    assert notes["start"].startswith("mariadbd --no-defaults '--datadir=")  # pasteable, quoted
+                    f"--innodb-log-group-home-dir={dest}/", "--log-bin=mysql-bin",
+                    "--log-bin-index=mysql-bin.index"]  # relative: the copy indexes new binlogs as ./name
 
 
 def test_run_as_falls_back_to_root(tmp_path):

@@ -5,7 +5,9 @@ restored tree, and the exact argv of every command (names with spaces, ';', '$()
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,8 @@ import pytest
 from snapagent import config as configmod
 from snapagent.errors import ConfigError, OperationFailed
 from snapagent.held import Held
+from snapagent.plugin import handover
+from snapagent.plugin.quiescer import RestoreContext
 from snapagent.quiesce.postgresql import drill as pg_drill
 from snapagent.quiesce.postgresql import restore as pg_restore
 from snapagent.quiesce.postgresql import wal as pg_wal
@@ -168,9 +172,24 @@ def synthetic(tmp_path: Path, mode: str):
     return dest, pgdata, wal, ts, rec, where.__getitem__
 
 
-def test_prepare_backup_api(tmp_path):
-    dest, pgdata, wal, ts, rec, locate = synthetic(tmp_path, "backup-api")
-    notes = pg_restore.prepare(rec, locate, FakeRunner())
+@pytest.fixture
+def short_tmp():
+    """A temp dir with a short path (a socket path below DEST must fit in 107 bytes)."""
+    import shutil
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="sa-h-", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def ctx_for(dest: Path, runner: FakeRunner | None = None) -> RestoreContext:
+    return RestoreContext(runner or FakeRunner(), None, Held(None, runner or FakeRunner()), dest=dest)
+
+
+def test_prepare_backup_api(short_tmp):
+    dest, pgdata, wal, ts, rec, locate = synthetic(short_tmp, "backup-api")
+    h = pg_restore.prepare(rec, locate, ctx_for(dest))
     assert os.readlink(pgdata / "pg_wal") == str(wal)
     assert os.readlink(pgdata / "pg_tblspc" / "16384") == str(ts)
     assert not (pgdata / "postmaster.pid").exists() and not (pgdata / "postmaster.opts").exists()
@@ -180,31 +199,96 @@ def test_prepare_backup_api(tmp_path):
     assert sorted(p.name for p in wal.iterdir()) == ["archive_status"] and not any((wal / "archive_status").iterdir())
     auto = (pgdata / "postgresql.auto.conf").read_text()
     assert auto.startswith("# auto\n") and "archive_mode = 'off'" in auto and "restore_command = 'cp -- " in auto
-    assert notes["pgdata"] == str(pgdata) and any("start it" in line for line in notes["instructions"])
+    assert h.kind == "postgresql" and h.data_dir == str(pgdata) and h.files == [str(wal), str(ts)]
+    assert h.details["relinked"]["pg_wal"] == {"from": "/live/wal", "to": str(wal)}
     assert pg_restore.restore_root(rec, locate) == dest
 
 
-def test_prepare_checkpoint_leaves_wal_and_refuses_unknown_links(tmp_path):
-    dest, pgdata, wal, ts, rec, locate = synthetic(tmp_path, "checkpoint")
+def test_handover_free_port_private_socket_and_owner(short_tmp):
+    """The hand-over: a free port from 5440 (never 5432/5433), a private socket directory in DEST
+    owned by the data directory's owner, PGDATA 0700 theirs, no hint for what was done already."""
+    import pwd
+    import socket
+
+    dest, pgdata, wal, ts, rec, locate = synthetic(short_tmp, "checkpoint")
+    (pgdata / "postgresql.conf").touch()
+    os.chmod(pgdata, 0o755)
+    os.chmod(dest, 0o700)  # as restore makes it
+    pw = pwd.getpwnam("nobody")
+    rec["owner"] = {"user": "nobody", "uid": 4242, "group": None, "gid": 4242}
+    with socket.socket() as busy:  # the first candidate is taken: the next one is chosen
+        busy.bind(("127.0.0.1", 5440))
+        r = FakeRunner()
+        h = pg_restore.prepare(rec, locate, ctx_for(dest, r))
+    assert h.port == 5441 and h.owner == "nobody"
+    run = dest / ".snapagent-postgresql"
+    assert h.socket == str(run) and (os.stat(run).st_uid, oct(os.stat(run).st_mode & 0o777)) == (pw.pw_uid, "0o700")
+    st = os.stat(pgdata)
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (pw.pw_uid, pw.pw_gid, 0o700)
+    assert os.stat(pgdata / "PG_VERSION").st_uid == pw.pw_uid
+    bindir = "/usr/lib/postgresql/15/bin"
+    assert h.start == ["runuser", "-u", "nobody", "--", f"{bindir}/pg_ctl", "-D", str(pgdata), "-l",
+                       str(run / "server.log"), "-o",
+                       f"-c port=5441 -c listen_addresses=127.0.0.1 -c unix_socket_directories={run}", "start"]
+    assert h.stop == ["runuser", "-u", "nobody", "--", f"{bindir}/pg_ctl", "-D", str(pgdata), "-m", "fast", "stop"]
+    assert h.check[:10] == ["runuser", "-u", "nobody", "--", f"{bindir}/psql", "-h", str(run), "-p", "5441", "-U"]
+    assert h.put_in_place.startswith("docs/databases.md#")
+    # nobody may not enter DEST (0700 dirs of pytest): ACL entries below DEST, taken through Held
+    acl = [a for a in r.argvs() if a[0] == "setfacl"]
+    assert acl and all(a[2] == f"u:{pw.pw_uid}:x" and Path(a[4]).is_relative_to(dest) for a in acl)
+    assert not any("setfacl" in n and str(dest) in n.split("--", 1)[-1] for n in h.notes)
+
+
+def test_handover_nasty_path_runs_the_postmaster_in_the_foreground(short_tmp, tmp_path):
+    dest, pgdata, wal, ts, rec, locate = synthetic(short_tmp / "a $(b)", "checkpoint")
+    h = pg_restore.prepare(rec, locate, ctx_for(dest))
+    assert h.start[4].endswith("/postgres") and h.start[5:7] == ["-D", str(pgdata)]
+    assert "-c" in h.start and f"unix_socket_directories={dest / '.snapagent-postgresql'}" in h.start
+    assert any("foreground" in n for n in h.notes)
+    # no postgresql.conf in PGDATA (Debian): the run directory holds a minimal one and a peer pg_hba
+    assert (dest / ".snapagent-postgresql" / "pg_hba.conf").read_text() == "local all all peer\n"
+    assert f"hba_file={dest / '.snapagent-postgresql' / 'pg_hba.conf'}" in h.start
+    # a DEST too long for a socket path: the run directory goes to the temp dir
+    dest, pgdata, wal, ts, rec, locate = synthetic(tmp_path / ("x" * 60), "checkpoint")
+    h = pg_restore.prepare(rec, locate, ctx_for(dest))
+    assert Path(h.socket).parent == Path(tempfile.gettempdir()) and len(h.socket) < 90
+    shutil.rmtree(h.socket)
+
+
+def test_prepare_checkpoint_leaves_wal_and_refuses_unknown_links(short_tmp):
+    dest, pgdata, wal, ts, rec, locate = synthetic(short_tmp, "checkpoint")
     os.symlink("/live/other", pgdata / "pg_tblspc" / "99999")
     with pytest.raises(OperationFailed, match="did not record"):
-        pg_restore.prepare(rec, locate, FakeRunner())
+        pg_restore.prepare(rec, locate, ctx_for(dest))
     (pgdata / "pg_tblspc" / "99999").unlink()
-    pg_restore.prepare(rec, locate, FakeRunner())
+    pg_restore.prepare(rec, locate, ctx_for(dest))
     assert (wal / "000000010000000000000001").exists() and not (pgdata / "backup_label").exists()
     assert not (pgdata / "recovery.signal").exists()
 
 
 def test_acl_argv(tmp_path):
     r = FakeRunner()
-    pg_restore.grant_traverse(r, [Path("/x") / NASTY], 101)  # restore: the entry stays with the copy
-    held = Held(None, r)  # drill: given back afterwards
+    held = Held(None, r)  # restore keeps the entries with the copy; drill gives them back afterwards
     held.grant_traverse([tmp_path / NASTY], 101)
     (tmp_path / NASTY).mkdir()
     assert held.release_all() == []
-    assert r.argvs() == [["setfacl", "-m", "u:101:x", "--", f"/x/{NASTY}"],
-                         ["setfacl", "-m", "u:101:x", "--", f"{tmp_path}/{NASTY}"],
+    assert r.argvs() == [["setfacl", "-m", "u:101:x", "--", f"{tmp_path}/{NASTY}"],
                          ["setfacl", "-x", "u:101", "--", f"{tmp_path}/{NASTY}"]]
+
+
+def test_can_traverse_reads_the_acl(tmp_path):
+    """A directory another user may enter through an ACL entry is not 'blocked' (the setfacl hint
+    issue 12 found printed for what the restore had already done); a mask limits it."""
+    d = tmp_path / "d"
+    d.mkdir(mode=0o700)
+    os.chmod(d, 0o700)
+    assert handover.blocked_dirs([d / "x"], 4242, 4242, below=d) == [d]
+    subprocess.run(["setfacl", "-m", "u:4242:x", "--", str(d)], check=True)
+    assert handover.blocked_dirs([d / "x"], 4242, 4242, below=d) == []
+    subprocess.run(["setfacl", "-m", "m::r", "--", str(d)], check=True)
+    assert handover.blocked_dirs([d / "x"], 4242, 4242, below=d) == [d]
+    subprocess.run(["setfacl", "-b", "-m", "g:4343:x", "--", str(d)], check=True)
+    assert handover.can_traverse(d, 4242, [4343]) and not handover.can_traverse(d, 4242, [4242])
 
 
 def test_drill_postmaster_argv(tmp_path):
@@ -269,3 +353,15 @@ def test_checkpoint_mode_refused_across_non_atomic_volumes():
     assert "/srv/wal/wal on /srv/wal" in str(e.value) and "/srv/data/pg on /srv/data" in str(e.value)
     with pytest.raises(PreflightFailed, match="standby"):
         quiescer("auto", ["/srv/data", "/srv/wal"], False, in_recovery=True).choose_mode()
+
+
+def test_handover_socket_dir_never_holds_a_comma(short_tmp):
+    """unix_socket_directories is a comma-separated list: a DEST with a comma gets its run directory
+    in the temp dir."""
+    dest, pgdata, wal, ts, rec, locate = synthetic(short_tmp / "a,b", "checkpoint")
+    h = pg_restore.prepare(rec, locate, ctx_for(dest))
+    try:
+        assert "," not in h.socket and Path(h.socket).parent == Path(tempfile.gettempdir())
+        assert f"unix_socket_directories={h.socket}" in h.start[-2]
+    finally:
+        shutil.rmtree(h.socket)

@@ -1,8 +1,9 @@
 """Start-up imports only what a command needs: ``--help``, ``--version`` and the read commands
 (list, show, status, check, config check) load none of the modules only backup, restore, drill or
 other plugins use — asserted on the set of modules a real CLI process has loaded, never on time
-(the figures are ``bench/cases/startup.py``'s). And the registry's table of built-ins is exactly
-what pyproject.toml registers."""
+(the figures are ``bench/cases/startup.py``'s); a listing validates no manifest it validated
+before (the manifest cache). And the registry's table of built-ins is exactly what pyproject.toml
+registers."""
 
 from __future__ import annotations
 
@@ -37,18 +38,26 @@ try:
     rc = main(sys.argv[2:])
 except SystemExit as e:
     rc = e.code
+manifest = sys.modules.get("snapagent.manifest")
 with open(sys.argv[1], "w") as f:
-    json.dump({"rc": rc, "modules": sorted(sys.modules)}, f)
+    json.dump({"rc": rc, "modules": sorted(sys.modules),
+               "validated": bool(manifest and manifest.Manifest.__pydantic_complete__)}, f)
 """
 
 
-def loaded(tmp_path, *argv: str) -> tuple[int, set[str]]:
-    """Run the CLI with ``argv`` in a new process; return its exit code and loaded modules."""
+def probe(tmp_path, *argv: str) -> dict:
+    """Run the CLI with ``argv`` in a new process; return its exit code (``rc``), loaded modules
+    and whether it built the manifest's validator (``validated``: it validated a manifest)."""
     out = tmp_path / "modules.json"
     r = subprocess.run([sys.executable, "-c", PROBE, str(out), *argv], capture_output=True, text=True,
                        cwd=ROOT, timeout=120)
     assert out.exists(), r.stderr
-    got = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+def loaded(tmp_path, *argv: str) -> tuple[int, set[str]]:
+    """Run the CLI with ``argv`` in a new process; return its exit code and loaded modules."""
+    got = probe(tmp_path, *argv)
     return got["rc"], set(got["modules"])
 
 
@@ -79,6 +88,21 @@ def test_read_commands_import_only_what_they_use(tmp_path, cfg, argv):
     assert heavy(modules) == []
     if argv in (["--help"], ["--version"]):
         assert not {"pydantic", "snapagent.config", "plugins"} & modules
+
+
+def test_a_listing_validates_only_manifests_it_has_not_validated_before(tmp_path, cfg):
+    """The first listing validates the stored manifest and fills the manifest cache; after it,
+    list and check validate none (the manifest's validator is never even built; status does the
+    newest one when no run record says what the last success was), and a manifest changed since
+    is validated again."""
+    path, bid = cfg
+    assert probe(tmp_path, "-c", str(path), "list")["validated"]
+    for argv in (["list"], ["check"]):
+        got = probe(tmp_path, "-c", str(path), *argv)
+        assert got["rc"] in (0, 1, 2) and not got["validated"], argv
+    mpath = path.parent / "backups" / "app" / bid / "manifest.json"
+    mpath.write_bytes(M.dumps(M.loads(mpath.read_bytes()).model_copy(update={"host": "other"})))
+    assert probe(tmp_path, "-c", str(path), "list")["validated"]
 
 
 def test_the_probe_sees_heavy_imports(tmp_path, cfg):

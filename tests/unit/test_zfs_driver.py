@@ -17,7 +17,9 @@ from plugins.zfs.zfscmd import classify
 from snapagent.config import parse
 from snapagent.errors import ConfigError, ExportFailed, OperationFailed, PreflightFailed, RestoreRefused, SnapshotFailed
 from snapagent.journal import Journal, read_open
-from snapagent.plugin.driver import DatasetDest, PreparedDataset, Snapshot
+from snapagent.plugin.driver import DatasetDest, DatasetSpace, PreparedDataset, Snapshot
+from snapagent.plugin.target import Stored
+from snapagent.restore_dest import precheck
 from tests.helpers.fakerunner import FakeRunner
 from tests.helpers.fakezfs import FakeZfs, zfs_runner
 from tests.helpers.manifests import manifest, volume
@@ -367,3 +369,36 @@ def test_config_options(tmp_path):
     for bad, key in (('drill_parent = "tank/x;y"', "jobs.db.options.drill_parent"), ("bogus = 1", "jobs.db.options.bogus")):
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             parse(tomllib.loads(_cfg(tmp_path, bad)), tmp_path / "c.toml")
+
+
+def test_check_dataset_reads_only_and_reports_the_space_of_the_nearest_ancestor():
+    drv, runner = make("tank", "tank/exists")
+    runner.fake.add("tank/restores", available=5 << 20)
+    assert drv.check_dataset("tank/restores/new/deeper", MANIFEST, force=False) == \
+        DatasetSpace(5 << 20, "zfs dataset tank/restores")
+    assert drv.check_dataset("/srv/restore", MANIFEST.model_copy(update={"export_format": "tar"}), False) is None
+    with pytest.raises(RestoreRefused, match="already exists.*--force"):
+        drv.check_dataset("tank/exists", MANIFEST, force=False)
+    with pytest.raises(RestoreRefused, match="pool 'nopool' does not exist"):
+        drv.check_dataset("nopool/x", MANIFEST, force=False)
+    assert {c[1] for c in runner.argvs()} == {"list"}  # nothing created, renamed or received
+
+
+def test_restore_precheck_refuses_a_dataset_without_the_space_and_reads_no_artifact():
+    drv, runner = make("tank")
+    runner.fake.add("tank/small", available=1 << 20)
+    big = MANIFEST.model_copy(update={"artifacts": [MANIFEST.artifacts[0].model_copy(update={"raw_size": 3 << 20})]})
+
+    class NoReads:  # the precheck must never open an artifact
+        name = "local"
+
+        def __getattr__(self, attr):
+            raise AssertionError(f"precheck touched the target ({attr})")
+
+    stored = Stored(big, NoReads(), "nowhere")
+    NO_CHAIN = None  # a full backup: finding its chain needs no config
+    with pytest.raises(RestoreRefused, match=r"--to tank/small/x: the restore needs about 3\.0 MiB .* "
+                                             r"zfs dataset tank/small has 1\.0 MiB free.*--no-space-check"):
+        precheck(NO_CHAIN, drv, stored, "tank/small/x")
+    assert precheck(NO_CHAIN, drv, stored, "tank/small/x", space=False).need is None
+    assert precheck(NO_CHAIN, drv, stored, "tank/x").free == 1 << 30

@@ -8,9 +8,14 @@ import json
 import time
 import tomllib
 
+import pytest
+
+from snapagent import catalog
 from snapagent.config import parse
 from snapagent.engine import BackupRun
+from snapagent.errors import RestoreRefused
 from snapagent.restore import restore
+from snapagent.restore_dest import needed_bytes
 from tests.helpers.fakezfs import FakeZfs, zfs_runner
 from tests.helpers.manifests import manifest
 
@@ -43,6 +48,14 @@ def test_full_incremental_chain_and_dataset_restore(tmp_path):
 
     received = []
     runner.fake.on_receive = lambda argv: (received.append(argv), argv[-1] in fake.datasets or fake.add(argv[-1]))
+    # the space a restore needs is the whole chain's: checked before any artifact is read
+    need = m1.artifact(v1.artifact).raw_size + m2.artifact(v2.artifact).raw_size
+    assert needed_bytes(cfg, catalog.find(cfg, m2.id)) == need
+    fake.datasets["tank"]["available"] = str(need - 1)
+    with pytest.raises(RestoreRefused, match="--to tank/restored: the restore needs .* zfs dataset tank has"):
+        restore(cfg, runner, m2.id, "tank/restored")
+    assert received == [] and "tank/restored" not in fake.datasets
+    fake.datasets["tank"]["available"] = str(need)
     summary = restore(cfg, runner, m2.id, "tank/restored")
     assert summary["dest"] == "tank/restored"
     assert received == [["zfs", "receive", "-x", "mountpoint", "--", "tank/restored/app_db"],

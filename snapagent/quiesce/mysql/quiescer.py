@@ -32,7 +32,8 @@ from pydantic import field_validator, model_validator
 
 from snapagent.config import Duration, Strict
 from snapagent.errors import PreflightFailed, QuiesceFailed
-from snapagent.plugin.quiescer import Locate, ProbeResult, Quiescer, RestoreContext
+from snapagent.plugin.handover import record_owner
+from snapagent.plugin.quiescer import Handover, Locate, ProbeResult, Quiescer, RestoreContext
 from snapagent.quiesce.mysql import connection as mc
 from snapagent.util.secretfiles import check_secret_file
 
@@ -220,6 +221,7 @@ class MysqlQuiescer(Quiescer):
         self.rec.update(flavor=self.info.flavor, version=self.info.version, method=self.method,
                         consistency="crash" if self.method == "lock-instance" else "application",
                         datadir=str(self.files()[0]), files=[str(f) for f in self.files()],
+                        owner=record_owner(self.files()[0]),  # whom a restore gives the files to
                         server={k: self.info.variables.get(k) for k in mc.VARIABLES if k != "socket"})
         if self.cfg.long_query_policy == "refuse":
             self._refuse_long_queries()
@@ -440,10 +442,10 @@ class MysqlQuiescer(Quiescer):
 
     # -- restore side ---------------------------------------------------------------------------
     @classmethod
-    def prepare_restore(cls, record: dict[str, Any], locate: Locate, ctx: RestoreContext) -> dict[str, Any] | None:
+    def prepare_restore(cls, record: dict[str, Any], locate: Locate, ctx: RestoreContext) -> Handover | None:
         from snapagent.quiesce.mysql.restore import prepare_restore
 
-        return prepare_restore(record, locate)
+        return prepare_restore(record, locate, ctx)
 
     @classmethod
     def drill(cls, record: dict[str, Any], locate: Locate, ctx: RestoreContext) -> list[ProbeResult]:

@@ -1,9 +1,10 @@
 """Restore side of the mysql quiescer: make a restored datadir start as it is.
 
-``prepare_restore`` removes the live server's pid file and sockets from the restored datadir and
+``prepare_restore`` removes the live server's pid file and sockets from the restored datadir,
 repoints the binlog index at the restored binlogs (left as they are, its absolute paths name the
-*live* server's binlog files). ``server_argv`` is how a server is started on the copy (by the
-drill, and in the notes for the user).
+*live* server's binlog files) and hands the copy over: the files to the server's user, a way
+through DEST for it, a free port and a private socket. ``server_argv`` is how a server is started
+on the copy (by the drill, and in the hand-over).
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import stat
 from pathlib import Path
 from typing import Any, Callable
 
-from snapagent.errors import NotFound
-from snapagent.util.runner import format_argv
+from snapagent.errors import NotFound, OperationFailed
+from snapagent.plugin.handover import claim, free_port, reach, resolve_owner, run_dir
+from snapagent.plugin.quiescer import Handover, RestoreContext
 
 
 def restored_path(record: dict[str, Any], locate: Callable[[str], Path], live: str | None) -> Path | None:
@@ -45,9 +47,11 @@ def _on(record: dict[str, Any]) -> bool:
     return str((record.get("server") or {}).get("log_bin", "0")).upper() in ("1", "ON")
 
 
-def prepare_restore(record: dict[str, Any], locate: Callable[[str], Path]) -> dict[str, Any]:
-    """Remove stale pid file/sockets and repoint the binlog index in the restored datadir; return
-    notes for the user (where the datadir is, how to start a server on it)."""
+def prepare_restore(record: dict[str, Any], locate: Callable[[str], Path], ctx: RestoreContext) -> Handover:
+    """Remove stale pid file/sockets, repoint the binlog index, give the restored files to the
+    server's user (the live datadir's owner, else ``mysql``) and let it through DEST; return the
+    hand-over: a server on a free port of 127.0.0.1 with its socket, pid file and error log in a
+    private run directory. Raises OperationFailed when that user does not exist here."""
     server = record.get("server") or {}
     datadir = locate(record["datadir"])
     removed = []
@@ -59,15 +63,39 @@ def prepare_restore(record: dict[str, Any], locate: Callable[[str], Path]) -> di
         if stat.S_ISSOCK(child.lstat().st_mode) or child.name.endswith(".sock.lock"):
             child.unlink()
             removed.append(str(child))
-    notes: dict[str, Any] = {"datadir": str(datadir), "removed": removed}
+    details: dict[str, Any] = {"removed": removed}
     index_live = server.get("log_bin_index")
     index = restored_path(record, locate, index_live)
     if _on(record) and index is not None and index.is_file():
-        notes["binlog_index"] = _repoint_index(index, Path(record["datadir"]), _binlog_dir(record), record, locate,
-                                               datadir)
-    notes["start"] = format_argv(server_argv(record, locate, "/tmp/restored-mysql.sock", "/tmp/restored-mysql.pid",
-                                             "/tmp/restored-mysql.err", "mysql"))
-    return notes
+        details["binlog_index"] = _repoint_index(index, Path(record["datadir"]), _binlog_dir(record), record, locate,
+                                                 datadir)
+    try:
+        user, uid, gid = resolve_owner(record.get("owner"), datadir, "mysql")
+    except KeyError:
+        raise OperationFailed("the restored datadir's owner (the live datadir's, else user mysql) does not exist "
+                              "on this host; create the user and restore again") from None
+    places = list(dict.fromkeys(locate(f) for f in record.get("files", [record["datadir"]])))
+    for d in places:
+        details.setdefault("owner_changed", 0)
+        details["owner_changed"] += claim(d, uid, gid)
+    notes = reach(ctx, places, uid, gid)
+    run = run_dir(ctx, "mysql", uid, gid, "mysqld.sock.lock")
+    sock = str(run / "mysqld.sock")
+    port = free_port(PORT_FROM, avoid=(3306, 3307))
+    argv = server_argv(record, locate, sock, str(run / "mysqld.pid"), str(run / "error.log"), user, port=port)
+    argv[0] = ctx.runner.which(argv[0]) or argv[0]
+    mariadb = record.get("flavor", "mariadb") == "mariadb"
+    notes.append(f"the server runs in the foreground (add & or use another terminal); its log: {run / 'error.log'}; "
+                 "no my.cnf applies (--no-defaults), replication and events stay off")
+    return Handover(kind="mysql", data_dir=str(datadir), owner=user, port=port, socket=sock, start=argv,
+                    check=["mariadb-check" if mariadb else "mysqlcheck", f"--socket={sock}", "--all-databases"],
+                    stop=["mariadb-admin" if mariadb else "mysqladmin", f"--socket={sock}", "shutdown"],
+                    put_in_place=PUT_IN_PLACE, files=[str(p) for p in places if p != datadir], notes=notes,
+                    details=details)
+
+
+PORT_FROM = 3340  # 3306 is the default, 3307 a common second instance
+PUT_IN_PLACE = "docs/databases.md#put-a-restored-mysql-or-mariadb-datadir-in-place"
 
 
 def _repoint_index(index: Path, live_datadir: Path, live_dir: str | None, record, locate, datadir: Path) -> int:
@@ -96,15 +124,17 @@ def _repoint_index(index: Path, live_datadir: Path, live_dir: str | None, record
 
 
 def server_argv(record: dict[str, Any], locate: Callable[[str], Path], sock: str, pid: str, errlog: str,
-                user: str) -> list[str]:
-    """Return the argv of a server on the restored datadir: no my.cnf, no network, no replication
-    start, no event scheduler, the InnoDB layout settings the live server had."""
+                user: str, port: int | None = None) -> list[str]:
+    """Return the argv of a server on the restored datadir: no my.cnf, no network (with ``port``:
+    that port on 127.0.0.1 only), no replication start, no event scheduler, the InnoDB layout
+    settings the live server had."""
     server = record.get("server") or {}
     flavor = record.get("flavor", "mariadb")
     live_datadir = Path(record["datadir"])
     argv = ["mariadbd" if flavor == "mariadb" else "mysqld", "--no-defaults",
             f"--datadir={locate(record['datadir'])}", f"--socket={sock}", f"--pid-file={pid}",
-            "--skip-networking", f"--user={user}", f"--log-error={errlog}", "--event-scheduler=OFF",
+            *(["--skip-networking"] if port is None else [f"--port={port}", "--bind-address=127.0.0.1"]),
+            f"--user={user}", f"--log-error={errlog}", "--event-scheduler=OFF",
             "--skip-replica-start" if flavor == "mysql" and _numeric(record.get("version", "")) >= (8, 0, 26)
             else "--skip-slave-start"]
     for name, value in sorted(server.items()):
@@ -123,10 +153,13 @@ def server_argv(record: dict[str, Any], locate: Callable[[str], Path], sock: str
     if _on(record) and server.get("log_bin_basename"):
         base = restored_path(record, locate, server["log_bin_basename"])
         if base is not None:
-            argv.append(f"--log-bin={base}")
+            # inside the datadir: relative names, so the binlogs the copy writes are indexed as
+            # ./name and the copy can be moved into the live server's place
+            datadir = locate(record["datadir"])
+            argv.append(f"--log-bin={base.name if base.parent == datadir else base}")
             index = restored_path(record, locate, server.get("log_bin_index"))
             if index is not None:
-                argv.append(f"--log-bin-index={index}")
+                argv.append(f"--log-bin-index={index.name if index.parent == datadir else index}")
     else:
         argv.append("--skip-log-bin")
     return argv

@@ -21,8 +21,8 @@ from typing import Any
 
 from snapagent.errors import CommandFailed
 from snapagent.held import Held
+from snapagent.plugin.handover import blocked_dirs
 from snapagent.plugin.quiescer import Locate, ProbeResult, RestoreContext
-from snapagent.quiesce.postgresql.restore import blocked_dirs
 
 START_TIMEOUT = 600.0
 MAX_TABLES = 100

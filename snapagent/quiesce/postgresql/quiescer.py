@@ -18,6 +18,10 @@ include the archiver's latency; the agent itself then waits (``archive_timeout``
 needed segment is complete in ``wal_archive``, which also proves archiving works. No lock that
 blocks writers is taken in either mode; the agent's death ends the session, which aborts a
 running backup server-side. Passwords are never accepted in the DSN (use a pgpass file).
+
+A backup-API record also names ``oldest_needed_walfile`` and ``wal_archive``: after prune,
+``clean_archive`` (``archive.py``) removes from the archive what no kept backup needs
+(``wal_prune = false``: left alone).
 """
 
 from __future__ import annotations
@@ -34,7 +38,18 @@ from pydantic import field_validator, model_validator
 
 from snapagent.config import Duration, Strict
 from snapagent.errors import PreflightFailed, QuiesceFailed
-from snapagent.plugin.quiescer import ExtraArtifact, Locate, ProbeResult, Quiescer, RestoreContext
+from snapagent.plugin.handover import record_owner
+from snapagent.plugin.quiescer import (
+    Archive,
+    ArchiveCleanup,
+    ExtraArtifact,
+    Handover,
+    KeptRecord,
+    Locate,
+    ProbeResult,
+    Quiescer,
+    RestoreContext,
+)
 from snapagent.quiesce.postgresql import wal
 from snapagent.util import sqllog
 from snapagent.util.fs import is_within
@@ -49,6 +64,7 @@ class PostgresConfig(Strict):
     dsn: str  # libpq conninfo or URI, without a password (pgpass: passfile=… or $PGPASSFILE)
     mode: Literal["auto", "checkpoint", "backup-api"] = "auto"
     wal_archive: Path | None = None  # where archive_command puts the segments (backup-api)
+    wal_prune: bool = True  # after prune: remove archived WAL no kept backup needs (quiesce/postgresql/archive.py)
     checkpoint: bool = True  # CHECKPOINT before a checkpoint-mode snapshot
     connect_timeout: Duration = 10.0
     archive_timeout: Duration = 60.0  # how long to wait for the backup's WAL to be archived
@@ -254,7 +270,8 @@ class PostgresQuiescer(Quiescer):
                                            "server_version", "server_version_num", "wal_segment_size",
                                            "bootstrap_superuser", "config_file", "hba_file")})
         self.rec.update(mode=self.mode, consistency="crash" if self.mode == "checkpoint" else "application",
-                        files=[str(f) for f in self.files()], connection=self._conn_desc())
+                        files=[str(f) for f in self.files()], connection=self._conn_desc(),
+                        owner=record_owner(Path(t["data_directory"])))  # whom a restore gives the files to
         if self.cfg.bindir:
             self.rec["bindir"] = str(self.cfg.bindir)
 
@@ -371,6 +388,9 @@ class PostgresQuiescer(Quiescer):
         m = re.search(r"^START WAL LOCATION: \S+ \(file ([0-9A-F]{24})\)", labelfile, re.M)
         if m:
             self.rec["start_walfile"] = m.group(1)
+            from snapagent.quiesce.postgresql import archive
+
+            archive.record_facts(self.rec, self.cfg.wal_archive)
             try:
                 self.rec["wal_files"] = wal.wanted_files(self.rec)
             except Exception as e:  # noqa: BLE001 - release never raises; artifacts() reports it
@@ -402,12 +422,24 @@ class PostgresQuiescer(Quiescer):
 
         return [ExtraArtifact("wal", open_wal)]
 
+    # -- archive hygiene (after prune) ----------------------------------------------------------
+    @classmethod
+    def archive(cls, cfg: PostgresConfig) -> Archive | None:
+        return None if cfg.wal_archive is None else Archive(cfg.wal_archive, cfg.wal_prune, "wal_prune")
+
+    @classmethod
+    def clean_archive(cls, cfg: PostgresConfig, kept: list[KeptRecord], others: list[Path], dry_run: bool) -> ArchiveCleanup:
+        from snapagent.quiesce.postgresql import archive
+
+        assert cfg.wal_archive is not None
+        return archive.clean(cls.type, cfg.wal_archive, kept, others, dry_run)
+
     # -- restore side ---------------------------------------------------------------------------
     @classmethod
-    def prepare_restore(cls, record: dict[str, Any], locate: Locate, ctx: RestoreContext) -> dict[str, Any] | None:
+    def prepare_restore(cls, record: dict[str, Any], locate: Locate, ctx: RestoreContext) -> Handover | None:
         from snapagent.quiesce.postgresql import restore
 
-        return restore.prepare(record, locate, ctx.runner)
+        return restore.prepare(record, locate, ctx)
 
     @classmethod
     def drill(cls, record: dict[str, Any], locate: Locate, ctx: RestoreContext) -> list[ProbeResult]:

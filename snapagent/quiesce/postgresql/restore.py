@@ -9,13 +9,15 @@ What a by-hand restore on this machine type had to do, done for the user:
   PostgreSQL recreates the symlinks from it), empty ``pg_wal``, point ``restore_command`` at the
   WAL restored from the backup, create ``recovery.signal``;
 * both modes: ``archive_mode = off`` for the copy, so it never writes into the live WAL archive;
-* let the data directory's owner traverse the restored directories (a POSIX ACL entry).
+* the files belong to the data directory's owner as recorded at backup (PGDATA 0700), who may
+  traverse DEST (a POSIX ACL entry);
+* the hand-over: a free port (from 5440; never 5432/5433), a private socket directory
+  ``DEST/.snapagent-postgresql`` (also the server log's), the exact start/check/stop commands.
 """
 
 from __future__ import annotations
 
 import os
-import pwd
 import shlex
 import shutil
 import stat
@@ -23,7 +25,8 @@ from pathlib import Path, PurePath
 from typing import Any, Callable
 
 from snapagent.errors import OperationFailed
-from snapagent.util.runner import Runner
+from snapagent.plugin.handover import claim, free_port, reach, resolve_owner, run_dir
+from snapagent.plugin.quiescer import Handover, RestoreContext
 
 MARK = "# added by snapagent restore"
 
@@ -127,54 +130,33 @@ def empty_dir(d: Path, owner: os.stat_result) -> int:
     return n
 
 
-def _can_traverse(st: os.stat_result, uid: int, gids: list[int]) -> bool:
-    if uid == 0:
-        return True
-    if st.st_uid == uid:
-        return bool(st.st_mode & stat.S_IXUSR)
-    if st.st_gid in gids:
-        return bool(st.st_mode & stat.S_IXGRP)
-    return bool(st.st_mode & stat.S_IXOTH)
-
-
-def blocked_dirs(paths: list[Path], uid: int, gid: int, below: Path | None = None) -> list[Path]:
-    """Return the ancestors of ``paths`` (only those at or under ``below``, when given) that user
-    ``uid`` cannot traverse, top-down, each once."""
-    try:
-        gids = os.getgrouplist(pwd.getpwuid(uid).pw_name, gid)
-    except KeyError:
-        gids = [gid]
-    out: list[Path] = []
-    for p in paths:
-        for a in reversed(p.parents):
-            if below is not None and a != below and below not in a.parents:
-                continue
-            if a not in out and not _can_traverse(os.stat(a), uid, gids):
-                out.append(a)
-    return out
-
-
-def grant_traverse(runner: Runner, dirs: list[Path], uid: int) -> None:
-    """Add a POSIX ACL entry letting ``uid`` traverse each of ``dirs``; raise CommandFailed."""
-    for d in dirs:
-        runner.run(["setfacl", "-m", f"u:{uid}:x", "--", str(d)], mutating=True, timeout=30)
-
-
-def prepare(record: dict[str, Any], locate: Callable[[str], Path], runner: Runner) -> dict[str, Any]:
-    """Make the restored cluster described by manifest ``record`` startable; return notes for the user.
+def prepare(record: dict[str, Any], locate: Callable[[str], Path], ctx: RestoreContext) -> Handover:
+    """Make the restored cluster described by manifest ``record`` startable by its owner; return
+    the hand-over (start, check and stop commands on a free port with a private socket directory).
 
     Raises OperationFailed when the restored tree is not what the record describes.
     """
     pgdata = locate(record["data_directory"])
     if pgdata.is_symlink() or not (pgdata / "PG_VERSION").is_file():
         raise OperationFailed(f"restored PostgreSQL data directory {pgdata} is missing or not a data directory")
-    owner = os.stat(pgdata)
+    try:
+        user, uid, gid = resolve_owner(record.get("owner"), pgdata, "postgres")
+    except KeyError:
+        raise OperationFailed("the restored cluster's owner (the backup's data directory owner, else user "
+                              "postgres) does not exist on this host; create the user and restore again") from None
     for name in ("postmaster.pid", "postmaster.opts"):
         (pgdata / name).unlink(missing_ok=True)
     links = relink(pgdata, record, locate)
     wal_dir = locate(record["pg_wal"]) if record.get("pg_wal") else pgdata / "pg_wal"
+    spaces = [locate(loc) for loc in record.get("tablespaces", {}).values()]
+    # the server refuses a data directory it does not own or that others may enter
+    for d in [pgdata, *([wal_dir] if record.get("pg_wal") else []), *spaces]:
+        claim(d, uid, gid)
+    if stat.S_IMODE(os.stat(pgdata).st_mode) & 0o027:  # 0700 or 0750, nothing more
+        os.chmod(pgdata, 0o700)
+    owner = os.stat(pgdata)
     settings = {"archive_mode": "off"}
-    notes: dict[str, Any] = {"pgdata": str(pgdata), "mode": record.get("mode"), "relinked": links}
+    details: dict[str, Any] = {"mode": record.get("mode"), "relinked": links}
     if record.get("mode") == "backup-api":
         archived = next((a for a in record.get("artifacts", []) if a["name"] == "wal"), None)
         if archived is None or "restored" not in archived:
@@ -184,45 +166,65 @@ def prepare(record: dict[str, Any], locate: Callable[[str], Path], runner: Runne
         if spcmap:
             new = {oid: str(locate(loc)) for oid, loc in record.get("tablespaces", {}).items()}
             _owned_write(pgdata / "tablespace_map", rewrite_tablespace_map(spcmap, new), owner)
-        notes["pg_wal_entries_removed"] = empty_dir(wal_dir, owner)
-        os.chown(archived["restored"], owner.st_uid, owner.st_gid)  # restore_command runs as the owner
+        details["pg_wal_entries_removed"] = empty_dir(wal_dir, owner)
+        claim(Path(archived["restored"]), uid, gid)  # restore_command runs as the owner
         settings["restore_command"] = restore_command(Path(archived["restored"]))
         _owned_write(pgdata / "recovery.signal", "", owner)
-        notes["wal_archive"] = archived["restored"]
+        details["wal_archive"] = archived["restored"]
     auto = pgdata / "postgresql.auto.conf"
     text = f"\n{MARK}\n" + "".join(f"{k} = {conf_quote(v)}\n" for k, v in settings.items())
     _owned_write(auto, text, owner, append=True)
-    dest = restore_root(record, locate)
-    targets = [pgdata, wal_dir] + [locate(loc) for loc in record.get("tablespaces", {}).values()]
-    grant_traverse(runner, blocked_dirs(targets, owner.st_uid, owner.st_gid, below=dest), owner.st_uid)
-    notes["instructions"] = instructions(record, pgdata, owner.st_uid, dest)
-    return notes
+    extra = [Path(a["restored"]) for a in record.get("artifacts", []) if "restored" in a]
+    notes = reach(ctx, [pgdata, wal_dir, *spaces, *extra], uid, gid)
+    # unix_socket_directories is a comma-separated list
+    run = run_dir(ctx, "postgresql", uid, gid, ".s.PGSQL.65535.lock", unsafe=',"')
+    h = handover(record, pgdata, user, run, free_port(PORT_FROM, avoid=(5432, 5433)), notes)
+    h.details = details
+    h.files = [str(p) for p in [*([wal_dir] if record.get("pg_wal") else []), *spaces]]
+    return h
 
 
-def instructions(record: dict[str, Any], pgdata: Path, uid: int, dest: Path) -> list[str]:
-    """Return the lines telling the user where the cluster is and how to start it."""
-    try:
-        user = pwd.getpwuid(uid).pw_name
-    except KeyError:
-        user = str(uid)
+PORT_FROM = 5440  # 5432 is PostgreSQL's default, 5433 Debian's second cluster
+PUT_IN_PLACE = "docs/databases.md#put-a-restored-postgresql-cluster-in-place"
+#: pg_ctl passes -D and -l to /bin/sh inside double quotes: these characters would be interpreted
+_PG_CTL_UNSAFE = set('$`"\\\n')
+
+
+def handover(record: dict[str, Any], pgdata: Path, user: str, run: Path, port: int,
+             notes: list[str] | None = None) -> Handover:
+    """Return the hand-over of the prepared cluster ``pgdata``: run as ``user`` on ``port``
+    (127.0.0.1 and a socket in ``run``), its log ``run/server.log``; archiving stays off."""
     major = int(record.get("server_version_num", 150000)) // 10000
     bindir = record.get("bindir") or f"/usr/lib/postgresql/{major}/bin"
-    q = shlex.quote
-    lines = [f"PostgreSQL data directory: {pgdata} ({record.get('mode')} backup, owner {user})"]
+    runas = ["runuser", "-u", user, "--"]
+    settings = {"port": str(port), "listen_addresses": "127.0.0.1", "unix_socket_directories": str(run)}
+    lines = list(notes or [])
     if not (pgdata / "postgresql.conf").exists():
-        lines.append(f"it has no postgresql.conf (the server used {record.get('config_file')}); copy that file and "
-                     "pg_hba.conf/pg_ident.conf into it first")
-    blocked = blocked_dirs([pgdata], uid, os.stat(pgdata).st_gid)
-    if blocked:
-        lines.append(f"user {user} cannot enter {blocked[0]}; grant it: setfacl -m u:{user}:x {q(str(blocked[0]))}")
-    if any(ch in str(pgdata) for ch in '$`"\\\n'):
-        # pg_ctl hands -D to /bin/sh inside double quotes: start the postmaster directly instead
-        lines.append(f"start it (on another port if the original runs here): runuser -u {user} -- "
-                     f"{q(bindir + '/postgres')} -D {q(str(pgdata))} -p 5433 >>{q(str(pgdata) + '/restore.log')} 2>&1 &")
+        # Debian keeps the configuration in /etc/postgresql/…: the copy runs on defaults and a
+        # pg_hba.conf of its own (peer on the socket), written into the run directory
+        owner = os.stat(pgdata)
+        for name, text in (("postgresql.conf", ""), ("pg_hba.conf", "local all all peer\n"), ("pg_ident.conf", "")):
+            _owned_write(run / name, text, owner)
+        settings.update(config_file=str(run / "postgresql.conf"), hba_file=str(run / "pg_hba.conf"),
+                        ident_file=str(run / "pg_ident.conf"))
+        lines.append(f"the server kept its configuration outside the data directory ({record.get('config_file')}); "
+                     f"the copy starts with PostgreSQL's defaults and peer authentication on its socket ({run})")
+    log = run / "server.log"
+    if _PG_CTL_UNSAFE.isdisjoint(str(pgdata) + str(log)):
+        opts = " ".join(f"-c {k}={shlex.quote(v)}" for k, v in settings.items())  # -o goes through /bin/sh
+        start = [*runas, f"{bindir}/pg_ctl", "-D", str(pgdata), "-l", str(log), "-o", opts, "start"]
     else:
-        lines.append(f"start it (on another port if the original runs here): runuser -u {user} -- {q(bindir + '/pg_ctl')} "
-                     f"-D {q(str(pgdata))} -o '-p 5433' -l {q(str(pgdata) + '/restore.log')} start")
+        start = [*runas, f"{bindir}/postgres", "-D", str(pgdata), *[a for k, v in settings.items() for a in ("-c", f"{k}={v}")]]
+        lines.append("the path holds characters pg_ctl would pass to a shell: the start command runs the server "
+                     "in the foreground (add & or use another terminal); the stop command works all the same")
     if record.get("mode") == "backup-api":
-        lines.append("it replays the backup's WAL from the restore and then promotes itself (recovery.signal)")
-    lines.append("archive_mode is off in postgresql.auto.conf; re-enable it when this copy replaces the original")
-    return lines
+        lines.append("it replays the backup's WAL from the restore, then promotes itself (recovery.signal)")
+    lines.append("archive_mode is off in postgresql.auto.conf (below the line '# added by snapagent restore'): "
+                 "remove that block when the copy replaces the live cluster")
+    superuser = record.get("bootstrap_superuser") or "postgres"
+    return Handover(
+        kind="postgresql", data_dir=str(pgdata), owner=user, port=port, socket=str(run), start=start,
+        check=[*runas, f"{bindir}/psql", "-h", str(run), "-p", str(port), "-U", superuser, "-d", "postgres", "-At",
+               "-c", "SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1"],
+        stop=[*runas, f"{bindir}/pg_ctl", "-D", str(pgdata), "-m", "fast", "stop"],
+        put_in_place=PUT_IN_PLACE, notes=lines)
