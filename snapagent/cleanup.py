@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from snapagent import held, registry
+from snapagent import held, registry, signals
 from snapagent.errors import OperationFailed
 from snapagent.journal import holder, journals, read_open
 from snapagent.util.runner import Runner
@@ -38,7 +38,8 @@ def undo_records(records: list[dict[str, Any]], runner: Runner) -> tuple[list[st
     for rec in reversed(records):
         what = f"{rec.get('kind')} {rec.get('key')!r}"
         try:
-            msg = _undoer(rec.get("owner") or {}).undo(rec, runner)
+            with signals.waiting(f"undoing {what}"):
+                msg = _undoer(rec.get("owner") or {}).undo(rec, runner)
             done.append(msg)
             log.info("cleanup: %s", msg)
         except Exception as e:  # noqa: BLE001 - keep undoing the rest; the journal stays

@@ -125,7 +125,7 @@ def _copy_one(config: Config, b: Stored, dest: Target, runner: Runner) -> None:
             _, failed = cleanup.undo_records(read_open(journal.path), runner)
             if failed:
                 journal.close_file()
-                log.error("left for `snapagent cleanup`: %s", "; ".join(failed))
+                log.warning("left for `snapagent cleanup`: %s", "; ".join(failed))  # the outcome is the run's own error line
             else:
                 journal.finish()
 

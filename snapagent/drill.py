@@ -25,6 +25,7 @@ from snapagent.manifest import Manifest, QuiescerRecord
 from snapagent.plugin.driver import DatasetRestore
 from snapagent.plugin.quiescer import DrillScene, RestoreContext
 from snapagent.restore import Restored, Scope, check_copies, driver_for, restore_into
+from snapagent.util import logfields
 from snapagent.util.runner import Runner
 
 
@@ -43,6 +44,7 @@ def drill(config: Config, runner: Runner, backup_id: str, keep: bool = False,
     """
     stored = catalog.find(config, backup_id, source)
     m = stored.manifest
+    logfields.bind(job=m.job, backup_id=m.id)
     unique = f"{m.id}.{os.getpid()}"
     driver = driver_for(config, m, runner)
     dataset = driver.drill_dataset(m, unique) if isinstance(driver, DatasetRestore) else None

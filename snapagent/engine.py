@@ -19,7 +19,7 @@ import os
 import re
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,6 +46,7 @@ from snapagent.plugin.driver import Driver, IncrementalBase, Snapshot, SnapshotP
 from snapagent.plugin.quiescer import QuiesceContext, Quiescer
 from snapagent.plugin.target import Damaged, Stored, Writer
 from snapagent.util import logfields, progress
+from snapagent.util import steps as steplog
 from snapagent.util.fs import is_within
 from snapagent.util.names import check_abspath
 from snapagent.util.runner import Runner
@@ -84,18 +85,20 @@ def _freeze_record(window: float, first: float, steps: list[tuple[str, str, floa
 
 
 class Phases:
-    """Per-phase wall-clock durations in milliseconds."""
+    """Per-phase wall-clock durations in milliseconds (a phase entered twice adds up), each also
+    logged as a step (``-v``) under ``what`` (default: its name; ``""``: not logged, its parts are)."""
 
     def __init__(self) -> None:
         self.ms: dict[str, float] = {}
 
     @contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
+    def __call__(self, name: str, what: str | None = None) -> Iterator[None]:
         t = time.monotonic()
         try:
-            yield
+            with steplog.step(what or name) if what != "" else nullcontext():
+                yield
         finally:
-            self.ms[name] = round((time.monotonic() - t) * 1000, 1)
+            self.ms[name] = round(self.ms.get(name, 0.0) + (time.monotonic() - t) * 1000, 1)
 
 
 @dataclass
@@ -232,7 +235,7 @@ class BackupRun:
         except BaseException:
             lock.release()
             raise
-        with signals.raising(), lock:
+        with lock, signals.raising():  # raising() may raise at once (a Ctrl-C lost before): the lock is released
             for msg in cleanup.sweep(self.state_dir, self.runner, self.job.name):
                 self.say(f"cleaned up after an earlier run: {msg}")
             created = utcnow()
@@ -257,7 +260,7 @@ class BackupRun:
                         if result is not None:
                             result.warnings += [f"{f}; `snapagent cleanup` will retry" for f in failed]
                         else:
-                            log.error("left for `snapagent cleanup`: %s", "; ".join(failed))
+                            log.warning("left for `snapagent cleanup`: %s", "; ".join(failed))  # the outcome is the run's own error line
                     else:
                         journal.finish()
                     if result is not None and signals.caught():
@@ -324,13 +327,14 @@ class BackupRun:
     def _close_quiescers(self) -> None:
         for q in reversed(self.quiescers):
             try:
-                q.release()
+                with signals.waiting(f"releasing {q.describe()}"):
+                    q.release()
             except Exception:  # noqa: BLE001 - release never raises by contract; be defensive
                 log.exception("releasing %s", q.describe())
 
     def _backup(self, backup_id: str, created: datetime, journal: Journal) -> BackupResult:
         snap_name = f"snapagent-{backup_id}"
-        with self.phases("prepare"):
+        with self.phases("prepare", f"prepare {self.driver.name} (before the locks)"):
             self.driver.before_quiesce(list(self.job.cfg.volumes))
         snaps, qrecords, freeze = self._freeze_and_snapshot(snap_name)
         self.say(f"snapshot {snap_name}: {len(snaps)} volume(s), freeze window {freeze.window_ms:.1f} ms")
@@ -345,14 +349,14 @@ class BackupRun:
         writer = self.target.begin(self.job.name, backup_id, journal)
         taken: set[str] = set()
         labels = [label_for(snap.volume, taken) for snap in snaps]
-        with self.phases("extra"):
+        with self.phases("extra", ""):  # each extra artifact is said
             artifacts, extras = self._export_extras(writer, qrecords, taken)
         volumes = []
         estimates = self._estimates(fmt, recent) if progress.enabled() and prev is None else {}
-        with self.phases("export"):
+        with self.phases("export", ""):
             for i, snap in enumerate(snaps):
                 base = prev.manifest.volume(snap.volume) if prev else None
-                with driver.export(snap, fmt, base if base is not None and base.kept else None) as stream, \
+                with steplog.step(f"export {snap.volume}"), driver.export(snap, fmt, base if base is not None and base.kept else None) as stream, \
                         progress.reading(stream, f"export {labels[i]}", estimates.get(snap.volume)) as counted:
                     art = writer.add_artifact(f"{i:02d}-{labels[i]}.{fmt}", counted)
                 artifacts.append(art)
@@ -365,7 +369,7 @@ class BackupRun:
                 kind = f"incremental on {parent}" if parent else "full"
                 self.say(f"exported {snap.volume} -> {art.name} ({kind}; {art.raw_size} bytes, stored {art.size})")
         manifest = self._manifest(backup_id, created, snap_name, freeze, volumes, qrecords, extras, artifacts, fmt)
-        with self.phases("commit"), signals.shielded(raise_after=False):
+        with self.phases("commit", f"commit to target {self.target.name!r}"), signals.shielded(raise_after=False):
             writer.commit(manifest)
         return BackupResult(manifest, self.warnings + self._after_commit(snaps, keeps, recent))
 
@@ -418,7 +422,7 @@ class BackupRun:
         it, then ``snapagent cleanup``. Return warnings about what is not in the journal (an
         earlier backup's base)."""
         warnings = []
-        with self.phases("release"), signals.shielded(raise_after=False):
+        with self.phases("release", ""), signals.shielded(raise_after=False):
             steps: list[tuple[str, Callable[[], None]]] = []
             driver = self.driver
             for snap in snaps:
@@ -432,7 +436,8 @@ class BackupRun:
                                           lambda v=v: driver.release_base(v)))
             for i, (what, step) in enumerate(steps):
                 try:
-                    step()
+                    with signals.waiting(what), steplog.step(what):
+                        step()
                 except Exception as e:  # noqa: BLE001 - the backup is committed; this is a warning
                     if i < len(snaps):  # journaled: undone from the journal right after
                         log.info("could not %s (%s); retrying from the journal", what, e)
@@ -470,10 +475,12 @@ class BackupRun:
         """
         cfg = self.job.cfg
         max_freeze = cfg.max_freeze
-        with self.phases("prepare"):  # quiescers first: a checkpoint writes what the driver then flushes
+        with self.phases("prepare", ""):  # quiescers first: a checkpoint writes what the driver then flushes
             for q in self.quiescers:
-                q.prepare()
-            self.driver.prepare_snapshot(list(cfg.volumes), snap_name)
+                with steplog.step(f"prepare {q.describe()}"):
+                    q.prepare()
+            with steplog.step(f"prepare {self.driver.name} snapshot"):
+                self.driver.prepare_snapshot(list(cfg.volumes), snap_name)
         lock_deadline = time.monotonic() + (cfg.max_lock_wait or max_freeze)
         held: list[Quiescer] = []
         records: list[dict] = []
@@ -481,7 +488,7 @@ class BackupRun:
         steps: list[tuple[str, str, float, float, float | None]] = []  # phase, what, start, seconds, held_at
         first: float | None = None
         try:
-            with self.phases("quiesce"):
+            with self.phases("quiesce", ""):
                 for q in self.quiescers:
                     called = time.monotonic()
                     q.quiesce(lock_deadline if first is None else min(lock_deadline, first + max_freeze))
@@ -494,7 +501,7 @@ class BackupRun:
                     if time.monotonic() > first + max_freeze:
                         raise FreezeOverrun(f"quiescing took longer than max_freeze ({max_freeze:g}s)")
             first = first if first is not None else time.monotonic()
-            with self.phases("snapshot"), self.runner.recording() as ran:
+            with self.phases("snapshot", ""), self.runner.recording() as ran:
                 began = time.monotonic()
                 try:
                     snaps = self.driver.snapshot(list(cfg.volumes), snap_name, first + max_freeze)
@@ -513,11 +520,12 @@ class BackupRun:
                     steps.append(("verify", q.describe(), t, time.monotonic() - t, None))
         finally:
             stopped = None
-            with self.phases("thaw"):
+            with self.phases("thaw", ""):
                 for q in reversed(held):
                     t = time.monotonic()
                     try:
-                        records.append(q.release())
+                        with signals.waiting(f"releasing {q.describe()}"):
+                            records.append(q.release())
                     except BaseException as e:  # a signal cut this release short: release the others first
                         stopped = stopped or e
                         records.append({"type": q.type})
@@ -526,6 +534,9 @@ class BackupRun:
             window = time.monotonic() - first if first is not None else 0.0
             if stopped is not None and sys.exception() is None:
                 raise stopped
+        for phase, what, _, secs, _ in steps:  # logged after the window: no write between lock and release
+            steplog.done(f"{phase} {what}", secs)
+        steplog.done("freeze window", window)
         if window > max_freeze:
             raise FreezeOverrun(f"freeze window {window * 1000:.0f} ms exceeded max_freeze {max_freeze * 1000:.0f} ms; "
                                 "the snapshot was abandoned and everything released")

@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from snapagent import registry
+from snapagent import registry, signals
 from snapagent.errors import CommandFailed, OperationFailed
 from snapagent.journal import Journal
 from snapagent.util import mountinfo
@@ -34,6 +34,7 @@ from snapagent.util.runner import Runner, Stream
 
 log = logging.getLogger("snapagent.held")
 OWNER = {"kind": "core", "name": "held"}
+STOPPING_GRACE = 0.5  # seconds a server gets to shut down when the run is stopping (signals)
 
 
 class Held:
@@ -112,7 +113,8 @@ class Held:
         """Give back one thing now (e.g. stop a server before its data is removed)."""
         for rec in reversed(self._taken):
             if (rec["kind"], rec["key"]) == (kind, key):
-                self._give_back(rec)
+                with signals.waiting(_giving_back(rec)):
+                    self._give_back(rec)
                 self._close(rec)
                 return
 
@@ -124,11 +126,12 @@ class Held:
             if skip(rec):
                 continue
             try:
-                self._give_back(rec)
+                with signals.waiting(_giving_back(rec)):
+                    self._give_back(rec)
                 self._close(rec)
             except Exception as e:  # noqa: BLE001 - give back the rest; cleanup retries this one
                 failed.append(f"{rec['kind']} {rec['key']}: {e}")
-                log.error("could not release %s %s (run `snapagent cleanup`): %s", rec["kind"], rec["key"], e)
+                log.warning("could not release %s %s (run `snapagent cleanup`): %s", rec["kind"], rec["key"], e)
         return failed
 
     def _give_back(self, rec: dict[str, Any]) -> None:
@@ -139,14 +142,33 @@ class Held:
         undo(rec, self.runner)
 
 
+def _giving_back(rec: dict[str, Any]) -> str:
+    """Return what giving ``rec`` back does, as a stopping run names it."""
+    what = {"dir": "removing", "renamed": "moving back", "mount": "unmounting", "acl": "removing the ACL entry on",
+            "process": "stopping the server"}.get(rec["kind"], f"releasing {rec['kind']}")
+    more = f" (SIG{signal.Signals(int(rec['stop_signal'])).name[3:]}, killed after {rec['stop_timeout']:g}s)" \
+        if rec["kind"] == "process" and "stop_signal" in rec else ""
+    return f"{what} {rec['key']}{more}"
+
+
 def _stop_stream(proc: Stream, sig: int, timeout: float) -> None:
+    """Send ``sig`` to a started server and wait ``timeout`` for it to exit, then SIGKILL its
+    process group (a server's workers are in it). A run that is stopping (a signal) waits
+    STOPPING_GRACE at most: the server's copy is scratch, a clean shutdown (a PostgreSQL
+    checkpoint, InnoDB's flush) not worth seconds of the operator's Ctrl-C."""
     p = proc.proc
     if p is None or p.poll() is not None:
         return
     p.send_signal(sig)
+    if signals.caught() is not None:
+        timeout = min(timeout, STOPPING_GRACE)
     try:
         p.wait(timeout)
     except subprocess.TimeoutExpired:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
         proc.kill()
 
 

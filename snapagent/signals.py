@@ -9,6 +9,13 @@ error, not a signal, runs ``shielded()``: a signal that arrives meanwhile is not
 finishes first. Children run in
 process groups of their own (``snapagent.util.runner``): the terminal's Ctrl-C reaches only the
 agent, which stops them in order.
+
+Whoever sent the signal learns at once what the run still does before it exits: the first signal
+logs ``stopping (SIGINT): WHAT…`` (a warning, shown everywhere), where WHAT is the innermost
+``waiting(what)`` block the run is in, else the release of what it took; a ``waiting`` block of
+the stop (the undo of a snapshot, a hold process's exit, the metrics file, a ping) that lasts
+longer than ``SLOW`` logs ``stopping, 0.5s so far: WHAT…`` — so a stop that takes longer than a
+moment always says why (with ``-v``, every such block is named as it starts).
 """
 
 from __future__ import annotations
@@ -17,12 +24,14 @@ import contextlib
 import logging
 import signal
 import sys
+import threading
 from typing import Iterator
 
 from snapagent.errors import Interrupted
 
 log = logging.getLogger("snapagent.signals")
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+SLOW = 0.5  # seconds a step of a stopping run may take before it is named as a warning
 
 
 class _Guard:
@@ -31,16 +40,21 @@ class _Guard:
         self.shield = 0
         self.caught: int | None = None
         self.old: dict[int, object] = {}
+        self.doing: list[str] = []
+        self.early: int | None = None  # a SIGINT before the run's raising() (remember_interrupts)
 
     def handler(self, signum: int, frame) -> None:
         name = signal.Signals(signum).name
         if self.caught is not None:
-            log.warning("%s received while stopping: finishing the release first (SIGKILL aborts it; then run "
-                        "`snapagent cleanup`)", name)
+            now = f" ({self.doing[-1]})" if self.doing else ""
+            log.warning("%s received while stopping: finishing the release first%s; SIGKILL aborts it (then run "
+                        "`snapagent cleanup`)", name, now)
             return
         self.caught = signum
+        what = self.doing[-1] if self.doing else \
+            "finishing the release in progress first" if self.shield else "releasing what this run took"
+        log.warning("stopping (%s): %s…", name, what)
         if self.shield:
-            log.warning("%s received: finishing the release in progress first", name)
             return
         raise Interrupted(f"interrupted by {name}; everything taken was released")
 
@@ -52,17 +66,35 @@ _guard = _Guard()
 def raising() -> Iterator[None]:
     """Within the block, SIGTERM/SIGINT/SIGHUP raise Interrupted (nested uses share one state)."""
     g = _guard
+    early = None
     if g.depth == 0:
         g.caught = None
         g.old = {s: signal.signal(s, g.handler) for s in SIGNALS}
+        early, g.early = g.early, None
     g.depth += 1
     try:
+        if early is not None:  # a Ctrl-C that a finalizer swallowed before the run began
+            g.handler(early, None)
         yield
     finally:
         g.depth -= 1
         if g.depth == 0:
             for s, h in g.old.items():
                 signal.signal(s, h)
+
+
+def remember_interrupts() -> None:
+    """Until a run's ``raising()``: SIGINT raises KeyboardInterrupt as Python's own handler does,
+    and is remembered — raised inside a finalizer it is lost (Python prints "Exception ignored in:
+    …" and goes on, and the run would continue as if nothing was pressed), so the next
+    ``raising()`` raises it again as Interrupted before its block runs."""
+    _guard.early = None
+
+    def handler(signum: int, frame) -> None:
+        _guard.early = signum
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
 
 
 @contextlib.contextmanager
@@ -77,6 +109,32 @@ def shielded(raise_after: bool = True) -> Iterator[None]:
         g.shield -= 1
     if raise_after and g.shield == 0 and g.caught is not None and g.depth and sys.exception() is None:
         raise Interrupted(f"interrupted by {signal.Signals(g.caught).name}; everything taken was released")
+
+
+@contextlib.contextmanager
+def waiting(what: str) -> Iterator[None]:
+    """Within the block the run waits for ``what`` (``"undoing snapshot '/x'"``, ``"command
+    murodb: waiting for its hold process to exit (killed after 5s)"``): a first signal arriving
+    meanwhile names it. While the run is already stopping, entering the block logs it (INFO, -v),
+    and a block still running after ``SLOW`` seconds logs it as a warning, shown everywhere."""
+    g = _guard
+    timer = None
+    if g.caught is not None:
+        log.info("stopping: %s…", what)
+        def slow() -> None:
+            if g.doing and g.doing[-1] == what:  # an inner block names itself: only the innermost speaks
+                log.warning("stopping, %gs so far: %s…", SLOW, what)
+
+        timer = threading.Timer(SLOW, slow)
+        timer.daemon = True
+        timer.start()
+    g.doing.append(what)
+    try:
+        yield
+    finally:
+        g.doing.pop()
+        if timer is not None:
+            timer.cancel()
 
 
 def caught() -> str | None:

@@ -168,6 +168,7 @@ def do_verify(args, out) -> int:
 
     cfg = _config(args)
     b = catalog.find(cfg, args.id, args.source)
+    logfields.bind(job=b.manifest.job, backup_id=b.id)
     chains, links = check_links(cfg, b)  # a missing or damaged link: one line naming both ids, exit 1
     results = links + verify.check(b) + verify.repository_check(b)
     ok = all(r.ok for r in results)
@@ -258,6 +259,7 @@ def do_prune(args, out) -> int:
     runner = _runner(cfg, out, args.dry_run)
     results, failed = [], []
     for job in jobs:
+        logfields.bind(job=job.name)
         try:
             done = prune(cfg, job, runner, say=out.say)
             cleaned = archives.clean(cfg, job, done, args.dry_run, say=out.say)
@@ -275,6 +277,7 @@ def do_prune(args, out) -> int:
                 _print_prune(out, r, describe(job.cfg.retention), args.dry_run)
             for a in cleaned:
                 _print_archive(out, job.name, a, args.dry_run)
+    logfields.clear()  # what follows is about every job
     if out.json:
         out.emit([r.as_dict() for r in results])
     failed += [f for r in results for f in r.failed]

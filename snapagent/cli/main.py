@@ -16,7 +16,7 @@ import sys
 import types
 from typing import Sequence
 
-from snapagent import __version__
+from snapagent import __version__, signals
 from snapagent.cli import commands, output
 from snapagent.cli.output import Output
 from snapagent.errors import EXIT_FAILED, EXIT_USAGE, Interrupted, SnapagentError
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--log-format", choices=LOG_FORMATS, default=d("text"),
                        help="stderr log lines as text (default) or one JSON object per line")
         g = c.add_mutually_exclusive_group()
-        g.add_argument("-v", "--verbose", action="count", default=d(0), help="more logging (-vv: every command run)")
+        g.add_argument("-v", "--verbose", action="count", default=d(0), help="each step with its duration (-vv: also every command and database statement)")
         g.add_argument("-q", "--quiet", action="store_true", default=d(False), help="only errors")
         return c
 
@@ -227,6 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     logfields.clear()
+    signals.remember_interrupts()
     output.setup(log_format=_log_format(argv))
     try:
         args = build_parser().parse_args(argv)

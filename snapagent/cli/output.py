@@ -2,15 +2,28 @@
 
 stdout carries data (the backup id, listings; JSON with ``--json``). stderr carries log lines,
 which go through ``logging`` (logger ``snapagent`` and its children; third-party plugins' loggers
-alike) and the one handler ``setup`` puts on the root logger:
+alike) and the one handler ``setup`` puts on the root logger. Every text line reads
 
-- ``say`` lines (progress chatter: "snapshot …", "exported …") are INFO on ``snapagent.say``:
-  shown on a terminal and in the journal, hidden otherwise (cron, systemd without the journal,
-  pipes) unless ``-v``; ``-q`` hides them everywhere. Warnings and errors are always shown.
-- stderr is the journal (``$JOURNAL_STREAM`` is ``dev:ino`` of stderr, sd-daemon(3)): every line
-  starts with its syslog priority ``<3>`` error, ``<4>`` warning, ``<6>`` info, ``<7>`` debug.
-- ``--log-format json``: one JSON object per line (time, level, logger, message, and the job /
-  backup id when known) for log shippers; it wins over the journal prefixes.
+    2026-12-02T16:55:51.234+01:00 [app app-20261202T155550Z] snapagent: info: snapshot …
+
+the time (local, with its offset, to the millisecond: the clock cron and the operator use), the
+run's facts of ``logfields`` in brackets once known (the job, then the backup id; none for a
+command that has no job, e.g. ``list``), the level (``error``, ``warning``, ``info``, ``debug``;
+``internal error`` for a bug), the message. What is shown:
+
+- default: warnings and errors; ``say`` lines (progress chatter: "snapshot …", "exported …", INFO
+  on ``snapagent.say``) too where someone watches: a terminal, the journal. ``-q``: errors only.
+- ``-v``: every INFO record: each step of the run with its duration (``step …``), what a
+  quiescer chose (``mode auto chose …``), cleanup.
+- ``-vv``: DEBUG too: every command run (its argv as a shell line, secrets redacted, exit code,
+  duration) and every statement sent to a database (``snapagent.util.sqllog``).
+- Libraries' own records (sh, psycopg, pymysql, urllib3, …) below WARNING are never created,
+  whatever ``-v`` says: they describe the libraries' internals, not the run (``QUIET_LIBRARIES``).
+- stderr is the journal (``$JOURNAL_STREAM`` is ``dev:ino`` of stderr, sd-daemon(3)): the journal
+  stamps each line itself, so no time; every line starts with its syslog priority ``<3>`` error,
+  ``<4>`` warning, ``<6>`` info, ``<7>`` debug.
+- ``--log-format json``: one JSON object per line (time in UTC, level, logger, message, and the
+  job / backup id when known) for log shippers; it wins over the journal prefixes.
 - a progress bar (tqdm, imported only then) for long streams when stderr is a terminal, in the
   text format, without ``-q``; where say lines are shown but no bar can be, progress lines
   (``LogTask``: one a minute, one at the end).
@@ -32,6 +45,10 @@ from snapagent.util.durations import format_duration
 log = logging.getLogger("snapagent")
 say_log = logging.getLogger("snapagent.say")
 _handler: logging.Handler | None = None
+#: Libraries whose records below WARNING are never created (sh alone wrote 192 of the 222 lines
+#: of one -vv backup: its own threads and buffers). What they fail with reaches the run as
+#: exceptions, which the run words itself.
+QUIET_LIBRARIES = ("sh", "psycopg", "pymysql", "urllib3", "asyncio", "filelock", "tqdm", "prometheus_client")
 _PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6, logging.DEBUG: 7}
 
 
@@ -92,9 +109,10 @@ class _Shown(logging.Filter):
 
 
 class TextFormatter(logging.Formatter):
-    """``snapagent: error: …`` for the CLI's own warnings and errors, ``snapagent: LEVEL: …`` for
-    the modules' log records, the bare line for ``say``; with ``journal``, each line prefixed
-    with its syslog priority."""
+    """``TIME [JOB BACKUP_ID] snapagent: LEVEL: message`` (the module docstring); ``LEVEL`` is the
+    record's ``tag`` when it has one (``internal error``), else its level in lower case. With
+    ``journal``: no time (the journal stamps each line) and every line of the message prefixed
+    with its syslog priority. Lines after a message's first are indented continuation lines."""
 
     def __init__(self, journal: bool = False):
         super().__init__("%(message)s")
@@ -102,15 +120,19 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
-        tag = getattr(record, "tag", None)
-        if tag:
-            text = f"snapagent: {tag}: {text}"
-        elif record.name != say_log.name:
-            text = f"snapagent: {record.levelname}: {text}"
+        level = getattr(record, "tag", None) or record.levelname.lower()
+        facts = " ".join(logfields.FIELDS[k] for k in ("job", "backup_id") if k in logfields.FIELDS)
+        head = f"[{facts}] snapagent: {level}: " if facts else f"snapagent: {level}: "
         if self.journal:
             prefix = f"<{_priority(record.levelno)}>"
-            text = "\n".join(prefix + ln for ln in text.split("\n"))
-        return text
+            return "\n".join(prefix + ln for ln in (head + text).split("\n"))
+        return f"{stamp(record.created)} {head}{text}"
+
+
+def stamp(created: float) -> str:
+    """Return the time ``created`` (epoch seconds) as ISO 8601 in local time with its offset,
+    to the millisecond (``2026-12-02T16:55:51.234+01:00``)."""
+    return datetime.fromtimestamp(created).astimezone().isoformat(timespec="milliseconds")
 
 
 class JsonFormatter(logging.Formatter):
@@ -240,6 +262,8 @@ def setup(verbose: int = 0, quiet: bool = False, log_format: str = "text", strea
     # The loggers pass INFO on whatever is shown: the run's log tail (a failure ping's body) keeps
     # the progress lines even where stderr shows only warnings. The handler decides what is shown.
     root.setLevel(min(level, logging.INFO))
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.WARNING)
     say_log.setLevel(logging.NOTSET)
     _handler.addFilter(_Shown(level, logging.INFO if chatter else logging.WARNING))
     show_bar = tty and not quiet and log_format == "text"

@@ -13,11 +13,13 @@ import time
 from datetime import datetime, timezone
 from typing import Callable, Iterator
 
+from snapagent import signals
 from snapagent.config import Config, Job
 from snapagent.errors import Interrupted, JobLocked
 from snapagent.manifest import Manifest
 from snapagent.monitor import logtail, metrics, ping, runs
 from snapagent.monitor.runs import RunRecord, Success
+from snapagent.util import steps
 
 
 class Watch:
@@ -80,12 +82,15 @@ def _finish(config: Config, job: Job, w: Watch, result: str, error: str | None, 
                        freeze_window_seconds=m.freeze_window_ms / 1000 if m else None, last_success=last,
                        warnings=w.warnings if m else [], copy_failed=w.copy_failed if m else [])
     try:
-        runs.save(state_dir, record)
+        with steps.step("run record"):
+            runs.save(state_dir, record)
     except OSError as e:
         warn(f"run record of job {job.name!r} not written: {e.strerror or e}")
     if config.agent.metrics_file is not None:
         try:
-            metrics.write(config, config.agent.metrics_file)
+            with signals.waiting(f"writing the metrics file {config.agent.metrics_file} (it lists every target)"), \
+                    steps.step("metrics"):
+                metrics.write(config, config.agent.metrics_file)
         except Exception as e:  # noqa: BLE001 - metrics never fail a backup
             warn(f"metrics file {config.agent.metrics_file} not written: {getattr(e, 'strerror', None) or e}")
     if job.cfg.ping_url:
@@ -94,5 +99,8 @@ def _finish(config: Config, job: Job, w: Watch, result: str, error: str | None, 
                                       f"{m.freeze_window_ms:.0f} ms, {duration:.1f} s")
         else:
             event, body = "fail", (tail.text() if tail is not None else "") + f"\nsnapagent: error: {error}\n"
-        if msg := ping.send(job.cfg.ping_url, event, body, job.cfg.ping_timeout):
+        with signals.waiting(f"sending the {event} ping to {ping.host_of(job.cfg.ping_url)} (up to {job.cfg.ping_timeout:g}s)"), \
+                steps.step(f"ping {event}"):
+            msg = ping.send(job.cfg.ping_url, event, body, job.cfg.ping_timeout)
+        if msg:
             warn(msg)

@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 from pydantic import field_validator, model_validator
 
+from snapagent import signals
 from snapagent.config import Duration, Strict, absolute
 from snapagent.errors import CommandFailed, FreezeOverrun, OperationFailed, PreflightFailed, QuiesceFailed
 from snapagent.plugin.handover import claim, reach
@@ -314,7 +315,8 @@ class CommandQuiescer(Quiescer):
             self._stop_hold()
         if self._post_due and self.cfg.post is not None:
             self._post_due = False
-            self.rec["post"] = self._run("post", self.cfg.post, None, fail=False)
+            with signals.waiting(f"command {self.name}: waiting for its post command (killed after {self.cfg.timeout:g}s)"):
+                self.rec["post"] = self._run("post", self.cfg.post, None, fail=False)
         return dict(self.rec)
 
     def _stop_hold(self, grace: float | None = None) -> None:
@@ -332,9 +334,11 @@ class CommandQuiescer(Quiescer):
         grace = self.cfg.timeout if grace is None else grace
         until = time.monotonic() + grace
         try:
-            while (line := reader.readline(until)) is not None:
-                self._keep(line)
-            rc = proc.wait(max(0.1, until - time.monotonic()))
+            with signals.waiting(f"command {self.name}: waiting for its hold process to exit after its stdin closed "
+                                 f"(killed after {grace:g}s)"):
+                while (line := reader.readline(until)) is not None:
+                    self._keep(line)
+                rc = proc.wait(max(0.1, until - time.monotonic()))
         except (TimeoutError, subprocess.TimeoutExpired):
             stream.kill()
             rc = proc.returncode

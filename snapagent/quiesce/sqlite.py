@@ -22,6 +22,7 @@ from snapagent.config import Duration, Strict
 from snapagent.errors import PreflightFailed, QuiesceFailed
 from snapagent.plugin.handover import record_owner, resolve_owner
 from snapagent.plugin.quiescer import Handover, Locate, ProbeResult, Quiescer, RestoreContext
+from snapagent.util import sqllog
 
 PUT_IN_PLACE = "docs/databases.md#put-a-restored-sqlite-database-in-place"
 
@@ -103,7 +104,8 @@ class SqliteQuiescer(Quiescer):
             # mode=rw: never create a database by accident
             self.conn = sqlite3.connect(f"file:{p.as_posix().replace('?', '%3f').replace('#', '%23')}?mode=rw",
                                         uri=True, isolation_level=None, timeout=0, check_same_thread=False)
-            self.conn.execute("PRAGMA busy_timeout = 0")  # every wait is a retry of ours (see quiesce)
+            self._sql("PRAGMA busy_timeout = 0")  # every wait is a retry of ours (see quiesce)
+            sqllog.statement(self.type, "PRAGMA journal_mode")
             mode = _retry(lambda: self.conn.execute("PRAGMA journal_mode").fetchone()[0],
                           time.monotonic() + self.cfg.busy_timeout)[0]
         except sqlite3.Error as e:
@@ -139,6 +141,7 @@ class SqliteQuiescer(Quiescer):
         try:
             if self.cfg.checkpoint and self.rec.get("journal_mode") == "wal" and "checkpoint" not in self.rec:
                 self._checkpoint(min(until, time.monotonic() + CHECKPOINT_BUDGET))
+            sqllog.statement(self.type, "BEGIN IMMEDIATE (retried at once while busy)")
             t0 = time.monotonic()
             _, tries = _retry(lambda: self.conn.execute("BEGIN IMMEDIATE"), until)
             self.held_at = time.monotonic()
@@ -153,6 +156,7 @@ class SqliteQuiescer(Quiescer):
     def _checkpoint(self, until: float) -> None:
         """``wal_checkpoint(TRUNCATE)``, retried at once while writers are busy until ``until``;
         what it could not finish stays in the -wal file, which the snapshot holds anyway."""
+        sqllog.statement(self.type, "PRAGMA wal_checkpoint(TRUNCATE) (retried at once while busy)")
         t0, tries = time.monotonic(), 0
         while True:
             tries += 1
@@ -174,13 +178,19 @@ class SqliteQuiescer(Quiescer):
     def release(self) -> dict[str, Any]:
         if self._locked and self.conn is not None:
             try:
-                self.conn.execute("ROLLBACK")
+                self._sql("ROLLBACK")
             except sqlite3.Error:
                 pass
             self._locked = False
             self.rec["released_at"] = _utc(time.time())
         self._close()
         return dict(self.rec)
+
+    def _sql(self, sql: str) -> sqlite3.Cursor:
+        """Execute ``sql`` on the held connection, logged (``sqllog``; a statement retried in a
+        loop is logged once by its caller instead)."""
+        sqllog.statement(self.type, sql)
+        return self.conn.execute(sql)
 
     def _close(self) -> None:
         if self.conn is not None:

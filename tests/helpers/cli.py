@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -78,6 +79,20 @@ def _in_process(argv: list[str]) -> subprocess.CompletedProcess:
         except SystemExit as e:
             rc = e.code
     return subprocess.CompletedProcess(["snapagent", *argv], rc, out.getvalue(), err.getvalue())
+
+
+#: One stderr log line (snapagent.cli.output): the local time with its offset (none in the
+#: journal, which starts the line with the priority instead), the run's facts, the level, the message.
+LOG_LINE = re.compile(r"(?:<(?P<priority>\d)>)?(?:(?P<time>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d) )?"
+                      r"(?:\[(?P<facts>[^\]]*)\] )?snapagent: (?P<level>error|warning|info|debug|internal error): "
+                      r"(?P<message>.*)")
+
+
+def log_lines(stderr: str, level: str | None = None) -> list[re.Match]:
+    """Return the log lines of ``stderr`` (of ``level``: ``"error"``, ``"warning"``…) as
+    matches of LOG_LINE (``m["message"]``, ``m["facts"]``…); continuation lines are skipped."""
+    found = (LOG_LINE.fullmatch(ln) for ln in stderr.splitlines())
+    return [m for m in found if m and (level is None or m["level"] == level)]
 
 
 def last_line(r: subprocess.CompletedProcess) -> str:

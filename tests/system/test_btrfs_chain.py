@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import snapplaces
-from tests.helpers.cli import snapagent, toml_str, write_config
+from tests.helpers.cli import log_lines, snapagent, toml_str, write_config
 from tests.helpers.trees import tree
 from tests.system.test_btrfs_sqlite import Writer
 
@@ -51,9 +51,9 @@ def restore(cfg: Path, backup_id: str, dest: Path) -> Path:
 
 
 def one_error(r: subprocess.CompletedProcess) -> str:
-    errors = [line for line in r.stderr.splitlines() if line.startswith("snapagent: error:")]
+    errors = log_lines(r.stderr, "error")
     assert r.returncode == 1 and len(errors) == 1, (r.returncode, r.stderr)
-    return errors[0]
+    return errors[0].group()
 
 
 @pytest.fixture

@@ -16,13 +16,14 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from snapagent.journal import read_open
 from tests.helpers import snapplaces
-from tests.helpers.cli import ROOT, snapagent, toml_str, write_config
+from tests.helpers.cli import ROOT, log_lines, snapagent, toml_str, write_config
 from tests.helpers.loopfs import ext4_loop, is_frozen, was_frozen, write_takes
 
 pytestmark = [pytest.mark.root, pytest.mark.btrfs]
@@ -84,8 +85,13 @@ def run_and_kill(cfg: Path, marker: Path, before_kill=lambda: None, sig=signal.S
         agent.wait(30)
     if sig == signal.SIGKILL:
         assert agent.returncode == -signal.SIGKILL
-    else:  # the agent released everything itself and failed the run
-        assert agent.returncode == 1 and "interrupted by SIGTERM" in agent.stderr.read()
+    else:  # the agent released everything itself and failed the run, saying at once what it waits for
+        err = agent.stderr.read()
+        assert agent.returncode == 1 and "interrupted by SIGTERM" in err, err
+        stopping = [m for m in log_lines(err, "warning") if m["message"].startswith("stopping (SIGTERM): ")]
+        assert len(stopping) == 1, err
+        said = datetime.fromisoformat(stopping[0]["time"]).timestamp()
+        print(f"\n{stopping[0]['message']} (said {(said - t_kill) * 1000:.0f} ms after the signal)")
     return t_kill
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import snapplaces
-from tests.helpers.cli import ROOT, last_line, snapagent, toml_str, write_config
+from tests.helpers.cli import ROOT, last_line, log_lines, snapagent, toml_str, write_config
 from tests.helpers.exectrace import shells
 
 INVALID = sorted((ROOT / "tests" / "configs" / "invalid").glob("*.toml"))
@@ -45,7 +45,7 @@ def test_bad_config(path, tmp_path, traced):
     before = tree(tmp_path)
     r = snapagent("backup", "app", config=path, trace=traced)
     assert r.returncode == 2, r.stderr
-    assert expected(path) in r.stderr and r.stderr.startswith("snapagent: error: "), r.stderr
+    assert expected(path) in r.stderr and log_lines(r.stderr.splitlines()[0], "error"), r.stderr  # the first line
     assert "Traceback" not in r.stderr and r.stdout == ""
     assert traced.read_text() == "", "a bad config must not execute anything"
     assert tree(tmp_path) == before and not Path("/tmp/snapagent-corpus-target").exists()
@@ -97,7 +97,7 @@ def test_bad_arguments(case, tmp_path, traced):
     r = snapagent(*args, config=cfg, trace=traced)
     assert r.returncode == 2, (r.returncode, r.stderr)
     assert words in r.stderr and "Traceback" not in r.stderr, r.stderr
-    assert [ln for ln in r.stderr.splitlines() if ln.startswith("snapagent: error:")], r.stderr
+    assert log_lines(r.stderr, "error"), r.stderr
     assert traced.read_text() == "" and tree(tmp_path) == before and not PWNED.exists()
 
 

@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from snapagent import manifest as M
-from tests.helpers.cli import last_line, snapagent, toml_str, write_config
+from tests.helpers.cli import last_line, log_lines, snapagent, toml_str, write_config
 from tests.helpers.snapplaces import snapdir, snapshots
 from tests.helpers.wrappers import failing_tool, slow_tool
 
@@ -69,7 +69,7 @@ def test_failure_after_commit_is_a_warning_and_cleanup_retries(subvol, workdir):
     bid = last_line(r)
     assert bid.startswith("app-") and "warning: could not undo snapshot" in r.stderr, r.stderr
     assert "injected failure" in r.stderr and "`snapagent cleanup` will retry" in r.stderr
-    assert "ERROR" not in r.stderr and "Traceback" not in r.stderr
+    assert not log_lines(r.stderr, "error") and "Traceback" not in r.stderr
     assert [b["id"] for b in json.loads(snapagent("list", "--json", config=cfg, check=True).stdout)] == [bid]
     assert snapshots(vol) == [f"snapagent-{bid}.0"] and len(journals(workdir)) == 1
     assert snapagent("verify", bid, config=cfg).returncode == 0

@@ -373,6 +373,9 @@ def test_password_from_option_file_only(server, workdir):
     assert secret.encode() not in artifacts
     for text in (r.stdout, r.stderr, d.stdout, d.stderr, stored, cfg.read_text()):
         assert secret not in text
+    # -vv shows every statement sent (these are the lock's) and the method auto chose
+    assert "sql mysql: BACKUP STAGE BLOCK_COMMIT" in r.stderr and "sql mysql: BACKUP STAGE END" in r.stderr, r.stderr
+    assert "method auto chose backup-stage" in r.stderr, r.stderr
     record(kind="secrets", check="database password in argv, environments, logs, manifests, artifacts",
            samples=watch.samples, hits=0)
     q = json.loads(r.stdout)["quiescers"][0]

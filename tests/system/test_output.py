@@ -17,7 +17,7 @@ import uuid
 import pytest
 
 from tests.helpers.caps import need
-from tests.helpers.cli import ROOT, snapagent, toml_str, write_config
+from tests.helpers.cli import LOG_LINE, ROOT, log_lines, snapagent, toml_str, write_config
 
 pytestmark = [pytest.mark.root, pytest.mark.btrfs]
 MIB = 1 << 20
@@ -108,7 +108,13 @@ def test_progress_bar_in_a_terminal_silence_without(job, workdir, tmux):
     # -v brings the chatter back: no bar, a progress line instead
     r = snapagent("-v", "backup", "app", config=cfg, check=True)
     assert "exported " in r.stderr and "\r" not in r.stderr and "%|" not in r.stderr, r.stderr
-    assert re.search(r"^export \S+: 48\.0 MiB in \S+ \(\d+\.\d (K|M|G)iB/s\)$", r.stderr, re.M), r.stderr
+    assert any(re.fullmatch(r"export \S+: 48\.0 MiB in \S+ \(\d+\.\d (K|M|G)iB/s\)", m["message"])
+               for m in log_lines(r.stderr, "info")), r.stderr
+    # every line: the time, the job (and the backup id once known), the level
+    lines = r.stderr.splitlines()
+    assert all(m and m["time"] and m["facts"].split(" ")[0] == "app" for m in map(LOG_LINE.fullmatch, lines)), lines
+    assert any(m["facts"] == f"app {r.stdout.strip()}" for m in log_lines(r.stderr)), lines
+    assert any(re.fullmatch(r"step export .+: [\d.]+ (ms|s)", m["message"]) for m in log_lines(r.stderr, "info")), lines
 
 
 def _damage_one(workdir):
@@ -131,8 +137,9 @@ def test_journal_stream_gets_priority_prefixes(job, workdir):
 
     rc, lines = run("backup", "app")  # default verbosity: the journal shows info (progress) lines
     assert rc == 0 and lines and all(ln.startswith("<6>") for ln in lines), lines
-    assert any(ln.startswith("<6>exported ") for ln in lines), lines
-    assert any(re.match(r"<6>export \S+: 48\.0 MiB in ", ln) for ln in lines), lines  # progress, as lines
+    assert any(re.match(r"<6>\[app app-\S+\] snapagent: info: exported ", ln) for ln in lines), lines
+    assert any(re.match(r"<6>\[app app-\S+\] snapagent: info: export \S+: 48\.0 MiB in ", ln) for ln in lines), lines
+    assert not any(LOG_LINE.fullmatch(ln)["time"] for ln in lines), lines  # the journal stamps lines itself
     _damage_one(workdir)
     rc, lines = run("list")
     assert rc == 0 and lines == ["<4>snapagent: warning: 1 backup(s) damaged: their manifests cannot be trusted; "
@@ -140,13 +147,14 @@ def test_journal_stream_gets_priority_prefixes(job, workdir):
     rc, lines = run("restore", "app-20990101T000000Z", "--to", str(workdir / "d"))
     assert rc == 1 and len(lines) == 1 and lines[0].startswith("<3>snapagent: error: "), lines
     rc, lines = run("-vv", "backup", "app")
-    assert rc == 0 and any(ln.startswith("<7>snapagent: DEBUG: ") for ln in lines), lines
+    assert rc == 0 and any(re.match(r"<7>\[app app-\S+\] snapagent: debug: run: ", ln) for ln in lines), lines
     assert all(re.match(r"<[3467]>", ln) for ln in lines), lines
     # JOURNAL_STREAM naming another file (a child of a journald service writing elsewhere): no prefixes
     with open(log, "w") as err:
         p = subprocess.run(_cli(cfg, "list"), stdout=subprocess.PIPE, stderr=err, cwd=ROOT,
                            env={**os.environ, "JOURNAL_STREAM": "1:1"})
-    assert p.returncode == 0 and log.read_text().startswith("snapagent: warning: "), log.read_text()
+    assert p.returncode == 0 and [m["time"] is not None for m in log_lines(log.read_text(), "warning")] == [True], \
+        log.read_text()
 
 
 def _json_lines(text: str) -> list[dict]:

@@ -558,3 +558,44 @@ def test_pg_basebackup_works_after_a_backup_of_pgdata_at_a_subvolume_root(pg_ok,
                         "--no-sync"], timeout=300)
     assert r.returncode == 0, r.stderr
     assert (replica / "PG_VERSION").exists() and not list(replica.glob(".snapagent*"))
+
+
+def test_passwords_never_reach_the_logs(pg_ok, subvol, workdir, clusters):
+    """A cluster that asks for a password (scram-sha-256 on its socket): the password given as
+    PGPASSWORD in the agent's environment, or in a pgpass file the DSN names, never appears in
+    what snapagent prints, at -vv (every command and statement) or as JSON lines, nor in the
+    manifest — neither on success nor when the password is wrong; a DSN holding a password is
+    refused without echoing it, even the part libpq cannot parse."""
+    secret = "Pw-0f-the-Cluster"
+    vol = subvol("pg pw")
+    c = make_cluster(clusters, vol / "pgdata")
+    c.sql(f"ALTER ROLE postgres PASSWORD '{secret}'")
+    (vol / "pgdata" / "pg_hba.conf").write_text("local all all scram-sha-256\n")
+    c.sql("SELECT pg_reload_conf()")
+    cfg = write_config(workdir, job_toml([vol], dsn=c.dsn))
+    seen, ids = [], []
+    for args in (["-vv", "config", "check", "--connect"], ["-vv", "backup", "db"],
+                 ["-vv", "--log-format", "json", "backup", "db"]):
+        r = snapagent(*args, config=cfg, env={"PGPASSWORD": secret})
+        assert r.returncode == 0, r.stderr
+        seen.append(r.stdout + r.stderr)
+        ids.append(r.stdout.strip())
+    assert "sql postgresql: CHECKPOINT" in seen[1] and "mode auto chose checkpoint" in seen[1], seen[1]
+    bid = ids[1]
+    seen.append(snapagent("--json", "show", bid, config=cfg, check=True).stdout)
+    passfile = workdir / "pgpass"
+    passfile.write_text(f"*:*:*:postgres:{secret}\n")
+    passfile.chmod(0o600)
+    cfg = write_config(workdir, job_toml([vol], dsn=f"{c.dsn} passfile={passfile}"))
+    r = snapagent("-vv", "backup", "db", config=cfg, check=True)
+    seen.append(r.stdout + r.stderr)
+    passfile.write_text("*:*:*:postgres:Wrong-Password\n")
+    r = snapagent("-vv", "backup", "db", config=cfg, env={"PGPASSWORD": ""})
+    assert r.returncode == 1 and "password authentication failed" in r.stderr, r.stderr
+    for bad in (f"{c.dsn} password={secret}", f"{c.dsn} password={secret} Tail-0f-It",
+                f"postgresql://postgres:{secret}@/postgres?host={c.sock}"):
+        r = snapagent("-vv", "config", "check", config=write_config(workdir, job_toml([vol], dsn=bad)))
+        assert r.returncode == 2 and "jobs.db.quiesce[0].dsn" in r.stderr, r.stderr
+        seen.append(r.stdout + r.stderr)
+    for text in seen:
+        assert secret not in text and "Tail-0f-It" not in text, text

@@ -18,7 +18,7 @@ import pytest
 
 from tests.helpers import snapplaces
 from tests.helpers.caps import need
-from tests.helpers.cli import snapagent, toml_str, write_config
+from tests.helpers.cli import log_lines, snapagent, toml_str, write_config
 from tests.helpers.procwatch import ProcWatch
 from tests.helpers.restic_servers import rest_server
 from tests.system import test_btrfs_sqlite as base
@@ -215,8 +215,8 @@ def test_server_killed_mid_upload_then_next_run_succeeds(big_app, workdir):
         srv.kill()
         out, err = proc.communicate(timeout=400)
     assert proc.returncode == 1, (out, err)
-    lines = [ln for ln in err.splitlines() if ln.startswith("snapagent: error:")]
-    assert len(lines) == 1 and "unreachable" in lines[0] and "Traceback" not in err, err
+    lines = log_lines(err, "error")
+    assert len(lines) == 1 and "unreachable" in lines[0]["message"] and "Traceback" not in err, err
     assert "left for `snapagent cleanup`" in err  # its snapshots: the server is gone, so is the undo
     with rest_server(workdir / "srv", port=port) as srv:
         assert json.loads(snapagent("list", "--json", config=cfg, check=True).stdout) == []

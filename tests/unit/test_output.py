@@ -7,13 +7,16 @@ import io
 import json
 import logging
 import os
+import re
+import time
+from datetime import datetime
 
 import pytest
 
 from snapagent import restore_paths
 from snapagent.cli import output
 from snapagent.errors import UsageError
-from snapagent.util import logfields, progress
+from snapagent.util import logfields, progress, sqllog, steps
 
 
 def test_journal_is_recognised_by_device_and_inode(tmp_path):
@@ -32,15 +35,74 @@ def _record(level, msg, name="snapagent.engine", **extra):
     return r
 
 
+STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d"
+
+
 def test_text_and_journal_formats():
     plain, journal = output.TextFormatter(), output.TextFormatter(journal=True)
-    assert plain.format(_record(logging.INFO, "exported x", "snapagent.say")) == "exported x"
-    assert plain.format(_record(logging.ERROR, "bad", tag="error")) == "snapagent: error: bad"
-    assert plain.format(_record(logging.DEBUG, "run: ls")) == "snapagent: DEBUG: run: ls"
+    logfields.clear()
+    assert re.fullmatch(STAMP + r" snapagent: info: exported x",
+                        plain.format(_record(logging.INFO, "exported x", "snapagent.say")))
+    assert re.fullmatch(STAMP + r" snapagent: error: bad", plain.format(_record(logging.ERROR, "bad", tag="error")))
+    assert re.fullmatch(STAMP + r" snapagent: debug: run: ls", plain.format(_record(logging.DEBUG, "run: ls")))
+    # the journal stamps lines itself: the priority first, no time
     assert journal.format(_record(logging.WARNING, "w", tag="warning")) == "<4>snapagent: warning: w"
-    assert journal.format(_record(logging.INFO, "a\nb", "snapagent.say")) == "<6>a\n<6>b"
+    assert journal.format(_record(logging.INFO, "a\nb", "snapagent.say")) == "<6>snapagent: info: a\n<6>b"
     assert journal.format(_record(logging.ERROR, "e", tag="internal error")) == "<3>snapagent: internal error: e"
     assert journal.format(_record(logging.DEBUG, "d")).startswith("<7>")
+    # the job, then the backup id once known, on every line (error lines included)
+    logfields.bind(job="my app")
+    assert re.fullmatch(STAMP + r" \[my app\] snapagent: error: bad", plain.format(_record(logging.ERROR, "bad", tag="error")))
+    logfields.bind(backup_id="my app-20261202T155550Z")
+    assert journal.format(_record(logging.ERROR, "e", tag="error")) == \
+        "<3>[my app my app-20261202T155550Z] snapagent: error: e"
+    logfields.clear()
+
+
+def test_the_time_is_local_with_its_offset(monkeypatch):
+    monkeypatch.setenv("TZ", "Asia/Kolkata")  # +05:30: an offset no UTC-only formatter writes
+    time.tzset()
+    try:
+        logfields.clear()
+        line = output.TextFormatter().format(_record(logging.WARNING, "w", tag="warning"))
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    stamp = line.split(" ", 1)[0]
+    assert stamp.endswith("+05:30"), line
+    assert abs(datetime.fromisoformat(stamp).timestamp() - time.time()) < 60
+
+
+def test_library_internals_are_silenced_whatever_the_verbosity():
+    err = io.StringIO()
+    try:
+        output.setup(verbose=2, stream=err, environ={})
+        for name in ("sh.command", "psycopg", "pymysql.connections", "urllib3.connectionpool"):
+            logging.getLogger(name).info("internal chatter")
+            logging.getLogger(name).debug("internal chatter")
+        logging.getLogger("sh.command").warning("a library's own warning")
+        logging.getLogger("snapagent.runner").debug("run: true -> rc=0")
+    finally:
+        output.setup(stream=io.StringIO(), environ={})
+    text = err.getvalue()
+    assert "internal chatter" not in text, text
+    assert "a library's own warning" in text and "run: true -> rc=0" in text, text
+
+
+def test_verbosity_levels_pick_steps_and_commands():
+    def shown(verbose):
+        err = io.StringIO()
+        try:
+            output.setup(verbose=verbose, stream=err, environ={})
+            steps.done("export /srv/app", 0.0123)
+            sqllog.statement("sqlite", "BEGIN   IMMEDIATE\n")
+        finally:
+            output.setup(stream=io.StringIO(), environ={})
+        return err.getvalue()
+
+    assert shown(0) == ""
+    assert "step export /srv/app: 12.3 ms" in shown(1) and "BEGIN" not in shown(1)
+    assert "sql sqlite: BEGIN IMMEDIATE\n" in shown(2)
 
 
 def test_json_format_carries_the_run_facts():

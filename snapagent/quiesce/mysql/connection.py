@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from snapagent.errors import ConfigError, PreflightFailed
+from snapagent.util import sqllog
 
 GROUPS = ("client", "client-server", "client-mariadb")
 KEYS = ("user", "password", "socket", "host", "port")
@@ -97,7 +98,8 @@ def connect(params: ConnectParams, timeout: float, read_timeout: float | None = 
     kwargs: dict[str, Any] = {"user": params.user or "root", "password": params.password or "",
                               "connect_timeout": max(timeout, 0.5), "autocommit": True,
                               "read_timeout": read_timeout, "write_timeout": read_timeout,
-                              "charset": "utf8mb4", "program_name": "snapagent"}
+                              "charset": "utf8mb4", "program_name": "snapagent",
+                              "cursorclass": sqllog.pymysql_cursor("mysql")}
     if params.socket:
         kwargs["unix_socket"] = params.socket
     else:

@@ -214,6 +214,8 @@ class MysqlQuiescer(Quiescer):
         self._connect()
         self.files()
         self.method = self._choose_method()
+        if self.cfg.method == "auto":
+            log.info("%s: method auto chose %s (%s %s)", self.describe(), self.method, self.info.flavor, self.info.version)
         self._check_grants()
         self._warn_split_innodb(self._volume_of(self.files()[0]))
         self.rec.update(flavor=self.info.flavor, version=self.info.version, method=self.method,

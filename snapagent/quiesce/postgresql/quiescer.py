@@ -51,6 +51,7 @@ from snapagent.plugin.quiescer import (
     RestoreContext,
 )
 from snapagent.quiesce.postgresql import wal
+from snapagent.util import sqllog
 from snapagent.util.fs import is_within
 from snapagent.util.secretfiles import check_secret_file
 
@@ -77,7 +78,7 @@ class PostgresConfig(Strict):
         try:
             parts = psycopg.conninfo.conninfo_to_dict(v)
         except psycopg.ProgrammingError as e:
-            raise ValueError(f"not a valid libpq connection string: {e}") from None
+            raise ValueError(f"not a valid libpq connection string: {_unquoted(str(e), v)}") from None
         if "password" in parts:
             raise ValueError("must not contain a password (it would end up in configs and logs); "
                              "use a pgpass file: passfile=/path or $PGPASSFILE, mode 0600")
@@ -101,6 +102,15 @@ class PostgresConfig(Strict):
         if self.mode == "backup-api" and self.wal_archive is None:
             raise ValueError("wal_archive: required when mode = \"backup-api\" (the directory archive_command writes to)")
         return self
+
+
+def _unquoted(message: str, dsn: str) -> str:
+    """Return libpq's ``message`` about ``dsn`` with the pieces it quotes hidden when the DSN holds
+    a password: a password with a space is cut into tokens that libpq then quotes in the message
+    (``missing "=" after "…"``), and config errors are printed and logged."""
+    if not re.search(r"password|://[^/?#]*@", dsn, re.I):
+        return message
+    return re.sub(r'"([^"]*)"', lambda m: m.group() if m.group(1) == "=" else '"…"', message)
 
 
 def _utc() -> str:
@@ -142,7 +152,7 @@ class PostgresQuiescer(Quiescer):
 
         if self.conn is None:
             try:
-                self.conn = psycopg.connect(self.cfg.dsn, autocommit=True,
+                self.conn = psycopg.connect(self.cfg.dsn, autocommit=True, cursor_factory=sqllog.psycopg_cursor(self.type),
                                             connect_timeout=max(2, int(self.cfg.connect_timeout)),
                                             application_name=f"snapagent:{self.ctx.job}"[:63])
             except psycopg.Error as e:
@@ -240,6 +250,10 @@ class PostgresQuiescer(Quiescer):
         if t["server_version_num"] < MIN_VERSION:
             raise PreflightFailed(f"postgresql: server {t['server_version']} is too old (12 or newer is supported)")
         self.mode = self.choose_mode()
+        if self.cfg.mode == "auto":
+            log.info("%s: mode auto chose %s (%s)", self.describe(), self.mode,
+                     "PGDATA, pg_wal and every tablespace are in one atomic snapshot" if self.mode == "checkpoint"
+                     else "PGDATA, pg_wal and the tablespaces are not in one atomic snapshot")
         conn = self.conn
         try:
             if self.mode == "checkpoint" and self.cfg.checkpoint and not t["superuser"]:
