@@ -52,6 +52,27 @@ def program_problems(cfg: Config, runner: Runner) -> list[Problem]:
     return out
 
 
+def notices(cfg: Config) -> list[str]:
+    """Return what ``config check`` says without failing (a backup would run): each job whose
+    drill cannot pass because nothing in it probes the restored copy, and each archive a
+    quiescer's backups draw on (PostgreSQL's ``wal_archive``) that prune would clean but the
+    job has no retention rules, so it grows for good. One line each, the job or key named."""
+    from snapagent.retention import policy
+
+    out = []
+    for jname, job in cfg.jobs.items():
+        if not any(cls.probes(qcfg) for cls, qcfg in job.quiescers):
+            what = (f"add `probe` to a command hook (jobs.{jname}.quiesce[N].probe)" if job.quiescers
+                    else "add a quiescer, or a command hook with only a `probe`")
+            out.append(f"jobs.{jname}: a drill of this job probes nothing and cannot pass: {what}")
+        for i, (cls, qcfg) in enumerate(job.quiescers):
+            archive = cls.archive(qcfg)
+            if archive is not None and archive.prune and policy.is_empty(job.cfg.retention):
+                out.append(f"jobs.{jname}.quiesce[{i}].{archive.key}: {archive.path} is cleaned only after prune, and "
+                           f"the job has no retention rules: it grows until [jobs.{jname}.retention] has some")
+    return out
+
+
 def connect_problems(cfg: Config, runner: Runner) -> list[Problem]:
     """Run each job's backup preflight (``BackupRun.preflight_problems``) with a dry-run runner;
     return every failure, each line naming its job."""

@@ -366,7 +366,7 @@ def do_config_check(args, out) -> int:
                "jobs": {n: {"driver": j.cfg.driver, "volumes": j.cfg.volumes, "target": j.target_name,
                             "quiescers": [c.type for c, _ in j.quiescers], "export": j.export}
                         for n, j in cfg.jobs.items()},
-               "targets": {n: c.type for n, (c, _) in cfg.targets.items()}}
+               "targets": {n: c.type for n, (c, _) in cfg.targets.items()}, "notes": gate.notices(cfg)}
     if out.json:
         out.emit(summary)
     else:
@@ -374,6 +374,8 @@ def do_config_check(args, out) -> int:
         out.line(f"{cfg.path}: ok ({len(cfg.jobs)} job(s), {len(cfg.targets)} target(s)); {checked}")
         for n, j in summary["jobs"].items():
             out.line(f"  job {n}: {j['driver']} {j['volumes']} -> {j['target']}, quiesce {j['quiescers'] or 'none'}")
+        for note in summary["notes"]:
+            out.line(f"  note: {note}")
     return EXIT_OK
 
 

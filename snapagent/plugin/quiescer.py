@@ -296,6 +296,12 @@ class Quiescer:
         return None
 
     @classmethod
+    def probes(cls, cfg: Any) -> bool:
+        """Config check: whether a drill of a backup taken with ``cfg`` checks something (the
+        default: this quiescer has a ``drill`` of its own)."""
+        return cls.drill.__func__ is not Quiescer.drill.__func__  # type: ignore[attr-defined]
+
+    @classmethod
     def drill(cls, record: dict[str, Any], locate: Locate, ctx: RestoreContext) -> list[ProbeResult]:
         """Check the restored (and prepared) database described by ``record``; return the probe
         results (empty when this quiescer has no probe). Failed checks are results, not errors."""

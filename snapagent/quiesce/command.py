@@ -149,6 +149,10 @@ class CommandQuiescer(Quiescer):
         found = placeholder_problems(cfg.probe or [], volumes)
         return {"probe": "; ".join(found)} if found else {}
 
+    @classmethod
+    def probes(cls, cfg: CommandConfig) -> bool:
+        return cfg.probe is not None
+
     def __init__(self, cfg: CommandConfig, ctx):
         super().__init__(cfg, ctx)
         self.name = name_of(cfg)

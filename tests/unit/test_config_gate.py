@@ -201,3 +201,38 @@ def test_config_check_connect_reports_every_preflight_problem(tmp_path):
     assert [ln.split(":")[0].strip() for ln in lines] == ["jobs.j", "jobs.j", "jobs.k"], lines
     assert "no volume': no such directory" in lines[0] and "a.db' does not exist" in lines[1], lines
     assert "not on a btrfs filesystem" in lines[2] or "not a btrfs subvolume" in lines[2], lines
+
+
+def test_config_check_notes_what_will_not_fail_a_backup_but_should_be_fixed(tmp_path):
+    """A job whose drill probes nothing, and a WAL archive prune would clean for a job without
+    retention rules: said under the ok line (and in --json "notes"), exit 0; gone once fixed."""
+    from tests.helpers.cli import snapagent
+
+    pg = ('[[jobs.j.quiesce]]\ntype = "postgresql"\ndsn = "dbname=app"\nmode = "backup-api"\n'
+          'wal_archive = "/srv/wal archive"\n')
+    bare = '[jobs.bare]\ndriver = "btrfs"\nvolumes = ["/srv/b"]\ntarget = "t"\n'
+    cfg = write(tmp_path, BASE + pg + bare)
+    r = snapagent("config", "check", config=cfg)
+    assert r.returncode == 0, r.stderr
+    notes = [ln.strip() for ln in r.stdout.splitlines() if ln.strip().startswith("note:")]
+    assert notes == [
+        "note: jobs.j.quiesce[0].wal_prune: /srv/wal archive is cleaned only after prune, and the job has no "
+        "retention rules: it grows until [jobs.j.retention] has some",
+        "note: jobs.bare: a drill of this job probes nothing and cannot pass: add a quiescer, or a command hook "
+        "with only a `probe`"], r.stdout
+    j = json.loads(snapagent("--json", "config", "check", config=cfg).stdout)
+    assert j["ok"] is True and j["notes"] == [n.removeprefix("note: ") for n in notes]
+    probe = '[[jobs.bare.quiesce]]\ntype = "command"\nprobe = ["/bin/true"]\n'
+    fixed = write(tmp_path, BASE + pg + '[jobs.j.retention]\nkeep_last = 3\n' + bare + probe)
+    j = json.loads(snapagent("--json", "config", "check", config=fixed).stdout)
+    assert j["ok"] is True and j["notes"] == [], j
+
+
+def test_a_command_hook_without_probe_and_fsfreeze_probe_nothing():
+    from snapagent.quiesce.command import CommandConfig, CommandQuiescer
+    from snapagent.quiesce.fsfreeze import FsfreezeQuiescer
+    from snapagent.quiesce.sqlite import SqliteQuiescer
+
+    assert not CommandQuiescer.probes(CommandConfig(pre=["/bin/true"]))
+    assert CommandQuiescer.probes(CommandConfig(probe=["/bin/true"]))
+    assert not FsfreezeQuiescer.probes(None) and SqliteQuiescer.probes(None)
